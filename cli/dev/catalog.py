@@ -1,0 +1,70 @@
+"""The simulated provider's GPU nodes, after the product guide's offerings."""
+
+from __future__ import annotations
+
+import dataclasses
+
+# Labels in the style of NVIDIA GPU feature discovery, which real GPU clouds carry.
+GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+GPU_COUNT_LABEL = "nvidia.com/gpu.count"
+GPU_MEMORY_LABEL = "nvidia.com/gpu.memory"
+POOL_LABEL = "dev.k8sgpu.io/pool"
+
+
+@dataclasses.dataclass(frozen=True)
+class GPUPool:
+    """Identical kwok nodes; one kwok controller simulates each pool."""
+
+    name: str
+    gpu_product: str
+    gpus_per_node: int
+    gpu_memory_mib: int
+    nodes: int
+    cpu: str = "63"
+    memory: str = "257554212Ki"  # ~245 GiB, as the guide's nodes show
+    pods: str = "110"
+    pod_cidr: str = "10.64.0.1/16"
+
+    def node_names(self) -> list[str]:
+        return [f"gpu-{self.name}-{i}" for i in range(self.nodes)]
+
+    def node_manifest(self, node_name: str) -> dict:
+        resources = {
+            "cpu": self.cpu,
+            "memory": self.memory,
+            "pods": self.pods,
+            "nvidia.com/gpu": str(self.gpus_per_node),
+        }
+        return {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {
+                "name": node_name,
+                "labels": {
+                    "type": "kwok",
+                    POOL_LABEL: self.name,
+                    GPU_PRODUCT_LABEL: self.gpu_product,
+                    GPU_COUNT_LABEL: str(self.gpus_per_node),
+                    GPU_MEMORY_LABEL: str(self.gpu_memory_mib),
+                    "kubernetes.io/hostname": node_name,
+                    "kubernetes.io/os": "linux",
+                    "kubernetes.io/arch": "amd64",
+                },
+                "annotations": {"kwok.x-k8s.io/node": "fake"},
+            },
+            "status": {"capacity": resources, "allocatable": resources},
+        }
+
+
+DEFAULT_POOLS: tuple[GPUPool, ...] = (
+    GPUPool(
+        name="a6000", gpu_product="NVIDIA-RTX-A6000", gpus_per_node=2, gpu_memory_mib=49140, nodes=2,
+        pod_cidr="10.64.0.1/16",
+    ),
+    GPUPool(
+        name="a100", gpu_product="NVIDIA-A100-PCIE-80GB", gpus_per_node=2, gpu_memory_mib=81920, nodes=2,
+        pod_cidr="10.65.0.1/16",
+    ),
+)
+
+TENANT_NAMESPACE = "tenant-demo"

@@ -1,0 +1,183 @@
+"""`k8sgpu`: the command platform teams type.
+
+Commands are grouped by noun (`k8sgpu dev up`). Heavy imports live inside the
+command that needs them so `--help` is instant. Known failures become one red
+line on stderr and exit code 1; `--debug` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+DEFAULT_DEV_ROOT = Path(".k8sgpu/dev")
+
+
+def _progress(started: float):
+    def say(message: str) -> None:
+        print(f"[{time.monotonic() - started:6.1f}s] {message}", file=sys.stderr, flush=True)
+
+    return say
+
+
+def _ground(args: argparse.Namespace):
+    from .dev.ground import Ground
+
+    return Ground(Path(args.root), progress=_progress(time.monotonic()))
+
+
+def cmd_dev_build(args: argparse.Namespace) -> int:
+    from .dev.binaries import ensure_binaries
+
+    binaries = ensure_binaries(progress=_progress(time.monotonic()))
+    for field, path in vars(binaries).items():
+        print(f"{field.replace('_', '-'):24s} {path}")
+    return 0
+
+
+def cmd_dev_up(args: argparse.Namespace) -> int:
+    from .dev.binaries import ensure_binaries
+
+    ground = _ground(args)
+    binaries = ensure_binaries(progress=ground.progress)
+    state, already = ground.up(binaries)
+    if already:
+        print(f"dev ground already up (since {time.ctime(state.created)}); `k8sgpu dev status` shows it")
+    _print_ground(state, args.output)
+    return 0
+
+
+def _print_ground(state, output: str) -> None:
+    info = {
+        "local": {"server": state.local.server, "kubeconfig": state.local.kubeconfig},
+        "provider": {"server": state.provider.server, "kubeconfig": state.provider.kubeconfig},
+        "node_kubeconfig": state.node_kubeconfig,
+        "tenant_kubeconfig": state.tenant_kubeconfig,
+        "tenant_namespace": state.tenant_namespace,
+        "local_ca": str(Path(state.root) / "local-ca.crt"),
+    }
+    if output == "json":
+        print(json.dumps(info, indent=2))
+        return
+    print(f"local cluster     {state.local.server}")
+    print(f"  admin           export KUBECONFIG={state.local.kubeconfig}")
+    print(f"  node identity   {state.node_kubeconfig}  (system:node:k8s.gpu)")
+    print(f"  cluster CA      {info['local_ca']}")
+    print(f"provider cluster  {state.provider.server}")
+    print(f"  admin           export KUBECONFIG={state.provider.kubeconfig}")
+    print(f"  tenant          {state.tenant_kubeconfig}  (namespace {state.tenant_namespace})")
+
+
+def cmd_dev_status(args: argparse.Namespace) -> int:
+    ground = _ground(args)
+    state = ground.state()
+    if state is None:
+        if args.output == "json":
+            print(json.dumps({"up": False, "processes": []}))
+        else:
+            print("dev ground is down; start it with `k8sgpu dev up`")
+        return 3
+    rows = ground.status()
+    crashed = [p.name for p, alive in rows if not alive]
+    if args.output == "json":
+        print(json.dumps({
+            "up": not crashed,
+            "processes": [{"name": p.name, "pid": p.pid, "running": alive, "ports": p.ports, "log": p.log}
+                          for p, alive in rows],
+        }, indent=2))
+    else:
+        for p, alive in rows:
+            ports = ",".join(map(str, p.ports)) or "-"
+            print(f"{p.name:34s} pid {p.pid:<8d} {'running' if alive else 'EXITED':8s} ports {ports}")
+        if crashed:
+            print(f"\n{len(crashed)} component(s) not running: {', '.join(crashed)}. Their logs are in "
+                  f"{Path(state.root) / 'logs'}; restart the ground with `k8sgpu dev up`.")
+        else:
+            _print_ground(state, "table")
+    return 1 if crashed else 0
+
+
+def cmd_dev_demo(args: argparse.Namespace) -> int:
+    from .dev.demo import run_demo
+    from .dev.ground import GroundError
+
+    state = _ground(args).state()
+    if state is None:
+        raise GroundError("the dev ground is down; run `k8sgpu dev up` (or `make demo`) first")
+    run_demo(state)
+    return 0
+
+
+def cmd_dev_down(args: argparse.Namespace) -> int:
+    ground = _ground(args)
+    stopped = ground.down()
+    print(f"dev ground down ({len(stopped)} processes stopped)" if stopped else "dev ground was not running")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="k8sgpu",
+        description="k8sgpu: a virtual GPU node for Kubernetes. Render and apply its Terraform, and run the "
+                    "local dev ground.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of failures")
+    nouns = parser.add_subparsers(dest="noun", metavar="COMMAND", required=True)
+
+    dev = nouns.add_parser(
+        "dev", help="the dev ground: a local cluster and a simulated GPU provider on 127.0.0.1",
+        description="Two real Kubernetes clusters on 127.0.0.1 built from source: 'local' (what a user has) "
+                    "and 'provider' (a GPU cloud simulated with kwok).",
+    )
+    dev.add_argument("--root", default=os.environ.get("K8SGPU_DEV_ROOT", str(DEFAULT_DEV_ROOT)),
+                     help="where the ground keeps its state, certificates, kubeconfigs and logs "
+                          "(default: .k8sgpu/dev, env K8SGPU_DEV_ROOT)")
+    verbs = dev.add_subparsers(dest="verb", metavar="VERB", required=True)
+    build = verbs.add_parser("build", help="build (or find in ~/.cache/k8sgpu) every binary the ground needs")
+    build.set_defaults(func=cmd_dev_build)
+    for name, func, text in (
+        ("up", cmd_dev_up, "start both clusters (building binaries on first use); exits 0 if already up"),
+        ("status", cmd_dev_status, "show each component's PID and whether it runs; exit 1 if one crashed, "
+                                   "3 if the ground is down"),
+        ("down", cmd_dev_down, "stop every process the ground started, by PID"),
+        ("demo", cmd_dev_demo, "run a GPU pod on the provider and show it with kubectl (the ground must be up)"),
+    ):
+        verb = verbs.add_parser(name, help=text, description=text)
+        if name in ("up", "status"):
+            verb.add_argument("--output", "-o", choices=("table", "json"), default="table")
+        verb.set_defaults(func=func)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # the one error boundary of the CLI
+        if args.debug:
+            raise
+        known = _known_errors()
+        if isinstance(exc, known):
+            red, reset = ("\033[31m", "\033[0m") if sys.stderr.isatty() else ("", "")
+            print(f"{red}error: {exc}{reset}", file=sys.stderr)
+            return 1
+        raise
+
+
+def _known_errors() -> tuple[type[Exception], ...]:
+    from .dev.binaries import BuildError
+    from .dev.ground import GroundError
+
+    return (BuildError, GroundError, OSError)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""`k8sgpu dev up|status|down|demo` as a user runs them: exit codes, messages, nothing left behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from k8sgpu.cli.dev.catalog import DEFAULT_POOLS
+from k8sgpu.cli.dev.ground import listening_ports
+
+pytestmark = pytest.mark.e2e
+
+
+def k8sgpu(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "k8sgpu.cli.main", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_up_status_down_lifecycle(binaries, tmp_path):
+    root = str(tmp_path / "ground")
+    up = k8sgpu("dev", "--root", root, "up", "-o", "json")
+    assert up.returncode == 0, up.stderr
+    info = json.loads(up.stdout)
+    assert info["local"]["kubeconfig"].endswith("local.kubeconfig")
+    assert "starting etcd" in up.stderr  # progress is shown
+    try:
+        again = k8sgpu("dev", "--root", root, "up")
+        assert again.returncode == 0
+        assert "already up" in again.stdout
+
+        status = k8sgpu("dev", "--root", root, "status", "-o", "json")
+        assert status.returncode == 0, status.stdout
+        procs = json.loads(status.stdout)["processes"]
+        names = {p["name"] for p in procs}
+        assert {"etcd", "local-kube-apiserver", "local-kube-controller-manager", "local-kube-scheduler",
+                "provider-kube-apiserver", "provider-kube-controller-manager", "provider-kube-scheduler"} <= names
+        assert {f"provider-kwok-{p.name}" for p in DEFAULT_POOLS} <= names
+        ports = {port for p in procs for port in p["ports"]}
+        assert ports <= listening_ports()
+
+        # A crashed component is reported, with a non-zero exit code.
+        victim = next(p for p in procs if p["name"] == "local-kube-scheduler")
+        os.kill(victim["pid"], signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while (crashed := k8sgpu("dev", "--root", root, "status")).returncode == 0 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert crashed.returncode == 1
+        assert "local-kube-scheduler" in crashed.stdout and "EXITED" in crashed.stdout
+    finally:
+        down = k8sgpu("dev", "--root", root, "down")
+    assert down.returncode == 0, down.stderr
+    assert "dev ground down" in down.stdout
+    for p in procs:
+        assert not os.path.exists(f"/proc/{p['pid']}") or _is_zombie_or_other(p["pid"], p["name"]), p["name"]
+    assert not ports & listening_ports()
+    gone = k8sgpu("dev", "--root", root, "status")
+    assert gone.returncode == 3
+    assert "dev ground is down" in gone.stdout
+
+
+def _is_zombie_or_other(pid: int, name: str) -> bool:
+    """A recycled PID belongs to another program; a zombie no longer runs."""
+    try:
+        stat = open(f"/proc/{pid}/stat").read()
+    except OSError:
+        return True
+    return stat[stat.rindex(")") + 2] == "Z" or name.split("-")[-1] not in open(f"/proc/{pid}/cmdline").read()
+
+
+def test_demo_shows_a_gpu_pod_with_logs_and_exec(ground):
+    demo = k8sgpu("dev", "--root", ground.root, "demo", timeout=180)
+    assert demo.returncode == 0, demo.stdout + demo.stderr
+    a100 = next(p for p in DEFAULT_POOLS if p.name == "a100")
+    assert "condition met" in demo.stdout
+    assert f"GPU 0: {a100.gpu_product}" in demo.stdout
+    assert "k8sgpu dev down" in demo.stdout
+
+
+def test_demo_refuses_when_the_ground_is_down(tmp_path):
+    demo = k8sgpu("dev", "--root", str(tmp_path), "demo")
+    assert demo.returncode == 1
+    assert "the dev ground is down; run `k8sgpu dev up`" in demo.stderr
