@@ -103,12 +103,8 @@ def cmd_dev_status(args: argparse.Namespace) -> int:
 
 def cmd_dev_demo(args: argparse.Namespace) -> int:
     from .dev.demo import run_demo
-    from .dev.ground import GroundError
 
-    state = _ground(args).state()
-    if state is None:
-        raise GroundError("the dev ground is down; run `k8sgpu dev up` (or `make demo`) first")
-    run_demo(state)
+    run_demo(_ground(args))
     return 0
 
 
@@ -144,7 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("status", cmd_dev_status, "show each component's PID and whether it runs; exit 1 if one crashed, "
                                    "3 if the ground is down"),
         ("down", cmd_dev_down, "stop every process the ground started, by PID"),
-        ("demo", cmd_dev_demo, "run a GPU pod on the provider and show it with kubectl (the ground must be up)"),
+        ("demo", cmd_dev_demo, "apply the GPU catalog, start the runtime and run the guide's nvidia-smi pod "
+                               "on k8s.gpu (the ground must be up)"),
     ):
         verb = verbs.add_parser(name, help=text, description=text)
         if name in ("up", "status"):

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from k8sgpu.cli.dev.binaries import ensure_binaries
 from k8sgpu.cli.dev.ground import Ground, State, listening_ports
 

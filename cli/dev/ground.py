@@ -87,6 +87,17 @@ class Process:
     pid: int = 0
     started: int = 0  # /proc start time of pid
     ports: list[int] = dataclasses.field(default_factory=list)
+    env: dict[str, str] = dataclasses.field(default_factory=dict)
+    cwd: str = ""
+
+    def launch(self) -> None:
+        with open(self.log, "ab") as out:
+            child = subprocess.Popen(
+                self.argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True, env={**os.environ, **self.env}, cwd=self.cwd or None,
+            )
+        self.pid = child.pid
+        self.started = _proc_start_time(child.pid) or 0
 
     def alive(self) -> bool:
         return self.pid > 0 and _proc_start_time(self.pid) == self.started
@@ -247,13 +258,8 @@ class Ground:
         )
 
         def launch(proc: Process, env: dict[str, str] | None = None) -> Process:
-            with open(proc.log, "ab") as out:
-                child = subprocess.Popen(
-                    proc.argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                    start_new_session=True, env={**os.environ, **(env or {})}, cwd=root,
-                )
-            proc.pid = child.pid
-            proc.started = _proc_start_time(child.pid) or 0
+            proc.env, proc.cwd = env or {}, str(root)
+            proc.launch()
             processes.append(proc)
             state.save(self.state_file)
             return proc
@@ -466,6 +472,53 @@ class Ground:
                 raise GroundError(f"{what} not ready after {timeout:.0f}s; its log: {proc.log}")
             time.sleep(0.2)
         self.progress(f"{what}: ready")
+
+    # -- one component (for outage tests) ----------------------------------------
+
+    def _process(self, state: State, name: str) -> Process:
+        for proc in state.processes:
+            if proc.name == name:
+                return proc
+        raise GroundError(f"no component {name}; `k8sgpu dev status` lists them")
+
+    def stop_process(self, name: str) -> None:
+        """Stop one component, keeping it in the state so that `start_process` brings it back."""
+        state = self._require_state()
+        _terminate(self._process(state, name), 20)
+
+    def start_process(self, name: str, timeout: float = 60) -> None:
+        state = self._require_state()
+        proc = self._process(state, name)
+        if proc.alive():
+            return
+        proc.launch()
+        state.save(self.state_file)
+        if proc.name.endswith("kube-apiserver"):
+            cluster = getattr(state, proc.name.split("-")[0])
+            pair = pki.KeyPair(Path(state.root) / "pki" / cluster.name / "admin.crt",
+                               Path(state.root) / "pki" / cluster.name / "admin.key")
+            ctx = _client_context(Path(state.root) / "pki" / cluster.name / "ca.crt", pair)
+            self._wait(proc, lambda: _http_ok(f"{cluster.server}/readyz", ctx), f"{name} /readyz", timeout)
+
+    def run_process(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Process:
+        """Start one more process under the ground's care (the runtime, for the demo): recorded like the
+        others, so that `status` watches it and `down` stops it. One already running is left alone."""
+        state = self._require_state()
+        for proc in state.processes:
+            if proc.name == name and proc.alive():
+                return proc
+        state.processes = [p for p in state.processes if p.name != name]
+        proc = Process(name, argv, str(Path(state.root) / "logs" / f"{name}.log"), env=env or {}, cwd=state.root)
+        proc.launch()
+        state.processes.append(proc)
+        state.save(self.state_file)
+        return proc
+
+    def _require_state(self) -> State:
+        state = self.state()
+        if state is None:
+            raise GroundError("the dev ground is down; run `k8sgpu dev up`")
+        return state
 
     # -- down ------------------------------------------------------------
 

@@ -156,7 +156,7 @@ def nvidia_smi_output(pool: GPUPool) -> str:
 
 def cri_log_lines(lines: list[str], when: datetime.datetime | None = None) -> str:
     """Lines in the CRI container log format kwok serves (`<RFC3339Nano> stdout F <line>`)."""
-    stamp = (when or datetime.datetime.now(datetime.timezone.utc)).strftime("%Y-%m-%dT%H:%M:%S.%f000Z")
+    stamp = (when or datetime.datetime.now(datetime.UTC)).strftime("%Y-%m-%dT%H:%M:%S.%f000Z")
     return "".join(f"{stamp} stdout F {line}\n" for line in lines)
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-import subprocess
 import time
 
 import pytest
@@ -12,38 +11,18 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from k8sgpu.cli.dev.binaries import find_kubectl
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
 from k8sgpu.cli.dev.catalog import DEFAULT_POOLS, GPU_PRODUCT_LABEL
 from k8sgpu.cli.dev.kwok import EXIT_CODE_ANNOTATION, RUN_FOR_ANNOTATION
-from kubernetes import client, config
-from kubernetes.client.rest import ApiException
+
+from .helpers import api, kubectl, wait_for
 
 pytestmark = pytest.mark.e2e
 
 NODE = "k8s.gpu"
 A100 = next(p for p in DEFAULT_POOLS if p.name == "a100")
-
-
-def api(kubeconfig: str) -> client.ApiClient:
-    cfg = client.Configuration()
-    config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
-    return client.ApiClient(cfg)
-
-
-def kubectl(kubeconfig: str, *args: str, check: bool = True, stdin: str | None = None):
-    return subprocess.run([str(find_kubectl()), f"--kubeconfig={kubeconfig}", *args], input=stdin, text=True,
-                          capture_output=True, timeout=120, check=check)
-
-
-def wait_for(predicate, timeout: float = 60, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.2)
 
 
 def test_node_identity_manages_its_node_and_lease(ground):

@@ -1,6 +1,7 @@
 import subprocess
 
 import yaml
+
 from k8sgpu.cli.dev.catalog import DEFAULT_POOLS, GPU_PRODUCT_LABEL
 from k8sgpu.cli.dev.kwok import EXIT_CODE_ANNOTATION, write_pool_files
 

@@ -4,6 +4,7 @@ import stat
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
 from k8sgpu.cli.dev import pki
 
 

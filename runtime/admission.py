@@ -1,0 +1,186 @@
+"""What a pod must be to run on the virtual node. Pure functions over pod dicts; no API.
+
+A refused pod is never run: the pod controller leaves it Pending with the rule's
+reason in its status and an Event that names the rule and the numbers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from decimal import Decimal
+
+from kubernetes.utils import parse_quantity
+
+from .catalog import GPUClass
+
+GPU_RESOURCE = "nvidia.com/gpu"
+
+# Pod Security Standard "baseline": capabilities a container may add.
+_BASELINE_CAPABILITIES = {
+    "AUDIT_WRITE", "CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "MKNOD", "NET_BIND_SERVICE",
+    "SETFCAP", "SETGID", "SETPCAP", "SETUID", "SYS_CHROOT",
+}
+_BASELINE_SYSCTLS = {
+    "kernel.shm_rmid_forced", "net.ipv4.ip_local_port_range", "net.ipv4.ip_unprivileged_port_start",
+    "net.ipv4.tcp_syncookies", "net.ipv4.ping_group_range", "net.ipv4.ip_local_reserved_ports",
+    "net.ipv4.tcp_keepalive_time", "net.ipv4.tcp_fin_timeout", "net.ipv4.tcp_keepalive_intvl",
+    "net.ipv4.tcp_keepalive_probes",
+}
+# Volume sources a remote node can give: everything else needs the user's cluster or host.
+_REMOTE_VOLUMES = {"configMap", "secret", "emptyDir", "projected", "downwardAPI"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Refusal:
+    reason: str  # CamelCase, for the Event and the pod status
+    message: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Resources:
+    cpu: Decimal = Decimal(0)  # cores
+    memory: Decimal = Decimal(0)  # bytes
+    gpus: int = 0
+
+    def __add__(self, other: Resources) -> Resources:
+        return Resources(self.cpu + other.cpu, self.memory + other.memory, self.gpus + other.gpus)
+
+
+def _containers(pod: dict) -> list[dict]:
+    return list(pod.get("spec", {}).get("containers") or [])
+
+
+def _all_containers(pod: dict) -> list[dict]:
+    spec = pod.get("spec", {})
+    return list(spec.get("initContainers") or []) + list(spec.get("containers") or []) + list(
+        spec.get("ephemeralContainers") or [])
+
+
+def _quantity(value, field: str) -> Decimal:
+    try:
+        return parse_quantity(value)
+    except ValueError:
+        raise ValueError(f"{field} {value!r} is not a quantity") from None
+
+
+def container_resources(container: dict, kind: str) -> Resources:
+    values = (container.get("resources") or {}).get(kind) or {}
+    name = container.get("name", "?")
+    return Resources(
+        cpu=_quantity(values.get("cpu", 0), f"container {name} {kind}.cpu"),
+        memory=_quantity(values.get("memory", 0), f"container {name} {kind}.memory"),
+        gpus=int(_quantity(values.get(GPU_RESOURCE, 0), f"container {name} {kind}.{GPU_RESOURCE}")),
+    )
+
+
+def pod_resources(pod: dict, gpu_class: GPUClass | None = None) -> Resources:
+    """What the pod takes from the node: the sum over its containers of requests (limits where no
+    request is given), the class's limits when no container declares any."""
+    total = Resources()
+    declared = False
+    for c in _containers(pod):
+        requests, limits = container_resources(c, "requests"), container_resources(c, "limits")
+        declared = declared or bool((c.get("resources") or {}).get("requests") or (c.get("resources") or {}).get(
+            "limits"))
+        total = total + Resources(
+            cpu=requests.cpu or limits.cpu, memory=requests.memory or limits.memory,
+            gpus=max(requests.gpus, limits.gpus),
+        )
+    if not declared and gpu_class is not None and gpu_class.default_applies:
+        return Resources(Decimal(str(gpu_class.cpu_limit)), Decimal(gpu_class.memory_limit), gpu_class.gpu_count)
+    if gpu_class is not None and total.gpus == 0:
+        total = dataclasses.replace(total, gpus=gpu_class.gpu_count)
+    return total
+
+
+def _fmt_cpu(cores: Decimal) -> str:
+    return f"{int(cores * 1000)}m"
+
+
+def _fmt_mem(b: Decimal) -> str:
+    return f"{int(b) // 1024}Ki"
+
+
+def check_class_limits(pod: dict, gpu_class: GPUClass) -> Refusal | None:
+    for kind in ("requests", "limits"):
+        total = Resources()
+        for c in _containers(pod):
+            total = total + container_resources(c, kind)
+        if total.cpu > Decimal(str(gpu_class.cpu_limit)):
+            return Refusal("ExceedsRuntimeClassLimits",
+                           f"summed cpu {kind} {_fmt_cpu(total.cpu)} exceed RuntimeClass {gpu_class.name}'s "
+                           f"limit of {_fmt_cpu(Decimal(str(gpu_class.cpu_limit)))}")
+        if total.memory > gpu_class.memory_limit:
+            return Refusal("ExceedsRuntimeClassLimits",
+                           f"summed memory {kind} {_fmt_mem(total.memory)} exceed RuntimeClass {gpu_class.name}'s "
+                           f"limit of {_fmt_mem(Decimal(gpu_class.memory_limit))}")
+        if total.gpus > gpu_class.gpu_count:
+            return Refusal("ExceedsRuntimeClassLimits",
+                           f"summed {GPU_RESOURCE} {kind} {total.gpus} exceed RuntimeClass {gpu_class.name}'s "
+                           f"{gpu_class.gpu_count} GPU(s)")
+    return None
+
+
+def check_baseline(pod: dict) -> Refusal | None:
+    """The Pod Security Standard "baseline" profile (the checks that matter on a remote node)."""
+    spec = pod.get("spec", {})
+    for field in ("hostNetwork", "hostPID", "hostIPC"):
+        if spec.get(field):
+            return Refusal("PodSecurityBaseline", f"spec.{field}=true is not allowed by the baseline profile")
+    for sysctl in (spec.get("securityContext") or {}).get("sysctls") or []:
+        if sysctl.get("name") not in _BASELINE_SYSCTLS:
+            return Refusal("PodSecurityBaseline", f"sysctl {sysctl.get('name')} is not allowed by the baseline "
+                                                  "profile")
+    for c in _all_containers(pod):
+        name = c.get("name", "?")
+        sc = c.get("securityContext") or {}
+        if sc.get("privileged"):
+            return Refusal("PodSecurityBaseline", f"container {name} is privileged; the baseline profile "
+                                                  "forbids privileged containers")
+        added = set(((sc.get("capabilities") or {}).get("add")) or []) - _BASELINE_CAPABILITIES
+        if added:
+            return Refusal("PodSecurityBaseline", f"container {name} adds capabilities {', '.join(sorted(added))} "
+                                                  "beyond the baseline profile")
+        if sc.get("procMount") not in (None, "Default"):
+            return Refusal("PodSecurityBaseline", f"container {name} sets procMount {sc['procMount']}")
+        if ((sc.get("seccompProfile") or {}).get("type")) == "Unconfined":
+            return Refusal("PodSecurityBaseline", f"container {name} runs with seccomp Unconfined")
+        if ((sc.get("windowsOptions") or {}).get("hostProcess")):
+            return Refusal("PodSecurityBaseline", f"container {name} is a Windows HostProcess container")
+        for port in c.get("ports") or []:
+            if port.get("hostPort"):
+                return Refusal("PodSecurityBaseline", f"container {name} uses hostPort {port['hostPort']}")
+    if ((spec.get("securityContext") or {}).get("seccompProfile") or {}).get("type") == "Unconfined":
+        return Refusal("PodSecurityBaseline", "pod runs with seccomp Unconfined")
+    return None
+
+
+def check_remote_capable(pod: dict) -> Refusal | None:
+    """What a node in another cluster cannot give: host paths, the user's volumes, host networking."""
+    for volume in pod.get("spec", {}).get("volumes") or []:
+        sources = set(volume) - {"name"}
+        if "hostPath" in sources:
+            return Refusal("UnsupportedVolume", f"volume {volume.get('name')} is a hostPath; a remote GPU node "
+                                                "has no access to your hosts (and baseline forbids it)")
+        unsupported = sources - _REMOTE_VOLUMES
+        if unsupported:
+            kind = sorted(unsupported)[0]
+            return Refusal("UnsupportedVolume", f"volume {volume.get('name')} of type {kind} cannot be mounted on "
+                                                "a remote GPU node; use configMap, secret, emptyDir, projected or "
+                                                "downwardAPI volumes")
+    return None
+
+
+def admit(pod: dict, gpu_class: GPUClass | None) -> Refusal | None:
+    """None when the pod may run; otherwise the first rule it breaks."""
+    if gpu_class is None:
+        rc = pod.get("spec", {}).get("runtimeClassName")
+        if rc:
+            return Refusal("UnknownRuntimeClass", f"RuntimeClass {rc} is not a GPU offering of this node "
+                                                  "(it lacks the limits.k8s.gpu/* and gpu.k8s.gpu/* annotations)")
+        return Refusal("NoRuntimeClass", "pods on this node must name a GPU RuntimeClass in "
+                                         "spec.runtimeClassName (kubectl get runtimeclass lists them)")
+    try:
+        return check_baseline(pod) or check_remote_capable(pod) or check_class_limits(pod, gpu_class)
+    except ValueError as exc:
+        return Refusal("InvalidResources", str(exc))

@@ -1,0 +1,188 @@
+"""The runtime's one typed configuration, built from flags, environment, a file or Terraform outputs.
+
+Nothing else in the runtime reads the environment or files for settings. Every
+field has a default and a line saying what it does; `RuntimeConfig.validate`
+refuses a wrong value with the field named and what to write instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_DNS_SUBDOMAIN = re.compile(r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+
+TAINT_KEY = "virtual-kubelet.io/provider"
+TAINT_VALUE = "k8sgpu"
+
+
+class ConfigError(ValueError):
+    """A setting is missing or wrong. ``field`` names it as the flag a user would type."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+@dataclasses.dataclass
+class NodeConfig:
+    name: str = "k8s.gpu"
+    """Name of the virtual node; the runtime authenticates as system:node:<name>."""
+    address: str = ""
+    """Address kube-apiserver reaches the kubelet API at (InternalIP); empty: the pod IP in-cluster, else 127.0.0.1."""
+    kubelet_port: int = 10250
+    """Port of the kubelet API, advertised in status.daemonEndpoints."""
+    lease_duration_seconds: int = 40
+    """Duration of the node Lease in kube-node-lease."""
+    lease_renew_seconds: float = 10
+    """How often the Lease is renewed."""
+    status_update_seconds: float = 60
+    """Node status is written on change and at least this often."""
+
+
+@dataclasses.dataclass
+class LocalClusterConfig:
+    kubeconfig: str = ""
+    """Kubeconfig of the user's cluster; empty: in-cluster service account configuration."""
+
+
+@dataclasses.dataclass
+class ProviderConfig:
+    kubeconfig: str = ""
+    """Tenant kubeconfig of the remote GPU cluster (required)."""
+    tenant_namespace: str = ""
+    """Namespace on the provider where mirrored pods and their objects live (required)."""
+    load_balancer_class: str = "k8s.gpu"
+    """Services of type LoadBalancer with this loadBalancerClass are published by the provider."""
+
+
+@dataclasses.dataclass
+class RuntimeConfig:
+    node: NodeConfig = dataclasses.field(default_factory=NodeConfig)
+    local: LocalClusterConfig = dataclasses.field(default_factory=LocalClusterConfig)
+    provider: ProviderConfig = dataclasses.field(default_factory=ProviderConfig)
+
+    def validate(self) -> RuntimeConfig:
+        if not _DNS_SUBDOMAIN.match(self.node.name):
+            raise ConfigError("--node-name", f"{self.node.name!r} is not a valid node name: use lower-case "
+                                             "letters, digits, '-' and '.', e.g. k8s.gpu")
+        if self.node.address:
+            try:
+                ipaddress.ip_address(self.node.address)
+            except ValueError:
+                raise ConfigError("--node-address", f"{self.node.address!r} is not an IP address: give the "
+                                                    "address kube-apiserver can reach this runtime at") from None
+        if not 0 < self.node.kubelet_port < 65536:
+            raise ConfigError("--kubelet-port", f"{self.node.kubelet_port} is not a port (1-65535)")
+        if self.node.lease_renew_seconds >= self.node.lease_duration_seconds:
+            raise ConfigError("node.lease_renew_seconds", "must be shorter than node.lease_duration_seconds")
+        if self.local.kubeconfig and not Path(self.local.kubeconfig).is_file():
+            raise ConfigError("--kubeconfig", f"{self.local.kubeconfig} does not exist; give the kubeconfig of "
+                                              "the cluster to join, or none to use the in-cluster configuration")
+        if not self.provider.kubeconfig:
+            raise ConfigError("--provider-kubeconfig", "missing: give the tenant kubeconfig of the GPU provider "
+                                                       "(env K8SGPU_PROVIDER_KUBECONFIG)")
+        if not Path(self.provider.kubeconfig).is_file():
+            raise ConfigError("--provider-kubeconfig", f"{self.provider.kubeconfig} does not exist")
+        if not self.provider.tenant_namespace:
+            raise ConfigError("--tenant-namespace", "missing: give your namespace on the GPU provider "
+                                                    "(env K8SGPU_TENANT_NAMESPACE)")
+        if not _DNS_LABEL.match(self.provider.tenant_namespace):
+            raise ConfigError("--tenant-namespace", f"{self.provider.tenant_namespace!r} is not a namespace name "
+                                                    "(lower-case letters, digits and '-', at most 63)")
+        return self
+
+    def resolved_address(self, environ: dict[str, str]) -> str:
+        return self.node.address or environ.get("POD_IP", "") or "127.0.0.1"
+
+
+# Flag name → (section, field, environment variable)
+SETTINGS: dict[str, tuple[str, str, str]] = {
+    "kubeconfig": ("local", "kubeconfig", "K8SGPU_KUBECONFIG"),
+    "provider_kubeconfig": ("provider", "kubeconfig", "K8SGPU_PROVIDER_KUBECONFIG"),
+    "tenant_namespace": ("provider", "tenant_namespace", "K8SGPU_TENANT_NAMESPACE"),
+    "node_name": ("node", "name", "K8SGPU_NODE_NAME"),
+    "node_address": ("node", "address", "K8SGPU_NODE_ADDRESS"),
+    "kubelet_port": ("node", "kubelet_port", "K8SGPU_KUBELET_PORT"),
+}
+
+
+def _set(config: RuntimeConfig, section: str, field: str, value: Any, source: str) -> None:
+    target = getattr(config, section)
+    kind = type(getattr(target, field))
+    try:
+        setattr(target, field, kind(value))
+    except (TypeError, ValueError):
+        raise ConfigError(source, f"{value!r} is not a valid {kind.__name__}") from None
+
+
+def load_file(config: RuntimeConfig, path: str) -> None:
+    """A YAML file shaped like the dataclasses: {node: {name: ...}, provider: {...}, local: {...}}."""
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except OSError as exc:
+        raise ConfigError("--config", f"cannot read {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError("--config", f"{path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError("--config", f"{path} must hold a mapping with sections node, local, provider")
+    for section, values in data.items():
+        if section not in ("node", "local", "provider") or not isinstance(values, dict):
+            raise ConfigError(f"--config {section}", "unknown section; known: node, local, provider")
+        for key, value in values.items():
+            known = {f.name for f in dataclasses.fields(getattr(config, section))}
+            if key not in known:
+                raise ConfigError(f"--config {section}.{key}", f"unknown setting; known: {', '.join(sorted(known))}")
+            _set(config, section, key, value, f"--config {section}.{key}")
+
+
+# terraform output name → (section, field)
+TERRAFORM_OUTPUTS: dict[str, tuple[str, str]] = {
+    "node_name": ("node", "name"),
+    "tenant_namespace": ("provider", "tenant_namespace"),
+}
+
+
+def load_terraform_outputs(config: RuntimeConfig, path: str) -> None:
+    """The JSON of `terraform output -json`: {name: {"value": ..., "sensitive": ..., "type": ...}}."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise ConfigError("--terraform-outputs", f"cannot read {path}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise ConfigError("--terraform-outputs", f"{path} is not the JSON of `terraform output -json`: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError("--terraform-outputs", f"{path} is not the JSON of `terraform output -json`")
+    for name, (section, field) in TERRAFORM_OUTPUTS.items():
+        if name not in data:
+            continue
+        entry = data[name]
+        if not isinstance(entry, dict) or "value" not in entry:
+            raise ConfigError(f"--terraform-outputs {name}", "malformed: expected {\"value\": ...}")
+        _set(config, section, field, entry["value"], f"--terraform-outputs {name}")
+
+
+def build(flags: dict[str, Any], environ: dict[str, str] | None = None) -> RuntimeConfig:
+    """Defaults < config file < Terraform outputs < environment < flags; then validated."""
+    environ = dict(os.environ if environ is None else environ)
+    config = RuntimeConfig()
+    config_file = flags.get("config") or environ.get("K8SGPU_CONFIG")
+    if config_file:
+        load_file(config, config_file)
+    outputs = flags.get("terraform_outputs") or environ.get("K8SGPU_TERRAFORM_OUTPUTS")
+    if outputs:
+        load_terraform_outputs(config, outputs)
+    for flag, (section, field, env) in SETTINGS.items():
+        if environ.get(env):
+            _set(config, section, field, environ[env], env)
+        if flags.get(flag) is not None:
+            _set(config, section, field, flags[flag], "--" + flag.replace("_", "-"))
+    return config.validate()

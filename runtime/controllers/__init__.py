@@ -1,0 +1,1 @@
+"""Controllers of the Kubernetes node protocol; provider-agnostic."""

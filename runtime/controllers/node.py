@@ -1,0 +1,223 @@
+"""The node: registration, status (on change and at least every minute), and its Lease."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+from collections.abc import Callable
+from decimal import Decimal
+
+from kubernetes.utils import parse_quantity
+
+from .. import __version__, errors
+from ..admission import GPU_RESOURCE, Resources
+from ..config import TAINT_KEY, TAINT_VALUE, NodeConfig
+from ..kube import Kube
+from ..provider import Capacity
+
+log = logging.getLogger(__name__)
+
+PROVIDER_CONDITION = "ProviderReachable"
+KUBELET_VERSION = f"v1.32.13-k8sgpu-{__version__}"
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+def _ts(when: datetime.datetime) -> str:
+    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def node_labels(name: str) -> dict[str, str]:
+    """Labels NodeRestriction lets a node set on itself."""
+    return {
+        "type": "virtual-kubelet",
+        "kubernetes.io/hostname": name,
+        "kubernetes.io/os": "linux",
+        "kubernetes.io/arch": "amd64",
+        "node.kubernetes.io/exclude-from-external-load-balancers": "true",
+        "kubernetes.azure.com/managed": "false",
+        "k8sgpu.io/virtual-node": "true",
+    }
+
+
+def allocatable(capacity: Capacity, used: Resources, pods: int) -> dict[str, str]:
+    """What is left of the provider's offer once the node's running pods are counted."""
+    cpu = max(parse_quantity(capacity.cpu) - used.cpu, Decimal(0))
+    memory = max(parse_quantity(capacity.memory) - used.memory, Decimal(0))
+    gpus = max(int(capacity.gpus) - used.gpus, 0)
+    return {
+        "cpu": f"{int(cpu * 1000)}m",
+        "memory": str(int(memory)),
+        GPU_RESOURCE: str(gpus),
+        "pods": str(max(int(capacity.pods) - pods, 0)),
+    }
+
+
+class NodeController:
+    """Keeps the Node object and its Lease true. ``used()`` returns the resources and count of
+    the node's running pods (from the pod controller)."""
+
+    def __init__(self, kube: Kube, config: NodeConfig, address: str, used: Callable[[], tuple[Resources, int]],
+                 clock: Callable[[], datetime.datetime] = _now):
+        self.kube, self.config, self.address = kube, config, address
+        self.used = used
+        self.clock = clock
+        self.capacity = Capacity("0", "0", "0", "0")
+        self.provider_reachable = True
+        self.provider_why = ""
+        self._changed = asyncio.Event()
+        self._last_status: dict | None = None
+        self._transitions: dict[str, str] = {}
+        self.ready = asyncio.Event()
+
+    # -- what others tell it ---------------------------------------------------
+
+    def set_capacity(self, capacity: Capacity) -> None:
+        self.capacity = capacity
+        self._changed.set()
+
+    def set_provider_reachable(self, reachable: bool, why: str) -> None:
+        if reachable != self.provider_reachable:
+            log.warning("provider %s%s", "reachable again" if reachable else "unreachable: ", why)
+        self.provider_reachable, self.provider_why = reachable, why
+        self._changed.set()
+
+    def pods_changed(self) -> None:
+        self._changed.set()
+
+    # -- registration ----------------------------------------------------------------
+
+    async def register(self) -> None:
+        name = self.config.name
+        try:
+            node = await self.kube.get("Node", None, name)
+        except errors.NotFound:
+            node = None
+        if node is None:
+            manifest = {
+                "apiVersion": "v1",
+                "kind": "Node",
+                "metadata": {"name": name, "labels": node_labels(name)},
+                "spec": {
+                    "providerID": f"k8sgpu://{name}",
+                    # NodeRestriction lets a node set taints only when it creates itself.
+                    "taints": [{"key": TAINT_KEY, "value": TAINT_VALUE, "effect": "NoSchedule"}],
+                },
+            }
+            try:
+                await self.kube.create("Node", None, manifest)
+                log.info("registered node %s", name)
+            except errors.AlreadyExists:
+                pass
+        else:
+            missing = {k: v for k, v in node_labels(name).items() if node["metadata"].get("labels", {}).get(k) != v}
+            if missing:
+                await self.kube.patch("Node", None, name, {"metadata": {"labels": missing}})
+            log.info("node %s already registered; taking it over", name)
+        await self.write_status(force=True)
+        self.ready.set()
+
+    # -- status ----------------------------------------------------------------------
+
+    def _condition(self, kind: str, status: bool, reason: str, message: str, now: str) -> dict:
+        value = "True" if status else "False"
+        key = f"{kind}={value}"
+        if not self._transitions.get(kind, "").startswith(key):
+            self._transitions[kind] = f"{key}@{now}"
+        return {"type": kind, "status": value, "reason": reason, "message": message,
+                "lastHeartbeatTime": now, "lastTransitionTime": self._transitions[kind].split("@", 1)[1]}
+
+    def desired_status(self) -> dict:
+        now = _ts(self.clock())
+        used, count = self.used()
+        reachable = self.provider_reachable
+        conditions = [
+            self._condition("Ready", True, "KubeletReady", "k8sgpu runtime is posting ready status; pods run on "
+                            "the GPU provider", now),
+            self._condition(PROVIDER_CONDITION, reachable,
+                            "ProviderAPIReachable" if reachable else "ProviderAPIUnreachable",
+                            "the GPU provider's API answers" if reachable else
+                            f"the GPU provider's API does not answer; pods keep their last status: "
+                            f"{self.provider_why[:200]}", now),
+            self._condition("MemoryPressure", False, "KubeletHasSufficientMemory", "remote node", now),
+            self._condition("DiskPressure", False, "KubeletHasNoDiskPressure", "remote node", now),
+            self._condition("PIDPressure", False, "KubeletHasSufficientPID", "remote node", now),
+        ]
+        return {
+            "capacity": self.capacity.as_resources(),
+            "allocatable": allocatable(self.capacity, used, count),
+            "conditions": conditions,
+            "addresses": [{"type": "InternalIP", "address": self.address},
+                          {"type": "Hostname", "address": self.config.name}],
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": self.config.kubelet_port}},
+            "nodeInfo": {
+                "machineID": "", "systemUUID": "", "bootID": "", "kernelVersion": "", "osImage": "k8sgpu",
+                "containerRuntimeVersion": f"k8sgpu://{__version__}", "kubeletVersion": KUBELET_VERSION,
+                "kubeProxyVersion": "", "operatingSystem": "linux", "architecture": "amd64",
+            },
+        }
+
+    @staticmethod
+    def _without_heartbeats(status: dict) -> dict:
+        out = dict(status)
+        out["conditions"] = [{k: v for k, v in c.items() if k != "lastHeartbeatTime"} for c in status["conditions"]]
+        return out
+
+    async def write_status(self, force: bool = False) -> bool:
+        status = self.desired_status()
+        comparable = self._without_heartbeats(status)
+        if not force and comparable == self._last_status:
+            return False
+        await self.kube.patch("Node", None, self.config.name, {"status": status}, subresource="status",
+                              patch_type="strategic")
+        self._last_status = comparable
+        return True
+
+    async def status_loop(self) -> None:
+        """Write status when something changed (at most once a second) and every status_update_seconds."""
+        while True:
+            try:
+                await asyncio.wait_for(self._changed.wait(), timeout=self.config.status_update_seconds)
+                changed_only = True
+            except TimeoutError:
+                changed_only = False
+            self._changed.clear()
+            try:
+                await self.write_status(force=not changed_only)
+            except errors.KubeError as exc:
+                log.warning("writing node status failed: %s", exc)
+                self._changed.set()
+            await asyncio.sleep(1.0)
+
+    # -- Lease -------------------------------------------------------------------------
+
+    async def renew_lease(self) -> None:
+        name = self.config.name
+        now = self.clock().strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        spec = {"holderIdentity": name, "leaseDurationSeconds": self.config.lease_duration_seconds,
+                "renewTime": now}
+        try:
+            lease = await self.kube.get("Lease", "kube-node-lease", name)
+        except errors.NotFound:
+            try:
+                await self.kube.create("Lease", "kube-node-lease", {
+                    "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                    "metadata": {"name": name},
+                    "spec": spec,
+                })
+                return
+            except errors.AlreadyExists:
+                lease = await self.kube.get("Lease", "kube-node-lease", name)
+        lease["spec"].update(spec)
+        await self.kube.replace("Lease", "kube-node-lease", name, lease)
+
+    async def lease_loop(self) -> None:
+        while True:
+            try:
+                await self.renew_lease()
+            except errors.KubeError as exc:
+                log.warning("renewing node lease failed: %s", exc)
+            await asyncio.sleep(self.config.lease_renew_seconds)

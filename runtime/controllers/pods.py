@@ -1,0 +1,452 @@
+"""Pods bound to the node → the provider; the provider's status → the local pods.
+
+One work queue keyed by `namespace/name`. Each sync compares three things —
+the local pod, the provider's mirror, and the catalog — and takes one step.
+State lives in the two clusters; after a restart the first sync of every key
+finds where things stand.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import hashlib
+import logging
+from collections.abc import Callable
+
+from .. import errors
+from ..admission import Resources, admit, pod_resources
+from ..catalog import CatalogError, GPUClass
+from ..kube import Kube
+from ..provider import Capacity, PodProvider, RemoteEvent, RemotePod
+from ..reflector import Reflector, WorkQueue, key_of
+from ..translate import referenced_objects
+
+log = logging.getLogger(__name__)
+
+TERMINAL = ("Succeeded", "Failed")
+REFUSED_CONDITION = "k8sgpu.io/Admitted"
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class PodController:
+    def __init__(self, kube: Kube, provider: PodProvider, node_name: str, *, workers: int = 16,
+                 on_node_change: Callable[[], None] = lambda: None,
+                 on_capacity: Callable[[Capacity], None] = lambda c: None,
+                 on_reachability: Callable[[bool, str], None] = lambda ok, why: None):
+        self.kube, self.provider, self.node_name = kube, provider, node_name
+        self.on_node_change = on_node_change
+        self._on_capacity, self._on_reachability = on_capacity, on_reachability
+        self.pods = Reflector(kube, "Pod", None, field_selector=f"spec.nodeName={node_name}",
+                              on_event=self._on_local_pod)
+        self.runtime_classes = Reflector(kube, "RuntimeClass", None, on_event=self._on_runtime_class)
+        self.queue = WorkQueue(self.sync, workers=workers, name="pods")
+        self.catalog: dict[str, GPUClass | CatalogError] = {}
+        self._remote: dict[str, RemotePod] = {}
+        self._reported: dict[str, str] = {}  # key → reason of the last refusal/missing-object event
+        self._objects = ObjectReflection(kube, provider, self.queue)
+        self.provider_reachable = True
+        self._tasks: list[asyncio.Task] = []
+
+    # -- life --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        for reflector in (self.runtime_classes, self.pods):
+            self._tasks.append(asyncio.create_task(reflector.run(), name=f"local-{reflector.kind}"))
+        await self.runtime_classes.synced.wait()
+        await self.pods.synced.wait()
+        await self.provider.start(self)
+        for remote in self.provider.pods():
+            self._remote[f"{remote.namespace}/{remote.name}"] = remote
+        self._objects.adopt(self.provider.object_users(), self.pods.store)
+        # The start-up sweep: every local pod and every mirror gets one sync.
+        for key in set(self.pods.store) | set(self._remote):
+            self.queue.add(key)
+        self._tasks.append(asyncio.create_task(self.queue.run(), name="pod-workers"))
+        self._tasks.append(asyncio.create_task(self._objects.gc_loop(self.pods.store), name="object-gc"))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._objects.stop()
+        self.queue.close()
+        await self.provider.stop()
+
+    # -- events from the local cluster ---------------------------------------------------
+
+    def _on_local_pod(self, kind: str, obj: dict) -> None:
+        self.queue.add(key_of(obj))
+        self.on_node_change()
+
+    def _on_runtime_class(self, kind: str, obj: dict) -> None:
+        name = obj["metadata"]["name"]
+        if kind == "DELETED":
+            self.catalog.pop(name, None)
+        else:
+            try:
+                self.catalog[name] = GPUClass.from_runtime_class(obj)
+            except CatalogError as exc:
+                self.catalog[name] = exc
+        # Pods waiting on a class are retried when the catalog changes.
+        for key, pod in self.pods.store.items():
+            if pod["spec"].get("runtimeClassName") == name:
+                self.queue.add(key)
+
+    # -- ProviderEvents -----------------------------------------------------------------------
+
+    def pod_changed(self, pod: RemotePod) -> None:
+        key = f"{pod.namespace}/{pod.name}"
+        self._remote[key] = pod
+        self.queue.add(key)
+
+    def pod_gone(self, namespace: str, name: str, uid: str) -> None:
+        key = f"{namespace}/{name}"
+        current = self._remote.get(key)
+        if current is not None and current.uid == uid:
+            del self._remote[key]
+        self.queue.add(key)
+
+    def pod_event(self, event: RemoteEvent) -> None:
+        asyncio.get_running_loop().create_task(self._copy_event(event))
+
+    def service_changed(self, namespace: str, name: str, ingress: list[dict]) -> None:
+        if self.service_sink is not None:
+            self.service_sink(namespace, name, ingress)
+
+    service_sink: Callable[[str, str, list[dict]], None] | None = None
+
+    def capacity_changed(self, capacity: Capacity) -> None:
+        self._on_capacity(capacity)
+
+    def reachability_changed(self, reachable: bool, why: str) -> None:
+        self.provider_reachable = reachable
+        self._on_reachability(reachable, why)
+        if reachable:
+            for key in set(self.pods.store) | set(self._remote):
+                self.queue.add(key)
+
+    # -- what the node reports ------------------------------------------------------------------
+
+    def used(self) -> tuple[Resources, int]:
+        total, count = Resources(), 0
+        for pod in self.pods.store.values():
+            if (pod.get("status") or {}).get("phase") in TERMINAL:
+                continue
+            offer = self.catalog.get(pod["spec"].get("runtimeClassName") or "")
+            if not isinstance(offer, GPUClass):
+                continue
+            try:
+                total = total + pod_resources(pod, offer)
+            except ValueError:
+                continue
+            count += 1
+        return total, count
+
+    # -- the sync ------------------------------------------------------------------------
+
+    async def sync(self, key: str) -> None:
+        pod = self.pods.store.get(key)
+        remote = self._remote.get(key)
+        try:
+            await self._sync(key, pod, remote)
+            self.queue.forget(key)
+        except errors.Unavailable as exc:
+            log.info("%s: provider or cluster unavailable, will retry: %s", key, exc)
+            self.queue.retry(key)
+        except (errors.Conflict, errors.Unauthorized) as exc:
+            log.info("%s: retrying after %s", key, exc)
+            self.queue.retry(key)
+
+    async def _sync(self, key: str, pod: dict | None, remote: RemotePod | None) -> None:
+        namespace, name = key.split("/", 1)
+        if pod is None:
+            # The local pod is gone: its mirror must go too (an orphan after a restart, or a force delete).
+            if remote is not None and not remote.deleting and self.provider_reachable:
+                log.info("%s: local pod gone; deleting its mirror", key)
+                await self.provider.delete_pod(namespace, name, 0)
+            if remote is None:
+                self._objects.release(key)
+            return
+        meta, status = pod["metadata"], pod.get("status") or {}
+        if remote is not None and remote.uid != meta["uid"]:
+            # A mirror of an earlier pod of the same name: remove it, then carry on.
+            if not remote.deleting:
+                await self.provider.delete_pod(namespace, name, 0)
+            self.queue.retry(key)
+            return
+        if meta.get("deletionTimestamp"):
+            await self._sync_deleting(key, pod, remote)
+            return
+        if remote is not None:
+            await self._push_status(pod, remote.status)
+            return
+        if status.get("phase") in TERMINAL:
+            return
+        if status.get("startTime") or status.get("phase") == "Running":
+            # It ran on the provider and its mirror vanished without our asking.
+            if not self.provider_reachable:
+                return  # keep the last status until the provider answers again
+            await self._fail_lost(pod)
+            return
+        if not self.provider_reachable:
+            self.queue.retry(key)
+            return
+        await self._admit_and_create(key, pod)
+
+    async def _sync_deleting(self, key: str, pod: dict, remote: RemotePod | None) -> None:
+        namespace, name = key.split("/", 1)
+        if remote is not None:
+            if not remote.deleting:
+                grace = pod["metadata"].get("deletionGracePeriodSeconds")
+                log.info("%s: deleting mirror (grace %ss)", key, grace)
+                await self.provider.delete_pod(namespace, name, grace)
+            return
+        if not self.provider_reachable:
+            return
+        # The mirror is gone: finish the local deletion, as a kubelet does.
+        try:
+            await self.kube.delete("Pod", namespace, name, grace_seconds=0, uid=pod["metadata"]["uid"])
+        except (errors.NotFound, errors.Conflict):
+            pass
+        self._objects.release(key)
+
+    async def _admit_and_create(self, key: str, pod: dict) -> None:
+        rc_name = pod["spec"].get("runtimeClassName") or ""
+        offer = self.catalog.get(rc_name)
+        if isinstance(offer, CatalogError):
+            await self._refuse(pod, "InvalidRuntimeClass", str(offer))
+            return
+        refusal = admit(pod, offer)
+        if refusal is not None:
+            await self._refuse(pod, refusal.reason, refusal.message)
+            return
+        assert offer is not None
+        resources = pod_resources(pod, offer)
+        ready = await self._objects.reflect(key, pod, self._report_object)
+        if not ready:
+            return  # a mandatory object is missing; its watch requeues the pod when it appears
+        log.info("%s: creating mirror on the provider (%s)", key, offer.name)
+        await self.provider.create_pod(pod, offer, resources)
+        self._reported.pop(key, None)
+
+    async def _report_object(self, pod: dict, kind: str, name: str, optional: bool) -> None:
+        reason = f"{'Optional' if optional else 'Mandatory'}{kind}NotFound"
+        message = f"{kind} {name} not found" + ("; the pod runs without it" if optional else
+                                                "; the pod waits for it")
+        await self._event_once(pod, reason, message, "Warning")
+        if not optional:
+            await self._set_pending(pod, reason, message)
+
+    async def _refuse(self, pod: dict, reason: str, message: str) -> None:
+        log.info("%s/%s refused: %s: %s", pod["metadata"]["namespace"], pod["metadata"]["name"], reason, message)
+        await self._event_once(pod, reason, message, "Warning")
+        await self._set_pending(pod, reason, message)
+
+    async def _set_pending(self, pod: dict, reason: str, message: str) -> None:
+        status = pod.get("status") or {}
+        if status.get("reason") == reason and status.get("message") == message:
+            return
+        now = _now()
+        conditions = [c for c in status.get("conditions") or [] if c.get("type") not in ("Ready", REFUSED_CONDITION)]
+        conditions += [
+            {"type": REFUSED_CONDITION, "status": "False", "reason": reason, "message": message,
+             "lastTransitionTime": now},
+            {"type": "Ready", "status": "False", "reason": reason, "message": message, "lastTransitionTime": now},
+        ]
+        await self._patch_status(pod, {"phase": "Pending", "reason": reason, "message": message,
+                                       "conditions": conditions})
+
+    async def _fail_lost(self, pod: dict) -> None:
+        message = "the pod's copy on the GPU provider disappeared without being deleted here"
+        await self._event_once(pod, "ProviderPodLost", message, "Warning")
+        status = dict(pod.get("status") or {})
+        containers = []
+        for cs in status.get("containerStatuses") or []:
+            cs = dict(cs)
+            if "terminated" not in (cs.get("state") or {}):
+                cs["state"] = {"terminated": {"exitCode": 137, "reason": "ProviderPodLost", "finishedAt": _now()}}
+            cs["ready"] = False
+            containers.append(cs)
+        patch = {"phase": "Failed", "reason": "ProviderPodLost", "message": message}
+        if containers:
+            patch["containerStatuses"] = containers
+        await self._patch_status(pod, patch)
+
+    async def _push_status(self, pod: dict, remote_status: dict) -> None:
+        local = pod.get("status") or {}
+        if all(local.get(k) == v for k, v in remote_status.items()) and not (
+                local.get("reason") and "reason" not in remote_status):
+            return
+        patch = dict(remote_status)
+        if local.get("reason") and "reason" not in patch:
+            patch["reason"] = None
+            patch["message"] = None
+        await self._patch_status(pod, patch)
+
+    async def _patch_status(self, pod: dict, status: dict) -> None:
+        meta = pod["metadata"]
+        try:
+            updated = await self.kube.patch("Pod", meta["namespace"], meta["name"], {"status": status},
+                                            subresource="status")
+        except errors.NotFound:
+            return
+        # Keep the cache ahead of the watch, so the next sync does not patch the same thing again.
+        key = key_of(pod)
+        if key in self.pods.store and self.pods.store[key]["metadata"]["uid"] == updated["metadata"]["uid"]:
+            self.pods.store[key] = updated
+        self.on_node_change()
+
+    # -- events -------------------------------------------------------------------------
+
+    async def _event_once(self, pod: dict, reason: str, message: str, kind: str) -> None:
+        key = key_of(pod)
+        marker = f"{pod['metadata']['uid']}:{reason}:{message}"
+        if self._reported.get(f"{key}:{reason}") == marker:
+            return
+        self._reported[f"{key}:{reason}"] = marker
+        await self.emit(pod["metadata"], reason, message, kind, name_seed=marker)
+
+    async def emit(self, meta: dict, reason: str, message: str, kind: str = "Normal", count: int = 1,
+                   name_seed: str = "") -> None:
+        """An Event on a local pod; the same seed updates one Event instead of creating another."""
+        now = _now()
+        seed = hashlib.sha256((name_seed or f"{reason}:{message}").encode()).hexdigest()[:16]
+        name = f"{meta['name']}.{seed}"
+        body = {
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"name": name, "namespace": meta["namespace"]},
+            "involvedObject": {"apiVersion": "v1", "kind": "Pod", "namespace": meta["namespace"],
+                               "name": meta["name"], "uid": meta.get("uid")},
+            "reason": reason, "message": message, "type": kind, "count": count,
+            "firstTimestamp": now, "lastTimestamp": now,
+            "source": {"component": "k8sgpu", "host": self.node_name},
+            "reportingComponent": "k8sgpu", "reportingInstance": self.node_name,
+        }
+        try:
+            await self.kube.create("Event", meta["namespace"], body)
+        except errors.AlreadyExists:
+            try:
+                await self.kube.patch("Event", meta["namespace"], name, {"count": count, "lastTimestamp": now})
+            except errors.KubeError as exc:
+                log.debug("updating event %s failed: %s", name, exc)
+        except errors.KubeError as exc:
+            log.warning("recording event %s on %s/%s failed: %s", reason, meta["namespace"], meta["name"], exc)
+
+    async def _copy_event(self, event: RemoteEvent) -> None:
+        pod = self.pods.store.get(f"{event.namespace}/{event.name}")
+        if pod is None or pod["metadata"]["uid"] != event.uid:
+            return
+        await self.emit(pod["metadata"], event.reason, event.message, event.type, event.count,
+                        name_seed=f"provider:{event.uid}:{event.reason}:{event.message}")
+
+
+class ObjectReflection:
+    """ConfigMaps and Secrets used by the node's pods, mirrored to the provider and kept current.
+
+    Each object in use has a watch of its own (field selector on its name), which is what the
+    Node authorizer lets a node do for objects its pods reference. A change is copied; an object
+    appearing requeues the pods waiting for it; when no pod uses it any more its mirror is deleted.
+    """
+
+    def __init__(self, kube: Kube, provider: PodProvider, queue: WorkQueue):
+        self.kube, self.provider, self.queue = kube, provider, queue
+        self._users: dict[tuple[str, str, str], set[str]] = {}  # (kind, ns, name) → pod keys
+        self._uids: dict[str, str] = {}  # pod key → uid
+        self._watches: dict[tuple[str, str, str], tuple[Reflector, asyncio.Task]] = {}
+        self._mirrored: set[tuple[str, str, str]] = set()
+        self._orphans: dict[tuple[str, str, str], list[str]] = {}
+
+    def adopt(self, remote_users: dict[tuple[str, str, str], list[str]], local_pods: dict[str, dict]) -> None:
+        """After a restart: remember what the provider already holds; unused mirrors are collected."""
+        self._mirrored = set(remote_users)
+        self._orphans = dict(remote_users)
+
+    async def gc_loop(self, local_pods: dict[str, dict]) -> None:
+        """Mirrors no local pod uses any more are deleted (once after start, then on release)."""
+        await asyncio.sleep(5)
+        live_uids = {p["metadata"]["uid"] for p in local_pods.values()}
+        for ref, uids in list(self._orphans.items()):
+            if ref not in self._users and not (set(uids) & live_uids):
+                await self._delete_mirror(ref)
+        self._orphans.clear()
+
+    async def reflect(self, key: str, pod: dict, report) -> bool:
+        """Mirror what the pod uses; False while a mandatory object is missing."""
+        namespace = pod["metadata"]["namespace"]
+        self._uids[key] = pod["metadata"]["uid"]
+        ready = True
+        for kind, name, optional in referenced_objects(pod):
+            ref = (kind, namespace, name)
+            self._users.setdefault(ref, set()).add(key)
+            reflector = await self._watch(ref)
+            obj = reflector.store.get(f"{namespace}/{name}")
+            if obj is None:
+                await report(pod, kind, name, optional)
+                ready = ready and optional
+                continue
+            await self.provider.put_object(obj, self._user_uids(ref))
+            self._mirrored.add(ref)
+        return ready
+
+    def _user_uids(self, ref: tuple[str, str, str]) -> list[str]:
+        return sorted(self._uids[k] for k in self._users.get(ref, ()) if k in self._uids)
+
+    async def _watch(self, ref: tuple[str, str, str]) -> Reflector:
+        if ref not in self._watches:
+            kind, namespace, name = ref
+            reflector = Reflector(self.kube, kind, namespace, field_selector=f"metadata.name={name}",
+                                  on_event=lambda event, obj, r=ref: self._changed(r, event, obj))
+            task = asyncio.create_task(reflector.run(), name=f"watch-{kind}-{namespace}-{name}")
+            self._watches[ref] = (reflector, task)
+        reflector = self._watches[ref][0]
+        try:
+            await asyncio.wait_for(reflector.synced.wait(), timeout=30)
+        except TimeoutError:
+            raise errors.Unavailable(f"listing {ref[0]} {ref[1]}/{ref[2]} timed out") from None
+        return reflector
+
+    def _changed(self, ref: tuple[str, str, str], event: str, obj: dict) -> None:
+        if event == "DELETED":
+            return  # a running pod keeps the last value, as on a kubelet
+        if ref in self._mirrored:
+            obj.setdefault("kind", ref[0])
+            asyncio.get_running_loop().create_task(self._update(ref, obj))
+        for key in self._users.get(ref, ()):
+            self.queue.add(key)
+
+    async def _update(self, ref: tuple[str, str, str], obj: dict) -> None:
+        try:
+            await self.provider.put_object(obj, self._user_uids(ref))
+        except errors.KubeError as exc:
+            log.warning("updating mirror of %s %s/%s failed: %s", *ref, exc)
+
+    def release(self, key: str) -> None:
+        """The pod is gone on both sides: objects only it used lose their mirror and watch."""
+        self._uids.pop(key, None)
+        for ref in [r for r, users in self._users.items() if key in users]:
+            users = self._users[ref]
+            users.discard(key)
+            if not users:
+                del self._users[ref]
+                asyncio.get_running_loop().create_task(self._delete_mirror(ref))
+
+    async def _delete_mirror(self, ref: tuple[str, str, str]) -> None:
+        watch = self._watches.pop(ref, None)
+        if watch is not None:
+            watch[1].cancel()
+        if ref in self._mirrored:
+            self._mirrored.discard(ref)
+            try:
+                await self.provider.delete_object(*ref)
+            except errors.KubeError as exc:
+                log.warning("deleting mirror of %s %s/%s failed: %s", *ref, exc)
+
+    async def stop(self) -> None:
+        tasks = [task for _, task in self._watches.values()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,174 @@
+"""A thin asyncio Kubernetes REST client over kubernetes_asyncio's connection and authentication.
+
+kubernetes_asyncio loads kubeconfigs and in-cluster configuration and owns the
+aiohttp session (TLS, client certificates, bearer tokens). On top of it this
+module speaks plain JSON: objects stay dicts, because building the client's
+model classes for thousands of pods costs more than the rest of the runtime.
+Errors are classified once here (see `errors`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+from kubernetes_asyncio import client as k8s_client
+from kubernetes_asyncio import config as k8s_config
+
+from . import errors
+
+log = logging.getLogger(__name__)
+
+# API group/version of each kind the runtime touches.
+_RESOURCES: dict[str, tuple[str, str, bool]] = {
+    # kind: (api prefix, plural, namespaced)
+    "Pod": ("/api/v1", "pods", True),
+    "Node": ("/api/v1", "nodes", False),
+    "ConfigMap": ("/api/v1", "configmaps", True),
+    "Secret": ("/api/v1", "secrets", True),
+    "Service": ("/api/v1", "services", True),
+    "Event": ("/api/v1", "events", True),
+    "ResourceQuota": ("/api/v1", "resourcequotas", True),
+    "Lease": ("/apis/coordination.k8s.io/v1", "leases", True),
+    "RuntimeClass": ("/apis/node.k8s.io/v1", "runtimeclasses", False),
+    "CertificateSigningRequest": ("/apis/certificates.k8s.io/v1", "certificatesigningrequests", False),
+}
+
+
+def resource_path(kind: str, namespace: str | None = None, name: str | None = None,
+                  subresource: str | None = None) -> str:
+    prefix, plural, namespaced = _RESOURCES[kind]
+    path = prefix
+    if namespaced and namespace:
+        path += f"/namespaces/{namespace}"
+    path += f"/{plural}"
+    if name:
+        path += f"/{name}"
+    if subresource:
+        path += f"/{subresource}"
+    return path
+
+
+async def api_client(kubeconfig: str | None) -> k8s_client.ApiClient:
+    """An ApiClient for a kubeconfig file, or the in-cluster service account when none is given."""
+    cfg = k8s_client.Configuration()
+    if kubeconfig:
+        await k8s_config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
+    else:
+        k8s_config.load_incluster_config(client_configuration=cfg)
+    return k8s_client.ApiClient(configuration=cfg)
+
+
+class Kube:
+    """JSON over the Kubernetes REST API, for one cluster."""
+
+    def __init__(self, api: k8s_client.ApiClient, name: str):
+        self.api = api
+        self.name = name  # "local" or "provider", for messages
+        self._host = api.configuration.host.rstrip("/")
+
+    async def close(self) -> None:
+        await self.api.close()
+
+    def _session(self) -> aiohttp.ClientSession:
+        return self.api.rest_client.pool_manager
+
+    async def _headers(self, content_type: str | None = None) -> dict[str, str]:
+        # auth_settings() runs the configuration's token refresh hook (exec plugins, EKS tokens).
+        settings = await self.api.configuration.auth_settings()
+        headers = {"Accept": "application/json"}
+        for setting in settings.values():
+            if setting.get("in") == "header" and setting.get("value"):
+                headers[setting["key"]] = setting["value"]
+        if content_type:
+            headers["Content-Type"] = content_type
+        return headers
+
+    async def request(self, method: str, path: str, *, params: dict[str, Any] | None = None,
+                      body: Any = None, content_type: str = "application/json",
+                      timeout: float = 30) -> dict:
+        data = None if body is None else json.dumps(body)
+        headers = await self._headers(content_type if data is not None else None)
+        try:
+            async with self._session().request(
+                method, self._host + path, params=_params(params), data=data, headers=headers,
+                timeout=aiohttp.ClientTimeout(total=timeout),
+            ) as resp:
+                payload = await resp.read()
+                if resp.status >= 300:
+                    raise errors.from_status(self.name, method, path, resp.status, payload)
+                return json.loads(payload) if payload else {}
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise errors.Unavailable(f"{self.name} cluster unreachable ({method} {path}): {exc!r}") from exc
+
+    async def get(self, kind: str, namespace: str | None, name: str) -> dict:
+        return await self.request("GET", resource_path(kind, namespace, name))
+
+    async def list(self, kind: str, namespace: str | None = None, **params: Any) -> dict:
+        return await self.request("GET", resource_path(kind, namespace), params=params, timeout=120)
+
+    async def create(self, kind: str, namespace: str | None, body: dict) -> dict:
+        return await self.request("POST", resource_path(kind, namespace), body=body)
+
+    async def replace(self, kind: str, namespace: str | None, name: str, body: dict,
+                      subresource: str | None = None) -> dict:
+        return await self.request("PUT", resource_path(kind, namespace, name, subresource), body=body)
+
+    async def patch(self, kind: str, namespace: str | None, name: str, body: dict, *,
+                    subresource: str | None = None, patch_type: str = "merge") -> dict:
+        content_type = {"merge": "application/merge-patch+json",
+                        "strategic": "application/strategic-merge-patch+json",
+                        "json": "application/json-patch+json"}[patch_type]
+        return await self.request("PATCH", resource_path(kind, namespace, name, subresource), body=body,
+                                  content_type=content_type)
+
+    async def delete(self, kind: str, namespace: str | None, name: str, *, grace_seconds: int | None = None,
+                     uid: str | None = None) -> dict:
+        options: dict[str, Any] = {"apiVersion": "v1", "kind": "DeleteOptions"}
+        if grace_seconds is not None:
+            options["gracePeriodSeconds"] = grace_seconds
+        if uid:
+            options["preconditions"] = {"uid": uid}
+        return await self.request("DELETE", resource_path(kind, namespace, name), body=options)
+
+    async def watch(self, kind: str, namespace: str | None, resource_version: str,
+                    timeout_seconds: int = 300, **params: Any) -> AsyncIterator[dict]:
+        """Events of one watch request; ends when the server closes it. 410 raises `errors.Gone`."""
+        headers = await self._headers()
+        query = {**params, "watch": "true", "resourceVersion": resource_version,
+                 "allowWatchBookmarks": "true", "timeoutSeconds": str(timeout_seconds)}
+        path = resource_path(kind, namespace)
+        try:
+            async with self._session().get(
+                self._host + path, params=_params(query), headers=headers,
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=timeout_seconds + 30),
+            ) as resp:
+                if resp.status >= 300:
+                    raise errors.from_status(self.name, "WATCH", path, resp.status, await resp.read())
+                async for line in resp.content:
+                    if not line.strip():
+                        continue
+                    event = json.loads(line)
+                    if event.get("type") == "ERROR":
+                        status = event.get("object") or {}
+                        raise errors.from_status(self.name, "WATCH", path, status.get("code", 500),
+                                                 json.dumps(status).encode())
+                    yield event
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise errors.Unavailable(f"{self.name} cluster unreachable (watch {path}): {exc!r}") from exc
+
+
+def _params(params: dict[str, Any] | None) -> dict[str, str] | None:
+    if not params:
+        return None
+    out = {}
+    for key, value in params.items():
+        if value is None:
+            continue
+        key = {"label_selector": "labelSelector", "field_selector": "fieldSelector",
+               "resource_version": "resourceVersion", "limit": "limit"}.get(key, key)
+        out[key] = str(value).lower() if isinstance(value, bool) else str(value)
+    return out

@@ -1,0 +1,83 @@
+"""`k8sgpu-runtime`: the virtual GPU node agent."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+from . import __version__
+from .config import ConfigError, build
+
+DESCRIPTION = """\
+The k8sgpu runtime registers the virtual node (default k8s.gpu) in a Kubernetes
+cluster and runs every pod bound to it on a remote GPU provider: a Kubernetes
+cluster reached with a tenant kubeconfig. The pods look local: their status,
+events, ConfigMaps, Secrets and LoadBalancer Services are kept in step.
+
+Settings come from flags, then environment variables (named in each flag's
+help), then the Terraform outputs file, then the config file, then defaults.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="k8sgpu-runtime", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"k8sgpu-runtime {__version__}")
+    verbs = parser.add_subparsers(dest="verb", metavar="COMMAND", required=True)
+    start = verbs.add_parser("start", help="register the node and serve its pods until stopped",
+                             description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    start.add_argument("--kubeconfig", help="kubeconfig of the cluster the node joins; absent: the in-cluster "
+                                            "service account configuration [env K8SGPU_KUBECONFIG]")
+    start.add_argument("--provider-kubeconfig", help="tenant kubeconfig of the GPU provider's cluster "
+                                                     "(required) [env K8SGPU_PROVIDER_KUBECONFIG]")
+    start.add_argument("--tenant-namespace", help="your namespace on the GPU provider (required) "
+                                                  "[env K8SGPU_TENANT_NAMESPACE]")
+    start.add_argument("--node-name", help="name of the virtual node (default k8s.gpu); the runtime "
+                                           "authenticates as system:node:<name> [env K8SGPU_NODE_NAME]")
+    start.add_argument("--node-address", help="IP address kube-apiserver reaches this runtime at (default: "
+                                              "$POD_IP, else 127.0.0.1) [env K8SGPU_NODE_ADDRESS]")
+    start.add_argument("--kubelet-port", type=int, help="port of the kubelet API advertised in the node "
+                                                        "status (default 10250) [env K8SGPU_KUBELET_PORT]")
+    start.add_argument("--config", help="YAML file with sections node, local, provider [env K8SGPU_CONFIG]")
+    start.add_argument("--terraform-outputs", help="JSON of `terraform output -json` "
+                                                   "[env K8SGPU_TERRAFORM_OUTPUTS]")
+    start.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = build(vars(args))
+    except ConfigError as exc:
+        print(f"k8sgpu-runtime: error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose > 1 else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr,
+    )
+    logging.getLogger("aiohttp").setLevel(logging.WARNING)
+    from .virtual_node import VirtualNode
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await VirtualNode(config).run_until(stop)
+
+    try:
+        asyncio.run(run())
+    except Exception as exc:  # noqa: BLE001 - the one error boundary of the agent
+        if args.verbose > 1:
+            raise
+        print(f"k8sgpu-runtime: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

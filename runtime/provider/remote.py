@@ -1,0 +1,263 @@
+"""The first provider: a remote Kubernetes cluster, reached with a tenant kubeconfig, one namespace.
+
+Mirrors are labelled with the node's name and the origin's UID and annotated
+with the origin's namespace and name, so this provider rebuilds its whole view
+from a list of the tenant namespace after any restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from decimal import Decimal
+
+from kubernetes.utils import parse_quantity
+
+from .. import errors
+from ..admission import GPU_RESOURCE, Resources
+from ..catalog import GPUClass
+from ..kube import Kube
+from ..reflector import Reflector
+from ..translate import (
+    KIND_LABEL,
+    NODE_LABEL,
+    ORIGIN_NAME,
+    ORIGIN_NAMESPACE,
+    ORIGIN_UID_LABEL,
+    USED_BY,
+    local_status,
+    reflected_object,
+    remote_name,
+    remote_pod,
+    remote_service,
+)
+from . import Capacity, ProviderEvents, RemoteEvent, RemotePod
+
+log = logging.getLogger(__name__)
+
+
+class RemoteClusterProvider:
+    def __init__(self, kube: Kube, tenant_namespace: str, node_name: str, node_address: str):
+        self.kube = kube
+        self.namespace = tenant_namespace
+        self.node_name = node_name
+        self.node_address = node_address
+        self._events: ProviderEvents | None = None
+        self._tasks: list[asyncio.Task] = []
+        self._capacity = Capacity("0", "0", "0", "0")
+        owned = f"{NODE_LABEL}={node_name}"
+        self._pods = Reflector(kube, "Pod", tenant_namespace, label_selector=owned, on_event=self._on_pod,
+                               on_health=self._on_health)
+        self._configmaps = Reflector(kube, "ConfigMap", tenant_namespace, label_selector=owned,
+                                     on_event=lambda *_: None)
+        self._secrets = Reflector(kube, "Secret", tenant_namespace, label_selector=owned, on_event=lambda *_: None)
+        self._services = Reflector(kube, "Service", tenant_namespace, label_selector=owned,
+                                   on_event=self._on_service)
+        self._pod_events = Reflector(kube, "Event", tenant_namespace, field_selector="involvedObject.kind=Pod",
+                                     on_event=self._on_event)
+        self._nodes = Reflector(kube, "Node", None, on_event=self._on_capacity_source)
+        self._quotas = Reflector(kube, "ResourceQuota", tenant_namespace, on_event=self._on_capacity_source)
+        self._by_remote_name: dict[str, dict] = {}
+
+    # -- life --------------------------------------------------------------
+
+    async def start(self, events: ProviderEvents) -> None:
+        self._events = events
+        reflectors = [self._pods, self._configmaps, self._secrets, self._services, self._pod_events,
+                      self._nodes, self._quotas]
+        self._tasks = [asyncio.create_task(r.run(), name=f"provider-{r.kind}") for r in reflectors]
+        await asyncio.gather(*(r.synced.wait() for r in reflectors))
+        self._recompute_capacity()
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # -- pods ----------------------------------------------------------------
+
+    def _remote_pod(self, obj: dict) -> RemotePod:
+        meta = obj["metadata"]
+        ann = meta.get("annotations") or {}
+        return RemotePod(
+            namespace=ann.get(ORIGIN_NAMESPACE, ""),
+            name=ann.get(ORIGIN_NAME, ""),
+            uid=(meta.get("labels") or {}).get(ORIGIN_UID_LABEL, ""),
+            status=local_status(obj, self.node_address),
+            deleting=bool(meta.get("deletionTimestamp")),
+        )
+
+    def _on_pod(self, kind: str, obj: dict) -> None:
+        pod = self._remote_pod(obj)
+        if kind == "DELETED":
+            self._by_remote_name.pop(obj["metadata"]["name"], None)
+            if self._events:
+                self._events.pod_gone(pod.namespace, pod.name, pod.uid)
+            return
+        self._by_remote_name[obj["metadata"]["name"]] = obj
+        if self._events:
+            self._events.pod_changed(pod)
+
+    def _on_health(self, ok: bool, why: str) -> None:
+        if self._events:
+            self._events.reachability_changed(ok, why)
+
+    def pods(self) -> list[RemotePod]:
+        return [self._remote_pod(obj) for obj in self._pods.store.values()]
+
+    async def create_pod(self, pod: dict, offer: GPUClass, resources: Resources) -> None:
+        manifest = remote_pod(pod, offer, self.node_name, resources)
+        try:
+            await self.kube.create("Pod", self.namespace, manifest)
+        except errors.AlreadyExists:
+            pass  # created before a restart; the reflector carries its status
+
+    async def delete_pod(self, namespace: str, name: str, grace_seconds: int | None) -> None:
+        mirrors = [remote["metadata"] for remote in self._pods.store.values()
+                   if (remote["metadata"].get("annotations") or {}).get(ORIGIN_NAMESPACE) == namespace
+                   and remote["metadata"]["annotations"].get(ORIGIN_NAME) == name]
+        for meta in mirrors:
+            try:
+                await self.kube.delete("Pod", self.namespace, meta["name"], grace_seconds=grace_seconds,
+                                       uid=meta["uid"])
+            except (errors.NotFound, errors.Conflict):
+                pass  # already gone, or replaced by a newer mirror
+
+    # -- ConfigMaps and Secrets --------------------------------------------------
+
+    async def put_object(self, obj: dict, users: list[str]) -> None:
+        kind = obj.get("kind") or ("Secret" if "type" in obj else "ConfigMap")
+        mirrored = reflected_object(kind, obj, users, self.node_name)
+        name = mirrored["metadata"]["name"]
+        store = self._secrets.store if kind == "Secret" else self._configmaps.store
+        current = store.get(f"{self.namespace}/{name}")
+        if current is not None and _same_content(current, mirrored):
+            return
+        try:
+            if current is None:
+                await self.kube.create(kind, self.namespace, mirrored)
+                return
+        except errors.AlreadyExists:
+            pass
+        await self.kube.replace(kind, self.namespace, name, mirrored)
+
+    async def delete_object(self, kind: str, namespace: str, name: str) -> None:
+        try:
+            await self.kube.delete(kind, self.namespace, remote_name(namespace, name))
+        except errors.NotFound:
+            pass
+
+    def object_users(self) -> dict[tuple[str, str, str], list[str]]:
+        out = {}
+        for kind, reflector in (("ConfigMap", self._configmaps), ("Secret", self._secrets)):
+            for obj in reflector.store.values():
+                ann = obj["metadata"].get("annotations") or {}
+                users = [u for u in ann.get(USED_BY, "").split(",") if u]
+                out[(kind, ann.get(ORIGIN_NAMESPACE, ""), ann.get(ORIGIN_NAME, ""))] = users
+        return out
+
+    # -- Services ----------------------------------------------------------------
+
+    async def put_service(self, service: dict) -> None:
+        mirrored = remote_service(service, self.node_name)
+        name = mirrored["metadata"]["name"]
+        current = self._services.store.get(f"{self.namespace}/{name}")
+        if current is None:
+            try:
+                await self.kube.create("Service", self.namespace, mirrored)
+                return
+            except errors.AlreadyExists:
+                current = await self.kube.get("Service", self.namespace, name)
+        if current["spec"].get("ports") != mirrored["spec"]["ports"] or \
+                current["spec"].get("selector") != mirrored["spec"]["selector"]:
+            await self.kube.patch("Service", self.namespace, name,
+                                  {"spec": {"ports": mirrored["spec"]["ports"],
+                                            "selector": mirrored["spec"]["selector"]}})
+
+    async def delete_service(self, namespace: str, name: str) -> None:
+        try:
+            await self.kube.delete("Service", self.namespace, remote_name(namespace, name))
+        except errors.NotFound:
+            pass
+
+    def services(self) -> list[tuple[str, str]]:
+        out = []
+        for obj in self._services.store.values():
+            ann = obj["metadata"].get("annotations") or {}
+            out.append((ann.get(ORIGIN_NAMESPACE, ""), ann.get(ORIGIN_NAME, "")))
+        return out
+
+    def _on_service(self, kind: str, obj: dict) -> None:
+        if kind == "DELETED" or self._events is None:
+            return
+        ann = obj["metadata"].get("annotations") or {}
+        ingress = ((obj.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
+        self._events.service_changed(ann.get(ORIGIN_NAMESPACE, ""), ann.get(ORIGIN_NAME, ""), ingress)
+
+    # -- Events ------------------------------------------------------------------
+
+    def _on_event(self, kind: str, obj: dict) -> None:
+        if kind == "DELETED" or self._events is None:
+            return
+        involved = obj.get("involvedObject") or {}
+        remote = self._by_remote_name.get(involved.get("name", ""))
+        if remote is None:
+            return
+        pod = self._remote_pod(remote)
+        self._events.pod_event(RemoteEvent(
+            namespace=pod.namespace, name=pod.name, uid=pod.uid, reason=obj.get("reason", ""),
+            message=obj.get("message", ""), type=obj.get("type", "Normal"),
+            count=obj.get("count") or 1,
+        ))
+
+    # -- capacity ----------------------------------------------------------------
+
+    def capacity(self) -> Capacity:
+        return self._capacity
+
+    def _on_capacity_source(self, kind: str, obj: dict) -> None:
+        if self._nodes.synced.is_set() and self._quotas.synced.is_set():
+            self._recompute_capacity()
+
+    def _recompute_capacity(self) -> None:
+        totals = {"cpu": Decimal(0), "memory": Decimal(0), GPU_RESOURCE: Decimal(0), "pods": Decimal(0)}
+        for node in self._nodes.store.values():
+            allocatable = (node.get("status") or {}).get("allocatable") or {}
+            if parse_quantity(allocatable.get(GPU_RESOURCE, 0)) <= 0:
+                continue  # only GPU nodes serve this tenant
+            if (node.get("spec") or {}).get("unschedulable"):
+                continue
+            for resource in totals:
+                totals[resource] += parse_quantity(allocatable.get(resource, 0))
+        # A tenant's ResourceQuota, where there is one, caps what it is offered.
+        for quota in self._quotas.store.values():
+            hard = (quota.get("status") or {}).get("hard") or (quota.get("spec") or {}).get("hard") or {}
+            for resource, keys in (("cpu", ("requests.cpu", "cpu", "limits.cpu")),
+                                   ("memory", ("requests.memory", "memory", "limits.memory")),
+                                   (GPU_RESOURCE, (f"requests.{GPU_RESOURCE}",)),
+                                   ("pods", ("pods",))):
+                for key in keys:
+                    if key in hard:
+                        totals[resource] = min(totals[resource], parse_quantity(hard[key]))
+                        break
+        capacity = Capacity(
+            cpu=_fmt(totals["cpu"]), memory=str(int(totals["memory"])), gpus=str(int(totals[GPU_RESOURCE])),
+            pods=str(int(totals["pods"])),
+        )
+        if capacity != self._capacity:
+            self._capacity = capacity
+            if self._events:
+                self._events.capacity_changed(capacity)
+
+
+def _fmt(cpu: Decimal) -> str:
+    return str(int(cpu)) if cpu == int(cpu) else f"{int(cpu * 1000)}m"
+
+
+def _same_content(current: dict, mirrored: dict) -> bool:
+    if (current["metadata"].get("annotations") or {}).get(USED_BY) != mirrored["metadata"]["annotations"][USED_BY]:
+        return False
+    return all(current.get(f) == mirrored.get(f) for f in ("data", "binaryData"))
+
+
+__all__ = ["RemoteClusterProvider", "KIND_LABEL"]

@@ -1,0 +1,186 @@
+"""List-then-watch caches and keyed work queues: the two shapes every controller stands on."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+
+from . import errors
+from .kube import Kube
+
+log = logging.getLogger(__name__)
+
+EventHandler = Callable[[str, dict], None]
+
+
+def key_of(obj: dict) -> str:
+    meta = obj.get("metadata", {})
+    return f"{meta.get('namespace', '')}/{meta['name']}"
+
+
+class Reflector:
+    """Keeps ``store`` equal to the objects of one kind (optionally filtered), by list and watch.
+
+    Watches resume from the last resourceVersion seen (bookmarks included) and
+    relist on 410 Gone; a relist emits the differences as events, so handlers
+    never miss a deletion. ``on_health(False, why)`` is called while the
+    cluster cannot be reached, ``on_health(True, "")`` once it can again.
+    """
+
+    def __init__(self, kube: Kube, kind: str, namespace: str | None = None, *, on_event: EventHandler,
+                 label_selector: str | None = None, field_selector: str | None = None,
+                 on_health: Callable[[bool, str], None] | None = None, watch_seconds: int = 300,
+                 max_backoff: float = 5.0):
+        self.kube, self.kind, self.namespace = kube, kind, namespace
+        self.on_event, self.on_health = on_event, on_health
+        self.selectors = {"label_selector": label_selector, "field_selector": field_selector}
+        self.store: dict[str, dict] = {}
+        self.synced = asyncio.Event()
+        self.resource_version = ""
+        self._watch_seconds = watch_seconds
+        self._max_backoff = max_backoff
+        self._healthy: bool | None = None
+
+    def _health(self, ok: bool, why: str = "") -> None:
+        if ok != self._healthy:
+            self._healthy = ok
+            if self.on_health:
+                self.on_health(ok, why)
+
+    async def run(self) -> None:
+        backoff = 0.2
+        need_list = True
+        while True:
+            try:
+                if need_list:
+                    await self._relist()
+                    need_list = False
+                self._health(True)
+                backoff = 0.2
+                async for event in self.kube.watch(self.kind, self.namespace, self.resource_version,
+                                                   timeout_seconds=self._watch_seconds, **self.selectors):
+                    self._apply(event)
+            except errors.Gone:
+                log.info("%s %s watch expired; relisting", self.kube.name, self.kind)
+                need_list = True
+            except (errors.Unavailable, errors.Unauthorized) as exc:
+                self._health(False, str(exc))
+                need_list = True
+                await asyncio.sleep(backoff * (1 + random.random() / 4))
+                backoff = min(backoff * 2, self._max_backoff)
+            except errors.KubeError as exc:
+                log.warning("%s %s watch failed: %s", self.kube.name, self.kind, exc)
+                need_list = True
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self._max_backoff)
+
+    async def _relist(self) -> None:
+        listing = await self.kube.list(self.kind, self.namespace, **self.selectors)
+        fresh = {}
+        for item in listing.get("items") or []:
+            item.setdefault("kind", self.kind)
+            fresh[key_of(item)] = item
+        old = self.store
+        self.store = fresh
+        self.resource_version = listing["metadata"]["resourceVersion"]
+        for key, obj in fresh.items():
+            before = old.get(key)
+            if before is None:
+                self.on_event("ADDED", obj)
+            elif before["metadata"].get("resourceVersion") != obj["metadata"].get("resourceVersion"):
+                self.on_event("MODIFIED", obj)
+        for key, obj in old.items():
+            if key not in fresh:
+                self.on_event("DELETED", obj)
+        self.synced.set()
+
+    def _apply(self, event: dict) -> None:
+        kind, obj = event["type"], event["object"]
+        self.resource_version = obj.get("metadata", {}).get("resourceVersion", self.resource_version)
+        if kind == "BOOKMARK":
+            return
+        key = key_of(obj)
+        if kind == "DELETED":
+            self.store.pop(key, None)
+        else:
+            self.store[key] = obj
+        self.on_event(kind, obj)
+
+
+class WorkQueue:
+    """Keys processed one at a time each, by ``workers`` tasks; failed keys retried with capped backoff.
+
+    A key added while it is being processed is processed again afterwards, once.
+    """
+
+    def __init__(self, handler: Callable[[str], Awaitable[None]], *, workers: int = 8, name: str = "queue",
+                 base_delay: float = 0.2, max_delay: float = 30.0):
+        self.handler, self.workers, self.name = handler, workers, name
+        self.base_delay, self.max_delay = base_delay, max_delay
+        self._queue: asyncio.Queue[str] = asyncio.Queue()
+        self._queued: set[str] = set()
+        self._active: set[str] = set()
+        self._dirty: set[str] = set()
+        self._failures: dict[str, int] = {}
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+
+    def add(self, key: str) -> None:
+        if key in self._active:
+            self._dirty.add(key)
+        elif key not in self._queued:
+            self._queued.add(key)
+            self._queue.put_nowait(key)
+
+    def add_after(self, key: str, delay: float) -> None:
+        if key in self._timers:
+            return
+        loop = asyncio.get_running_loop()
+        self._timers[key] = loop.call_later(delay, self._fire, key)
+
+    def _fire(self, key: str) -> None:
+        self._timers.pop(key, None)
+        self.add(key)
+
+    def retry(self, key: str) -> float:
+        n = self._failures.get(key, 0) + 1
+        self._failures[key] = n
+        delay = min(self.base_delay * 2 ** (n - 1), self.max_delay)
+        self.add_after(key, delay)
+        return delay
+
+    def forget(self, key: str) -> None:
+        self._failures.pop(key, None)
+
+    def __len__(self) -> int:
+        return len(self._queued) + len(self._active)
+
+    async def run(self) -> None:
+        await asyncio.gather(*(self._worker() for _ in range(self.workers)))
+
+    async def _worker(self) -> None:
+        while True:
+            key = await self._queue.get()
+            self._queued.discard(key)
+            self._active.add(key)
+            started = time.monotonic()
+            try:
+                await self.handler(key)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a handler bug must not stop the node; retry with backoff
+                delay = self.retry(key)
+                log.exception("%s: %s failed after %.3fs; retrying in %.1fs", self.name, key,
+                              time.monotonic() - started, delay)
+            finally:
+                self._active.discard(key)
+                if key in self._dirty:
+                    self._dirty.discard(key)
+                    self.add(key)
+
+    def close(self) -> None:
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()

@@ -1,0 +1,71 @@
+"""The virtual node: clients, the provider and the controllers, started in order, stopped in reverse."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+
+from .config import RuntimeConfig
+from .controllers.node import NodeController
+from .controllers.pods import PodController
+from .controllers.services import ServiceController
+from .kube import Kube, api_client
+from .provider.remote import RemoteClusterProvider
+
+log = logging.getLogger(__name__)
+
+
+class VirtualNode:
+    def __init__(self, config: RuntimeConfig):
+        self.config = config
+        self.address = config.resolved_address(dict(os.environ))
+        self.local: Kube | None = None
+        self.remote: Kube | None = None
+        self.node: NodeController | None = None
+        self.pods: PodController | None = None
+        self.services: ServiceController | None = None
+        self._tasks: list[asyncio.Task] = []
+        self.ready = asyncio.Event()
+
+    async def start(self) -> None:
+        cfg = self.config
+        self.local = Kube(await api_client(cfg.local.kubeconfig or None), "local")
+        self.remote = Kube(await api_client(cfg.provider.kubeconfig), "provider")
+        provider = RemoteClusterProvider(self.remote, cfg.provider.tenant_namespace, cfg.node.name, self.address)
+        self.pods = PodController(self.local, provider, cfg.node.name)
+        self.node = NodeController(self.local, cfg.node, self.address, used=self.pods.used)
+        self.pods.on_node_change = self.node.pods_changed
+        self.pods._on_capacity = self.node.set_capacity
+        self.pods._on_reachability = self.node.set_provider_reachable
+        self.services = ServiceController(self.local, provider, cfg.provider.load_balancer_class)
+        self.pods.service_sink = self.services.ingress_changed
+
+        # The provider is listed first, so the node registers with its real capacity.
+        await self.pods.start()
+        self.node.set_capacity(provider.capacity())
+        await self.node.register()
+        self._tasks.append(asyncio.create_task(self.node.lease_loop(), name="node-lease"))
+        self._tasks.append(asyncio.create_task(self.node.status_loop(), name="node-status"))
+        await self.services.start(provider.services())
+        log.info("node %s ready at %s; provider tenant namespace %s", cfg.node.name, self.address,
+                 cfg.provider.tenant_namespace)
+        self.ready.set()
+
+    async def stop(self) -> None:
+        for part in (self.services, self.pods):
+            if part is not None:
+                await part.stop()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for kube in (self.remote, self.local):
+            if kube is not None:
+                await kube.close()
+
+    async def run_until(self, stop: asyncio.Event) -> None:
+        try:
+            await self.start()
+            await stop.wait()
+        finally:
+            await self.stop()

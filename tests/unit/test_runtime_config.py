@@ -1,0 +1,55 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from k8sgpu.runtime.config import ConfigError, build
+
+
+@pytest.fixture
+def kubeconfig(tmp_path):
+    path = tmp_path / "tenant.kubeconfig"
+    path.write_text("apiVersion: v1\nkind: Config\n")
+    return str(path)
+
+
+def test_flags_beat_environment_beat_file(tmp_path, kubeconfig):
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text(f"provider: {{kubeconfig: {kubeconfig}, tenant_namespace: from-file}}\nnode: {{name: a.b}}\n")
+    config = build({"config": str(cfg_file), "node_name": "from-flag"}, {"K8SGPU_TENANT_NAMESPACE": "from-env"})
+    assert config.node.name == "from-flag" and config.provider.tenant_namespace == "from-env"
+    assert config.provider.kubeconfig == kubeconfig
+
+
+@pytest.mark.parametrize("flags, field", [
+    ({"provider_kubeconfig": None}, "--provider-kubeconfig"),
+    ({"provider_kubeconfig": "/nonexistent"}, "--provider-kubeconfig"),
+    ({"tenant_namespace": "Bad_Name"}, "--tenant-namespace"),
+    ({"node_name": "UPPER"}, "--node-name"),
+    ({"node_address": "not-an-ip"}, "--node-address"),
+    ({"kubelet_port": 70000}, "--kubelet-port"),
+])
+def test_wrong_values_name_the_field(flags, field, kubeconfig):
+    base = {"provider_kubeconfig": kubeconfig, "tenant_namespace": "t"}
+    with pytest.raises(ConfigError) as err:
+        build({**base, **flags}, {})
+    assert err.value.field == field
+
+
+def test_terraform_outputs_feed_the_config(tmp_path, kubeconfig):
+    outputs = tmp_path / "out.json"
+    outputs.write_text(json.dumps({"node_name": {"value": "gpu.node", "type": "string", "sensitive": False},
+                                   "tenant_namespace": {"value": "acme", "type": "string", "sensitive": False}}))
+    config = build({"terraform_outputs": str(outputs), "provider_kubeconfig": kubeconfig}, {})
+    assert (config.node.name, config.provider.tenant_namespace) == ("gpu.node", "acme")
+    outputs.write_text(json.dumps({"node_name": "no-value-wrapper"}))
+    with pytest.raises(ConfigError, match="node_name"):
+        build({"terraform_outputs": str(outputs), "provider_kubeconfig": kubeconfig, "tenant_namespace": "t"}, {})
+
+
+def test_cli_exits_non_zero_naming_the_missing_field():
+    out = subprocess.run([sys.executable, "-m", "k8sgpu.runtime.main", "start"], capture_output=True, text=True,
+                         env={"PATH": "/usr/bin:/bin"})
+    assert out.returncode == 2
+    assert "--provider-kubeconfig: missing" in out.stderr
