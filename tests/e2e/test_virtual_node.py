@@ -137,6 +137,11 @@ def test_a_pod_naming_a_class_runs_remotely_on_the_right_gpu(runtime, local, pro
     assert int(remote_node.metadata.labels[GPU_COUNT_LABEL]) >= gpus
     assert remote.spec.automount_service_account_token is False
     assert not any(v.name.startswith("kube-api-access") for v in remote.spec.volumes or [])
+    # The provider's own events about the mirror (its scheduler's) are copied to the local pod.
+    copied = wait_for(lambda: [e for e in local.list_namespaced_event(
+        "default", field_selector=f"involvedObject.name={name}").items
+        if e.reason == "Scheduled" and e.source.component == "k8sgpu"], 20, "the provider's Scheduled event")
+    assert remote.spec.node_name in copied[0].message
     local.delete_namespaced_pod(name, "default")
     wait_for(lambda: gone(lambda: local.read_namespaced_pod(name, "default")), 60, "the pod to go")
     wait_for(lambda: remote_of(provider, ground, pod) is None, 30, "the mirror to go")
