@@ -93,6 +93,8 @@ class RunningWatch:
 
     def stop(self) -> None:
         self._watch.stop()
+        self.api.api_client.close()  # closes the pool, so the watch's blocking read ends now
+        self._thread.join(timeout=5)
 
 
 @dataclasses.dataclass
@@ -257,15 +259,17 @@ def run(scale: str, out_dir: Path, say: Say, idle_seconds: int = 60, outage_seco
             say(f"N={n}: baseline {overhead.baseline_s}s, virtual {overhead.virtual_s}s, ratio {overhead.ratio}")
             results["footprint"].append({"n": n, "rss_mb": round(_proc_rss_mb(pid), 1),
                                          "cpu_s_for_n": round(_proc_cpu_seconds(pid) - cpu0, 2)})
-            if n == recovery_at:
-                results["recovery"] = _recovery(state, ground, runtime, n, outage_seconds, say)
-                pid = runtime.proc.pid
             if n == sizes[-1]:
+                # Idle: every pod Running, nothing changing; a few seconds first for the last status writes.
+                time.sleep(5)
                 say(f"idle CPU over {idle_seconds}s with {n} pods")
                 cpu0 = _proc_cpu_seconds(pid)
                 time.sleep(idle_seconds)
                 results["idle_cpu_percent"] = round((_proc_cpu_seconds(pid) - cpu0) / idle_seconds * 100, 2)
                 results["idle_with_pods"] = n
+            if n == recovery_at:
+                results["recovery"] = _recovery(state, ground, runtime, n, outage_seconds, say)
+                pid = runtime.proc.pid
             _delete_all(state.local.kubeconfig, BENCH_NS)
             _wait(_consistent(state, set()), 300, "the provider to be empty")
     finally:

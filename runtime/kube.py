@@ -55,6 +55,9 @@ def resource_path(kind: str, namespace: str | None = None, name: str | None = No
 async def api_client(kubeconfig: str | None) -> k8s_client.ApiClient:
     """An ApiClient for a kubeconfig file, or the in-cluster service account when none is given."""
     cfg = k8s_client.Configuration()
+    # Every watch holds a connection for its whole life (one per referenced ConfigMap or Secret, too),
+    # so the pool must be far larger than the client's default of 100.
+    cfg.connection_pool_maxsize = 4096
     if kubeconfig:
         await k8s_config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
     else:

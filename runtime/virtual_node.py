@@ -33,13 +33,13 @@ class VirtualNode:
         self.local = Kube(await api_client(cfg.local.kubeconfig or None), "local")
         self.remote = Kube(await api_client(cfg.provider.kubeconfig), "provider")
         provider = RemoteClusterProvider(self.remote, cfg.provider.tenant_namespace, cfg.node.name, self.address)
-        self.pods = PodController(self.local, provider, cfg.node.name)
-        self.node = NodeController(self.local, cfg.node, self.address, used=self.pods.used)
-        self.pods.on_node_change = self.node.pods_changed
-        self.pods._on_capacity = self.node.set_capacity
-        self.pods._on_reachability = self.node.set_provider_reachable
         self.services = ServiceController(self.local, provider, cfg.provider.load_balancer_class)
-        self.pods.service_sink = self.services.ingress_changed
+        # The node counts what the pod controller holds; the pod controller reports to the node.
+        self.node = NodeController(self.local, cfg.node, self.address, used=lambda: self.pods.used())
+        self.pods = PodController(self.local, provider, cfg.node.name, on_node_change=self.node.pods_changed,
+                                  on_capacity=self.node.set_capacity,
+                                  on_reachability=self.node.set_provider_reachable,
+                                  on_service=self.services.ingress_changed)
 
         # The provider is listed first, so the node registers with its real capacity.
         await self.pods.start()

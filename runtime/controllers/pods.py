@@ -36,20 +36,25 @@ class PodController:
     def __init__(self, kube: Kube, provider: PodProvider, node_name: str, *, workers: int = 16,
                  on_node_change: Callable[[], None] = lambda: None,
                  on_capacity: Callable[[Capacity], None] = lambda c: None,
-                 on_reachability: Callable[[bool, str], None] = lambda ok, why: None):
+                 on_reachability: Callable[[bool, str], None] = lambda ok, why: None,
+                 on_service: Callable[[str, str, list[dict]], None] = lambda ns, name, ingress: None):
+        """The callbacks tell the node (capacity, reachability, pods changed) and the service controller
+        (a published address) what the provider reports."""
         self.kube, self.provider, self.node_name = kube, provider, node_name
         self.on_node_change = on_node_change
-        self._on_capacity, self._on_reachability = on_capacity, on_reachability
+        self._on_capacity, self._on_reachability, self._on_service = on_capacity, on_reachability, on_service
         self.pods = Reflector(kube, "Pod", None, field_selector=f"spec.nodeName={node_name}",
                               on_event=self._on_local_pod)
         self.runtime_classes = Reflector(kube, "RuntimeClass", None, on_event=self._on_runtime_class)
         self.queue = WorkQueue(self.sync, workers=workers, name="pods")
         self.catalog: dict[str, GPUClass | CatalogError] = {}
         self._remote: dict[str, RemotePod] = {}
-        self._reported: dict[str, str] = {}  # key → reason of the last refusal/missing-object event
+        self._reported: dict[str, dict[str, str]] = {}  # pod key → reason → the last event recorded for it
         self._objects = ObjectReflection(kube, provider, self.queue)
         self.provider_reachable = True
         self._tasks: list[asyncio.Task] = []
+        self._resources: dict[str, Resources | None] = {}  # pod UID → what it takes (specs are immutable)
+        self._event_slots = asyncio.Semaphore(8)  # copies of provider events never crowd out pod syncs
 
     # -- life --------------------------------------------------------------------------
 
@@ -114,10 +119,7 @@ class PodController:
         asyncio.get_running_loop().create_task(self._copy_event(event))
 
     def service_changed(self, namespace: str, name: str, ingress: list[dict]) -> None:
-        if self.service_sink is not None:
-            self.service_sink(namespace, name, ingress)
-
-    service_sink: Callable[[str, str, list[dict]], None] | None = None
+        self._on_service(namespace, name, ingress)
 
     def capacity_changed(self, capacity: Capacity) -> None:
         self._on_capacity(capacity)
@@ -133,17 +135,24 @@ class PodController:
 
     def used(self) -> tuple[Resources, int]:
         total, count = Resources(), 0
+        live = set()
         for pod in self.pods.store.values():
             if (pod.get("status") or {}).get("phase") in TERMINAL:
                 continue
-            offer = self.catalog.get(pod["spec"].get("runtimeClassName") or "")
-            if not isinstance(offer, GPUClass):
-                continue
-            try:
-                total = total + pod_resources(pod, offer)
-            except ValueError:
-                continue
-            count += 1
+            uid = pod["metadata"]["uid"]
+            live.add(uid)
+            if uid not in self._resources:
+                offer = self.catalog.get(pod["spec"].get("runtimeClassName") or "")
+                try:
+                    self._resources[uid] = pod_resources(pod, offer) if isinstance(offer, GPUClass) else None
+                except ValueError:
+                    self._resources[uid] = None
+            taken = self._resources[uid]
+            if taken is not None:
+                total = total + taken
+                count += 1
+        if len(self._resources) > len(live):
+            self._resources = {uid: r for uid, r in self._resources.items() if uid in live}
         return total, count
 
     # -- the sync ------------------------------------------------------------------------
@@ -170,6 +179,7 @@ class PodController:
                 await self.provider.delete_pod(namespace, name, 0)
             if remote is None:
                 self._objects.release(key)
+                self._reported.pop(key, None)
             return
         meta, status = pod["metadata"], pod.get("status") or {}
         if remote is not None and remote.uid != meta["uid"]:
@@ -303,11 +313,11 @@ class PodController:
     # -- events -------------------------------------------------------------------------
 
     async def _event_once(self, pod: dict, reason: str, message: str, kind: str) -> None:
-        key = key_of(pod)
         marker = f"{pod['metadata']['uid']}:{reason}:{message}"
-        if self._reported.get(f"{key}:{reason}") == marker:
+        seen = self._reported.setdefault(key_of(pod), {})
+        if seen.get(reason) == marker:
             return
-        self._reported[f"{key}:{reason}"] = marker
+        seen[reason] = marker
         await self.emit(pod["metadata"], reason, message, kind, name_seed=marker)
 
     async def emit(self, meta: dict, reason: str, message: str, kind: str = "Normal", count: int = 1,
@@ -340,8 +350,9 @@ class PodController:
         pod = self.pods.store.get(f"{event.namespace}/{event.name}")
         if pod is None or pod["metadata"]["uid"] != event.uid:
             return
-        await self.emit(pod["metadata"], event.reason, event.message, event.type, event.count,
-                        name_seed=f"provider:{event.uid}:{event.reason}:{event.message}")
+        async with self._event_slots:
+            await self.emit(pod["metadata"], event.reason, event.message, event.type, event.count,
+                            name_seed=f"provider:{event.uid}:{event.reason}:{event.message}")
 
 
 class ObjectReflection:
