@@ -288,6 +288,10 @@ class PodController:
 
     async def _push_status(self, pod: dict, remote_status: dict) -> None:
         local = pod.get("status") or {}
+        if _only_scheduled(remote_status) and local.get("phase", "Pending") == "Pending" and not local.get("reason"):
+            # The mirror was scheduled and nothing more: the local pod says as much already. Skipping this
+            # write halves the status patches each pod costs the user's API server.
+            return
         if all(local.get(k) == v for k, v in remote_status.items()) and not (
                 local.get("reason") and "reason" not in remote_status):
             return
@@ -353,6 +357,13 @@ class PodController:
         async with self._event_slots:
             await self.emit(pod["metadata"], event.reason, event.message, event.type, event.count,
                             name_seed=f"provider:{event.uid}:{event.reason}:{event.message}")
+
+
+def _only_scheduled(status: dict) -> bool:
+    """A Pending status that says no more than "scheduled": no containers yet, nothing False, no reason."""
+    return (status.get("phase") == "Pending" and not status.get("containerStatuses")
+            and not status.get("initContainerStatuses") and not status.get("reason")
+            and all(c.get("status") == "True" for c in status.get("conditions") or []))
 
 
 class ObjectReflection:
