@@ -66,7 +66,7 @@ class PodController:
         await self.provider.start(self)
         for remote in self.provider.pods():
             self._remote[f"{remote.namespace}/{remote.name}"] = remote
-        self._objects.adopt(self.provider.object_users(), self.pods.store)
+        self._objects.adopt(self.provider.object_users())
         # The start-up sweep: every local pod and every mirror gets one sync.
         for key in set(self.pods.store) | set(self._remote):
             self.queue.add(key)
@@ -382,7 +382,7 @@ class ObjectReflection:
         self._mirrored: set[tuple[str, str, str]] = set()
         self._orphans: dict[tuple[str, str, str], list[str]] = {}
 
-    def adopt(self, remote_users: dict[tuple[str, str, str], list[str]], local_pods: dict[str, dict]) -> None:
+    def adopt(self, remote_users: dict[tuple[str, str, str], list[str]]) -> None:
         """After a restart: remember what the provider already holds; unused mirrors are collected."""
         self._mirrored = set(remote_users)
         self._orphans = dict(remote_users)

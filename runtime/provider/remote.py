@@ -19,7 +19,6 @@ from ..catalog import GPUClass
 from ..kube import Kube
 from ..reflector import Reflector
 from ..translate import (
-    KIND_LABEL,
     NODE_LABEL,
     ORIGIN_NAME,
     ORIGIN_NAMESPACE,
@@ -259,5 +258,3 @@ def _same_content(current: dict, mirrored: dict) -> bool:
         return False
     return all(current.get(f) == mirrored.get(f) for f in ("data", "binaryData"))
 
-
-__all__ = ["RemoteClusterProvider", "KIND_LABEL"]
