@@ -46,6 +46,10 @@ class Reflector:
 
     def _health(self, ok: bool, why: str = "") -> None:
         if ok != self._healthy:
+            if not ok:
+                log.warning("%s %s: cannot list or watch, retrying: %s", self.kube.name, self.kind, why)
+            elif self._healthy is False:
+                log.info("%s %s: listing and watching again", self.kube.name, self.kind)
             self._healthy = ok
             if self.on_health:
                 self.on_health(ok, why)

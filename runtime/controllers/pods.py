@@ -169,6 +169,10 @@ class PodController:
         except (errors.Conflict, errors.Unauthorized) as exc:
             log.info("%s: retrying after %s", key, exc)
             self.queue.retry(key)
+        except (errors.Invalid, errors.Forbidden) as exc:
+            # Permanent for this state of the pod: retrying cannot help; its next change requeues it.
+            log.warning("%s: %s", key, exc)
+            self.queue.forget(key)
 
     async def _sync(self, key: str, pod: dict | None, remote: RemotePod | None) -> None:
         namespace, name = key.split("/", 1)
