@@ -66,12 +66,12 @@ class PodController:
         await self.provider.start(self)
         for remote in self.provider.pods():
             self._remote[f"{remote.namespace}/{remote.name}"] = remote
-        self._objects.adopt(self.provider.object_users())
+        await self._objects.adopt(self.provider.object_users(),
+                                  {p["metadata"]["uid"] for p in self.pods.store.values()})
         # The start-up sweep: every local pod and every mirror gets one sync.
         for key in set(self.pods.store) | set(self._remote):
             self.queue.add(key)
         self._tasks.append(asyncio.create_task(self.queue.run(), name="pod-workers"))
-        self._tasks.append(asyncio.create_task(self._objects.gc_loop(self.pods.store), name="object-gc"))
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -384,21 +384,14 @@ class ObjectReflection:
         self._uids: dict[str, str] = {}  # pod key → uid
         self._watches: dict[tuple[str, str, str], tuple[Reflector, asyncio.Task]] = {}
         self._mirrored: set[tuple[str, str, str]] = set()
-        self._orphans: dict[tuple[str, str, str], list[str]] = {}
 
-    def adopt(self, remote_users: dict[tuple[str, str, str], list[str]]) -> None:
-        """After a restart: remember what the provider already holds; unused mirrors are collected."""
+    async def adopt(self, remote_users: dict[tuple[str, str, str], list[str]], live_uids: set[str]) -> None:
+        """After a restart: take over what the provider holds; mirrors that no live local pod uses
+        (by the UIDs recorded on them) are deleted now, the rest when their last pod goes."""
         self._mirrored = set(remote_users)
-        self._orphans = dict(remote_users)
-
-    async def gc_loop(self, local_pods: dict[str, dict]) -> None:
-        """Mirrors no local pod uses any more are deleted (once after start, then on release)."""
-        await asyncio.sleep(5)
-        live_uids = {p["metadata"]["uid"] for p in local_pods.values()}
-        for ref, uids in list(self._orphans.items()):
-            if ref not in self._users and not (set(uids) & live_uids):
+        for ref, uids in remote_users.items():
+            if not set(uids) & live_uids:
                 await self._delete_mirror(ref)
-        self._orphans.clear()
 
     async def reflect(self, key: str, pod: dict, report) -> bool:
         """Mirror what the pod uses; False while a mandatory object is missing."""

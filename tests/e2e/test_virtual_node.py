@@ -350,3 +350,23 @@ def test_provider_outage_fails_nothing_and_resyncs(runtime, local, provider, gro
     wait_for(lambda: gone(lambda: local.read_namespaced_pod("steady", "default")), 60,
              "the pod deleted during the outage to go")
     local.delete_namespaced_pod("during-outage", "default")
+
+
+def test_restart_collects_what_was_deleted_while_the_runtime_was_down(runtime, local, provider, ground):
+    ns = ground.tenant_namespace
+    local.create_namespaced_config_map("default", {"metadata": {"name": "orphan-cfg"}, "data": {"k": "v"}})
+    containers = [{"name": "c", "image": "cuda", "envFrom": [{"configMapRef": {"name": "orphan-cfg"}}]}]
+    local.create_namespaced_pod("default", gpu_pod("orphan", "test-no-gpu", containers))
+    pod = running(local, "orphan")
+    mirror = remote_of(provider, ground, pod).metadata.name
+    cm_mirror = remote_name("default", "orphan-cfg")
+    assert provider.read_namespaced_config_map(cm_mirror, ns).data == {"k": "v"}
+
+    runtime.kill()
+    local.delete_namespaced_pod("orphan", "default", grace_period_seconds=0)  # gone at once: no kubelet to wait for
+    wait_for(lambda: gone(lambda: local.read_namespaced_pod("orphan", "default")), 30, "the local pod to go")
+    runtime.start()
+    wait_for(lambda: gone(lambda: provider.read_namespaced_pod(mirror, ns)), 60, "the orphaned mirror to go")
+    wait_for(lambda: gone(lambda: provider.read_namespaced_config_map(cm_mirror, ns)), 60,
+             "the orphaned ConfigMap mirror to go")
+    wait_for(lambda: _ready(local), 60, "the node to be Ready again")
