@@ -128,8 +128,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="k8sgpu",
-        description="k8sgpu: a virtual GPU node for Kubernetes. Render and apply its Terraform, and run the "
-                    "local dev ground.",
+        description="k8sgpu: a virtual GPU node for Kubernetes. The dev ground (two real clusters on "
+                    "127.0.0.1) and the benchmark; the node itself runs as k8sgpu-runtime.",
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks of failures")
     nouns = parser.add_subparsers(dest="noun", metavar="COMMAND", required=True)
