@@ -27,7 +27,7 @@ import yaml
 
 from .dev.binaries import ensure_binaries
 from .dev.catalog import GPUPool
-from .dev.ground import Ground, State
+from .dev.ground import Ground, State, has_default_service_account
 
 NODE = "k8s.gpu"
 BENCH_CLASS = "bench-no-gpu"
@@ -247,7 +247,8 @@ def run(scale: str, out_dir: Path, say: Say, idle_seconds: int = 60, outage_seco
         ]
         subprocess.run([kubectl, f"--kubeconfig={state.local.kubeconfig}", "apply", "-f", "-"], check=True,
                        input=yaml.safe_dump_all(manifests), text=True, capture_output=True)
-        _wait(lambda: _has_default_sa(state.local.kubeconfig, BENCH_NS), 30, "the bench namespace's service account")
+        local = _client(state.local.kubeconfig)
+        _wait(lambda: has_default_service_account(local, BENCH_NS), 30, "the bench namespace's service account")
         runtime.start()
         _wait(lambda: _node_ready(state.local.kubeconfig), 60, "k8s.gpu Ready")
         pid = runtime.proc.pid
@@ -324,16 +325,6 @@ def _mirrors_are(state: State, names: set[str]) -> Callable[[], bool]:
         return live == names
 
     return check
-
-
-def _has_default_sa(kubeconfig: str, namespace: str) -> bool:
-    from kubernetes.client.rest import ApiException
-
-    try:
-        _client(kubeconfig).read_namespaced_service_account("default", namespace)
-        return True
-    except ApiException:
-        return False
 
 
 def _node_ready(kubeconfig: str) -> bool:

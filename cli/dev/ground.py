@@ -325,11 +325,8 @@ class Ground:
                 pki.write_kubeconfig(root / "components" / f"{cluster}-{component}.kubeconfig",
                                      cluster=f"k8sgpu-dev-{cluster}", server=server, ca=cp.ca.cert,
                                      user=f"system:kube-{component}", pair=pair)
-        for cluster, proc in apiservers.items():
-            cp = clusters[cluster]
-            ctx = _client_context(cp.ca.cert, cp.admin)
-            readyz = f"{getattr(state, cluster).server}/readyz"
-            self._wait(proc, lambda u=readyz, c=ctx: _http_ok(u, c), f"{cluster} kube-apiserver /readyz", 60)
+        for proc in apiservers.values():
+            self._wait_apiserver(state, proc, 60)
 
         for cluster, cp in clusters.items():
             cm_kc = root / "components" / f"{cluster}-controller-manager.kubeconfig"
@@ -447,7 +444,7 @@ class Ground:
                 if any(c.type == "Ready" and c.status == "True" for c in node.status.conditions or []):
                     ready.add(node.metadata.name)
             sa_ok = all(
-                _has_default_sa(api, ns) for api, ns in ((local, "default"), (provider, TENANT_NAMESPACE))
+                has_default_service_account(api, ns) for api, ns in ((local, "default"), (provider, TENANT_NAMESPACE))
             )
             if wanted <= ready and sa_ok:
                 return
@@ -494,11 +491,14 @@ class Ground:
         proc.launch()
         state.save(self.state_file)
         if proc.name.endswith("kube-apiserver"):
-            cluster = getattr(state, proc.name.split("-")[0])
-            pair = pki.KeyPair(Path(state.root) / "pki" / cluster.name / "admin.crt",
-                               Path(state.root) / "pki" / cluster.name / "admin.key")
-            ctx = _client_context(Path(state.root) / "pki" / cluster.name / "ca.crt", pair)
-            self._wait(proc, lambda: _http_ok(f"{cluster.server}/readyz", ctx), f"{name} /readyz", timeout)
+            self._wait_apiserver(state, proc, timeout)
+
+    def _wait_apiserver(self, state: State, proc: Process, timeout: float) -> None:
+        """Until a `<cluster>-kube-apiserver` answers /readyz to the cluster's admin certificate."""
+        cluster = getattr(state, proc.name.split("-")[0])
+        certs = Path(state.root) / "pki" / cluster.name
+        ctx = _client_context(certs / "ca.crt", pki.KeyPair(certs / "admin.crt", certs / "admin.key"))
+        self._wait(proc, lambda: _http_ok(f"{cluster.server}/readyz", ctx), f"{proc.name} /readyz", timeout)
 
     def run_process(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Process:
         """Start one more process under the ground's care (the runtime, for the demo): recorded like the
@@ -603,7 +603,8 @@ def _api_client(kubeconfig: str):
     return client.ApiClient(cfg)
 
 
-def _has_default_sa(core, namespace: str) -> bool:
+def has_default_service_account(core, namespace: str) -> bool:
+    """Whether the controller-manager has made the namespace's `default` ServiceAccount (pods need it)."""
     from kubernetes.client.rest import ApiException
 
     try:
