@@ -121,6 +121,7 @@ class State:
     tenant_namespace: str
     etcd_data: str
     created: float
+    node_address: str = "127.0.0.1"
 
     def save(self, path: Path) -> None:
         tmp = path.with_suffix(".tmp")
@@ -256,6 +257,8 @@ class Ground:
             etcd_data=str(data),
             created=time.time(),
         )
+        state.node_address = self._claim_node_address()
+        state.save(self.state_file)
 
         def launch(proc: Process, env: dict[str, str] | None = None) -> Process:
             proc.env, proc.cwd = env or {}, str(root)
@@ -535,8 +538,42 @@ class Ground:
                 _terminate(proc, timeout)
                 stopped.append(proc.name)
         shutil.rmtree(state.etcd_data, ignore_errors=True)
+        if state.node_address != "127.0.0.1":
+            _ip("addr", "del", f"{state.node_address}/32", "dev", "lo")
         self.state_file.unlink(missing_ok=True)
         return stopped
+
+    def _claim_node_address(self) -> str:
+        """An address for the virtual node on the loopback device, outside 127.0.0.0/8.
+
+        kube-apiserver never proxies to loopback addresses (`kubectl get --raw
+        /api/v1/nodes/<node>/proxy/...` answers "address not allowed"), so the runtime on this
+        ground listens on a private address of its own, added to `lo` (it leaves the machine no
+        more than 127.0.0.1 does) and removed by `down`. That needs root; without it, 127.0.0.1.
+        """
+        taken = _ip("-4", "-o", "addr", "show", "dev", "lo") or ""
+        digest = int(hashlib.sha256(str(self.root).encode()).hexdigest(), 16)
+        for attempt in range(16):
+            value = (digest + attempt) % 65000 + 256
+            address = f"10.254.{value >> 8}.{value & 0xFF}"
+            if f" {address}/" in taken:
+                continue
+            if _ip("addr", "add", f"{address}/32", "dev", "lo") is not None:
+                self.progress(f"virtual node address {address} on lo")
+                return address
+            break
+        self.progress("could not add a node address to lo (needs root and iproute2): the node uses 127.0.0.1, "
+                      "and kube-apiserver will not proxy /api/v1/nodes/<node>/proxy/... to it")
+        return "127.0.0.1"
+
+
+def _ip(*args: str) -> str | None:
+    """`ip ARGS`: its output, or None when it failed or is not installed."""
+    try:
+        done = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout if done.returncode == 0 else None
 
 
 def _stop_rank(proc: Process) -> int:

@@ -19,6 +19,11 @@ from .catalog import GPUPool
 # default at once) its containers terminate with EXIT_CODE; 0 → Succeeded, else Failed.
 EXIT_CODE_ANNOTATION = "sim.k8sgpu.dev/exit-code"
 RUN_FOR_ANNOTATION = "sim.k8sgpu.dev/run-for"
+# A pod carrying this annotation comes up as if its containers had restarted that often
+# (restartCount and lastState set; `kubectl logs --previous` serves the pool's previous log).
+RESTARTS_ANNOTATION = "sim.k8sgpu.dev/restarts"
+# Port-forwarding to this port of any pod reaches a line echo (`sed -u 's/^/pong: /'`) on the kwok host.
+ECHO_PORT = 7777
 
 _POD_READY = """\
 {{ $now := Now }}
@@ -43,7 +48,7 @@ containerStatuses:
   name: {{ .name | Quote }}
   ready: true
   started: true
-  restartCount: 0
+  @RESTARTS@
   state:
     running:
       startedAt: {{ $now | Quote }}
@@ -99,6 +104,16 @@ phase: {{ if eq $code "0" }}Succeeded{{ else }}Failed{{ end }}
 """.replace("@EXIT_CODE@", EXIT_CODE_ANNOTATION)
 
 
+_NO_RESTART = "restartCount: 0"
+_RESTARTED = """restartCount: {{ index $.metadata.annotations "@RESTARTS_ANNOTATION@" }}
+  lastState:
+    terminated:
+      exitCode: 1
+      reason: Error
+      startedAt: {{ $now | Quote }}
+      finishedAt: {{ $now | Quote }}""".replace("@RESTARTS_ANNOTATION@", RESTARTS_ANNOTATION)
+
+
 def _stage(name: str, selector: list[dict], nxt: dict, delay: dict | None = None) -> dict:
     spec: dict = {"resourceRef": {"apiGroup": "v1", "kind": "Pod"}, "selector": {"matchExpressions": selector}}
     if delay:
@@ -112,8 +127,15 @@ def pod_stages() -> list[dict]:
     return [
         _stage(
             "pod-ready",
-            [alive, {"key": ".status.podIP", "operator": "DoesNotExist"}],
-            {"statusTemplate": _POD_READY},
+            [alive, {"key": ".status.podIP", "operator": "DoesNotExist"},
+             {"key": f'.metadata.annotations["{RESTARTS_ANNOTATION}"]', "operator": "DoesNotExist"}],
+            {"statusTemplate": _POD_READY.replace("@RESTARTS@", _NO_RESTART)},
+        ),
+        _stage(
+            "pod-ready-restarted",
+            [alive, {"key": ".status.podIP", "operator": "DoesNotExist"},
+             {"key": f'.metadata.annotations["{RESTARTS_ANNOTATION}"]', "operator": "Exists"}],
+            {"statusTemplate": _POD_READY.replace("@RESTARTS@", _RESTARTED)},
         ),
         _stage(
             "pod-end",
@@ -182,6 +204,9 @@ def write_pool_files(pool: GPUPool, directory: Path) -> Path:
     logs = directory / "container.log"
     logs.write_text(cri_log_lines(
         [f"k8sgpu dev ground: container started on a {pool.gpu_product} node", *table.read_text().splitlines()]))
+    previous = directory / "previous.log"
+    previous.write_text(cri_log_lines([f"k8sgpu dev ground: the previous run on a {pool.gpu_product} node",
+                                       "CUDA error: out of memory (simulated); exiting 1"]))
     workdir = directory / "rootfs"
     workdir.mkdir(exist_ok=True)
     docs: list[dict] = [
@@ -191,7 +216,13 @@ def write_pool_files(pool: GPUPool, directory: Path) -> Path:
             "apiVersion": "kwok.x-k8s.io/v1alpha1",
             "kind": "ClusterLogs",
             "metadata": {"name": f"pool-{pool.name}"},
-            "spec": {"logs": [{"logsFile": str(logs), "follow": True}]},
+            "spec": {"logs": [{"logsFile": str(logs), "previousLogsFile": str(previous), "follow": True}]},
+        },
+        {
+            "apiVersion": "kwok.x-k8s.io/v1alpha1",
+            "kind": "ClusterPortForward",
+            "metadata": {"name": f"pool-{pool.name}"},
+            "spec": {"forwards": [{"ports": [ECHO_PORT], "command": ["sed", "-u", "s/^/pong: /"]}]},
         },
         {
             "apiVersion": "kwok.x-k8s.io/v1alpha1",

@@ -25,11 +25,15 @@ def test_pool_config_has_stages_logs_and_exec(tmp_path):
     pool = DEFAULT_POOLS[0]
     docs = list(yaml.safe_load_all(write_pool_files(pool, tmp_path).read_text()))
     kinds = [d["kind"] for d in docs]
-    assert kinds.count("Stage") == 3 and "ClusterLogs" in kinds and "ClusterExec" in kinds
+    assert kinds.count("Stage") == 4 and "ClusterLogs" in kinds and "ClusterExec" in kinds
+    assert "ClusterPortForward" in kinds
     end = next(d for d in docs if d["kind"] == "Stage" and d["metadata"]["name"] == "pod-end")
     assert EXIT_CODE_ANNOTATION in end["spec"]["next"]["statusTemplate"]
-    logs_file = next(d for d in docs if d["kind"] == "ClusterLogs")["spec"]["logs"][0]["logsFile"]
-    assert pool.gpu_product in open(logs_file).read()
+    logs = next(d for d in docs if d["kind"] == "ClusterLogs")["spec"]["logs"][0]
+    assert pool.gpu_product in open(logs["logsFile"]).read()
+    assert "previous run" in open(logs["previousLogsFile"]).read()
+    restarted = next(d for d in docs if d["kind"] == "Stage" and d["metadata"]["name"] == "pod-ready-restarted")
+    assert "lastState" in restarted["spec"]["next"]["statusTemplate"]
 
 
 def test_node_manifest_offers_gpus_and_product_label():
