@@ -27,7 +27,7 @@ import yaml
 
 from .dev.binaries import ensure_binaries
 from .dev.catalog import GPUPool
-from .dev.ground import Ground, State, has_default_service_account
+from .dev.ground import Ground, State, free_port, has_default_service_account
 
 NODE = "k8s.gpu"
 BENCH_CLASS = "bench-no-gpu"
@@ -191,6 +191,7 @@ class Runtime:
     def __init__(self, state: State, log: Path):
         self.state, self.log = state, log
         self.proc: subprocess.Popen | None = None
+        self.kubelet_port = free_port()
 
     def start(self) -> float:
         s = self.state
@@ -199,7 +200,8 @@ class Runtime:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "k8sgpu.runtime.main", "start", "--kubeconfig", s.node_kubeconfig,
                  "--provider-kubeconfig", s.tenant_kubeconfig, "--tenant-namespace", s.tenant_namespace,
-                 "--node-address", "127.0.0.1"], stdout=out, stderr=subprocess.STDOUT)
+                 "--node-address", s.node_address, "--kubelet-port", str(self.kubelet_port)],
+                stdout=out, stderr=subprocess.STDOUT)
         return started
 
     def kill(self, sig: int = signal.SIGKILL) -> None:

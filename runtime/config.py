@@ -40,6 +40,17 @@ class NodeConfig:
     """Address kube-apiserver reaches the kubelet API at (InternalIP); empty: the pod IP in-cluster, else 127.0.0.1."""
     kubelet_port: int = 10250
     """Port of the kubelet API, advertised in status.daemonEndpoints."""
+    csr_signer: str = "kubernetes.io/kubelet-serving"
+    """Signer of the kubelet API's serving certificate: "aws" (EKS: beta.eks.amazonaws.com/app-serving) or a name."""
+    csr_self_approve: bool = True
+    """Approve the serving certificate's CSR ourselves where RBAC allows; else wait for someone to approve it."""
+    tls_cert_file: str = ""
+    """Serving certificate of the kubelet API from a file instead of the CSR API (with tls_private_key_file)."""
+    tls_private_key_file: str = ""
+    """Key of tls_cert_file."""
+    client_ca_file: str = ""
+    """CA that signs clients of the kubelet API (kube-apiserver's kubelet client certificate); empty: the
+    cluster CA of the local kubeconfig or service account."""
     lease_duration_seconds: int = 40
     """Duration of the node Lease in kube-node-lease."""
     lease_renew_seconds: float = 10
@@ -82,6 +93,17 @@ class RuntimeConfig:
                                                     "address kube-apiserver can reach this runtime at") from None
         if not 0 < self.node.kubelet_port < 65536:
             raise ConfigError("--kubelet-port", f"{self.node.kubelet_port} is not a port (1-65535)")
+        if not self.node.csr_signer or not re.match(r"^(aws|[a-z0-9.-]+/[A-Za-z0-9._/-]+)$", self.node.csr_signer):
+            raise ConfigError("--csr-signer", f"{self.node.csr_signer!r} is not a signer: write aws (EKS), "
+                                              "kubernetes.io/kubelet-serving, or another <domain>/<name>")
+        if bool(self.node.tls_cert_file) != bool(self.node.tls_private_key_file):
+            raise ConfigError("--tls-cert-file" if not self.node.tls_cert_file else "--tls-private-key-file",
+                              "give both --tls-cert-file and --tls-private-key-file, or neither (CSR API)")
+        for flag, path in (("--tls-cert-file", self.node.tls_cert_file),
+                           ("--tls-private-key-file", self.node.tls_private_key_file),
+                           ("--client-ca-file", self.node.client_ca_file)):
+            if path and not Path(path).is_file():
+                raise ConfigError(flag, f"{path} does not exist")
         if self.node.lease_renew_seconds >= self.node.lease_duration_seconds:
             raise ConfigError("node.lease_renew_seconds", "must be shorter than node.lease_duration_seconds")
         if self.local.kubeconfig and not Path(self.local.kubeconfig).is_file():
@@ -112,12 +134,22 @@ SETTINGS: dict[str, tuple[str, str, str]] = {
     "node_name": ("node", "name", "K8SGPU_NODE_NAME"),
     "node_address": ("node", "address", "K8SGPU_NODE_ADDRESS"),
     "kubelet_port": ("node", "kubelet_port", "K8SGPU_KUBELET_PORT"),
+    "csr_signer": ("node", "csr_signer", "K8SGPU_CSR_SIGNER"),
+    "csr_self_approve": ("node", "csr_self_approve", "K8SGPU_CSR_SELF_APPROVE"),
+    "tls_cert_file": ("node", "tls_cert_file", "K8SGPU_TLS_CERT_FILE"),
+    "tls_private_key_file": ("node", "tls_private_key_file", "K8SGPU_TLS_PRIVATE_KEY_FILE"),
+    "client_ca_file": ("node", "client_ca_file", "K8SGPU_CLIENT_CA_FILE"),
 }
 
 
 def _set(config: RuntimeConfig, section: str, field: str, value: Any, source: str) -> None:
     target = getattr(config, section)
     kind = type(getattr(target, field))
+    if kind is bool:
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
+            value = value.lower() in ("true", "1", "yes")
+        if not isinstance(value, bool):
+            raise ConfigError(source, f"{value!r} is not true or false")
     try:
         setattr(target, field, kind(value))
     except (TypeError, ValueError):
@@ -148,6 +180,7 @@ def load_file(config: RuntimeConfig, path: str) -> None:
 TERRAFORM_OUTPUTS: dict[str, tuple[str, str]] = {
     "node_name": ("node", "name"),
     "tenant_namespace": ("provider", "tenant_namespace"),
+    "csr_signer": ("node", "csr_signer"),
 }
 
 

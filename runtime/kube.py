@@ -107,6 +107,38 @@ class Kube:
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise errors.Unavailable(f"{self.name} cluster unreachable ({method} {path}): {exc!r}") from exc
 
+    async def stream(self, path: str, params: dict[str, Any]) -> AsyncIterator[bytes]:
+        """The body of a GET as it arrives (pod logs); errors before the first byte raise as in `request`."""
+        headers = await self._headers()
+        headers["Accept"] = "*/*"
+        try:
+            async with self._session().get(
+                self._host + path, params=_params(params), headers=headers,
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
+            ) as resp:
+                if resp.status >= 300:
+                    raise errors.from_status(self.name, "GET", path, resp.status, await resp.read())
+                async for chunk in resp.content.iter_any():
+                    yield chunk
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise errors.Unavailable(f"{self.name} cluster unreachable (GET {path}): {exc!r}") from exc
+
+    async def websocket(self, path: str, query: list[tuple[str, str]],
+                        protocols: tuple[str, ...]) -> aiohttp.ClientWebSocketResponse:
+        """A WebSocket to a pod subresource (exec, attach, portforward) with the cluster's credentials."""
+        headers = await self._headers()
+        del headers["Accept"]  # passed on to the kubelet, whose routes refuse application/json (406)
+        try:
+            return await self._session().ws_connect(
+                self._host + path, params=query, headers=headers, protocols=protocols, max_msg_size=0,
+                timeout=aiohttp.ClientWSTimeout(ws_close=5), autoping=True,
+            )
+        except aiohttp.WSServerHandshakeError as exc:
+            raise errors.from_status(self.name, "CONNECT", path, exc.status,
+                                     json.dumps({"message": exc.message}).encode()) from None
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise errors.Unavailable(f"{self.name} cluster unreachable (CONNECT {path}): {exc!r}") from exc
+
     async def get(self, kind: str, namespace: str | None, name: str) -> dict:
         return await self.request("GET", resource_path(kind, namespace, name))
 

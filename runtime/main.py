@@ -41,6 +41,20 @@ def build_parser() -> argparse.ArgumentParser:
                                               "$POD_IP, else 127.0.0.1) [env K8SGPU_NODE_ADDRESS]")
     start.add_argument("--kubelet-port", type=int, help="port of the kubelet API advertised in the node "
                                                         "status (default 10250) [env K8SGPU_KUBELET_PORT]")
+    start.add_argument("--csr-signer", help="signer of the kubelet API's serving certificate: "
+                                            "kubernetes.io/kubelet-serving (default), aws (EKS: "
+                                            "beta.eks.amazonaws.com/app-serving) or any signer name "
+                                            "[env K8SGPU_CSR_SIGNER]")
+    start.add_argument("--csr-self-approve", action=argparse.BooleanOptionalAction, default=None,
+                       help="approve the serving certificate's CSR ourselves where RBAC allows (default: on); "
+                            "otherwise the runtime logs the `kubectl certificate approve` to run and waits "
+                            "[env K8SGPU_CSR_SELF_APPROVE]")
+    start.add_argument("--tls-cert-file", help="serve the kubelet API with this certificate instead of one "
+                                               "from the CSR API [env K8SGPU_TLS_CERT_FILE]")
+    start.add_argument("--tls-private-key-file", help="key of --tls-cert-file [env K8SGPU_TLS_PRIVATE_KEY_FILE]")
+    start.add_argument("--client-ca-file", help="CA of the kubelet API's client certificates (kube-apiserver's "
+                                                "kubelet client certificate); default: the local cluster's CA "
+                                                "[env K8SGPU_CLIENT_CA_FILE]")
     start.add_argument("--config", help="YAML file with sections node, local, provider [env K8SGPU_CONFIG]")
     start.add_argument("--terraform-outputs", help="JSON of `terraform output -json` "
                                                    "[env K8SGPU_TERRAFORM_OUTPUTS]")

@@ -3,27 +3,50 @@
 The Node authorizer already lets a node register itself, renew its Lease, read
 and write its pods' status, delete its pods, read the Secrets and ConfigMaps its
 pods use, read RuntimeClasses and Services, and record Events. Publishing a
-LoadBalancer Service's address is not a kubelet's job, so that is the one extra
-rule. The Terraform node module grants exactly these rules.
+LoadBalancer Service's address is not a kubelet's job, and nothing lets a node
+approve its own serving certificate (kube-controller-manager never auto-approves
+kubernetes.io/kubelet-serving), so those are the extra rules. The Terraform node
+module grants exactly these rules.
 """
 
 from __future__ import annotations
 
-EXTRA_RULES: list[dict] = [
-    {
-        # Write the provider's hostname into status.loadBalancer of Services of class k8s.gpu.
-        "apiGroups": [""],
-        "resources": ["services/status"],
-        "verbs": ["get", "patch", "update"],
-    },
-]
+KUBELET_SERVING = "kubernetes.io/kubelet-serving"
 
 
-def extra_rbac(node_name: str = "k8s.gpu", name: str = "k8sgpu-runtime") -> list[dict]:
-    """A ClusterRole with EXTRA_RULES and its binding to the node's user."""
+def extra_rules(signer: str = KUBELET_SERVING) -> list[dict]:
+    """The rules beyond the node identity; ``signer`` is the serving certificate's signer name."""
+    return [
+        {
+            # Write the provider's hostname into status.loadBalancer of Services of class k8s.gpu.
+            "apiGroups": [""],
+            "resources": ["services/status"],
+            "verbs": ["get", "patch", "update"],
+        },
+        {
+            # Approve the node's own serving-certificate CSR (`--csr-self-approve`, on by default).
+            "apiGroups": ["certificates.k8s.io"],
+            "resources": ["certificatesigningrequests/approval"],
+            "verbs": ["update"],
+        },
+        {
+            # ... for this signer only: the approval subresource alone approves nothing.
+            "apiGroups": ["certificates.k8s.io"],
+            "resources": ["signers"],
+            "resourceNames": [signer],
+            "verbs": ["approve"],
+        },
+    ]
+
+
+EXTRA_RULES: list[dict] = extra_rules()
+
+
+def extra_rbac(node_name: str = "k8s.gpu", name: str = "k8sgpu-runtime", signer: str = KUBELET_SERVING) -> list[dict]:
+    """A ClusterRole with the extra rules and its binding to the node's user."""
     return [
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
-         "metadata": {"name": name}, "rules": EXTRA_RULES},
+         "metadata": {"name": name}, "rules": extra_rules(signer)},
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
          "metadata": {"name": name},
          "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 import os
+from pathlib import Path
 
+from .certificates import ServingCertificate
 from .config import RuntimeConfig
 from .controllers.node import NodeController
 from .controllers.pods import PodController
 from .controllers.services import ServiceController
 from .kube import Kube, api_client
+from .kubelet.auth import Door
+from .kubelet.server import KubeletServer
 from .provider.remote import RemoteClusterProvider
 
 log = logging.getLogger(__name__)
@@ -25,6 +30,8 @@ class VirtualNode:
         self.node: NodeController | None = None
         self.pods: PodController | None = None
         self.services: ServiceController | None = None
+        self.certificate: ServingCertificate | None = None
+        self.kubelet: KubeletServer | None = None
         self._tasks: list[asyncio.Task] = []
         self.ready = asyncio.Event()
 
@@ -48,11 +55,39 @@ class VirtualNode:
         self._tasks.append(asyncio.create_task(self.node.lease_loop(), name="node-lease"))
         self._tasks.append(asyncio.create_task(self.node.status_loop(), name="node-status"))
         await self.services.start(provider.services())
+        await self._start_kubelet_api(provider)
         log.info("node %s ready at %s; provider tenant namespace %s", cfg.node.name, self.address,
                  cfg.provider.tenant_namespace)
         self.ready.set()
 
+    async def _start_kubelet_api(self, provider: RemoteClusterProvider) -> None:
+        """Listen at once (a taken port fails the start); serve TLS once the certificate is issued."""
+        cfg = self.config.node
+        ca_file = cfg.client_ca_file or self.local.api.configuration.ssl_ca_cert
+        if not ca_file:
+            raise RuntimeError("the local cluster's kubeconfig names no CA: give --client-ca-file, the CA that "
+                               "signs kube-apiserver's kubelet client certificate")
+        self.certificate = ServingCertificate(
+            self.local, cfg.name, [self.address], signer=cfg.csr_signer, self_approve=cfg.csr_self_approve,
+            client_ca=Path(ca_file).read_bytes(), on_state=self.node.set_serving_certificate,
+            cert_file=cfg.tls_cert_file, key_file=cfg.tls_private_key_file)
+        self.kubelet = KubeletServer(provider, Door(self.local, cfg.name), cfg.name,
+                                     pods=lambda: list(self.pods.pods.store.values()),
+                                     started=datetime.datetime.now(datetime.UTC))
+        await self.kubelet.start(self.address, cfg.kubelet_port, self.certificate.context)
+        self._tasks.append(asyncio.create_task(self._certify(), name="serving-certificate"))
+
+    async def _certify(self) -> None:
+        try:
+            await self.certificate.start()
+        except Exception as exc:  # noqa: BLE001 - reported on the node; pods keep running without the API
+            log.error("no serving certificate for the kubelet API: %s", exc)
+            self.node.set_serving_certificate(False, "CertificateFailed", str(exc)[:500])
+
     async def stop(self) -> None:
+        for part in (self.kubelet, self.certificate):
+            if part is not None:
+                await part.stop()
         for part in (self.services, self.pods):
             if part is not None:
                 await part.stop()

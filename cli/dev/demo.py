@@ -15,7 +15,7 @@ import time
 import yaml
 
 from .binaries import find_kubectl
-from .ground import Ground, GroundError, State
+from .ground import Ground, GroundError, State, free_port
 
 NODE = "k8s.gpu"
 DEMO_POD = "nvidia-smi"
@@ -45,7 +45,7 @@ def demo_pod() -> dict:
 def runtime_argv(state: State) -> list[str]:
     return [sys.executable, "-m", "k8sgpu.runtime.main", "start", "--kubeconfig", state.node_kubeconfig,
             "--provider-kubeconfig", state.tenant_kubeconfig, "--tenant-namespace", state.tenant_namespace,
-            "--node-address", "127.0.0.1", "-v"]
+            "--node-address", state.node_address, "--kubelet-port", str(free_port()), "-v"]
 
 
 def run_demo(ground: Ground, out=sys.stdout) -> None:
@@ -89,11 +89,20 @@ def run_demo(ground: Ground, out=sys.stdout) -> None:
          "CPU:.status.capacity.cpu,CPU-FREE:.status.allocatable.cpu,PODS-FREE:.status.allocatable.pods")
     print("\n4. Its copy on the provider, on a kwok node with an RTX A6000:", file=out)
     step(provider, "-n", state.tenant_namespace, "get", "pods", "-o", "wide", "-l", f"k8sgpu.io/node={NODE}")
+    print(f"\n5. Logs and exec through the local kube-apiserver and the node's kubelet API "
+          f"(https://{state.node_address}, certificate from the CSR API):", file=out)
+    step(local, "get", "csr", "-o", "custom-columns=NAME:.metadata.name,SIGNER:.spec.signerName,"
+         "REQUESTOR:.spec.username,CONDITION:.status.conditions[*].type")
+    step(local, "logs", DEMO_POD, "--tail=3")
+    step(local, "exec", DEMO_POD, "--", "nvidia-smi", "-L")
     print(
         f"""
 The ground and the runtime stay up. Try next:
   export KUBECONFIG={local}
   kubectl describe node {NODE}
+  kubectl exec -it {DEMO_POD} -- sh
+  kubectl port-forward pod/{DEMO_POD} 7777   # then: echo ping | nc 127.0.0.1 7777
+  kubectl get --raw /api/v1/nodes/{NODE}/proxy/stats/summary
   kubectl get runtimeclass
   kubectl run big --image=x --overrides='{{"spec":{{"runtimeClassName":"seeweb-nvidia-1xa6000",\
 "containers":[{{"name":"c","image":"x","resources":{{"requests":{{"cpu":"12"}}}}}}]}}}}'

@@ -19,6 +19,7 @@ from ..provider import Capacity
 log = logging.getLogger(__name__)
 
 PROVIDER_CONDITION = "ProviderReachable"
+CERTIFICATE_CONDITION = "KubeletServingCertificate"
 KUBELET_VERSION = f"v1.32.13-k8sgpu-{__version__}"
 
 
@@ -68,6 +69,8 @@ class NodeController:
         self.capacity = Capacity("0", "0", "0", "0")
         self.provider_reachable = True
         self.provider_why = ""
+        self.certificate: tuple[bool, str, str] = (False, "Requested", "the kubelet API's serving certificate is "
+                                                                       "being requested")
         self._changed = asyncio.Event()
         self._last_status: dict | None = None
         self._transitions: dict[str, str] = {}
@@ -83,6 +86,10 @@ class NodeController:
         if reachable != self.provider_reachable:
             log.warning("provider %s%s", "reachable again" if reachable else "unreachable: ", why)
         self.provider_reachable, self.provider_why = reachable, why
+        self._changed.set()
+
+    def set_serving_certificate(self, ok: bool, reason: str, message: str) -> None:
+        self.certificate = (ok, reason, message)
         self._changed.set()
 
     def pods_changed(self) -> None:
@@ -142,6 +149,7 @@ class NodeController:
                             "the GPU provider's API answers" if reachable else
                             f"the GPU provider's API does not answer; pods keep their last status: "
                             f"{self.provider_why[:200]}", now),
+            self._condition(CERTIFICATE_CONDITION, *self.certificate, now),
             self._condition("MemoryPressure", False, "KubeletHasSufficientMemory", "remote node", now),
             self._condition("DiskPressure", False, "KubeletHasNoDiskPressure", "remote node", now),
             self._condition("PIDPressure", False, "KubeletHasSufficientPID", "remote node", now),

@@ -8,6 +8,7 @@ what the provider learns about them comes back through `ProviderEvents`.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import AsyncIterator
 from typing import Protocol
 
 from ..admission import Resources
@@ -23,6 +24,48 @@ class Capacity:
 
     def as_resources(self) -> dict[str, str]:
         return {"cpu": self.cpu, "memory": self.memory, "nvidia.com/gpu": self.gpus, "pods": self.pods}
+
+
+class ContainerSession(Protocol):
+    """An exec or attach running in a provider's container."""
+
+    async def send_stdin(self, data: bytes) -> None: ...
+
+    async def close_stdin(self) -> None: ...
+
+    async def resize(self, width: int, height: int) -> None: ...
+
+    async def receive(self) -> tuple[str, bytes] | None:
+        """("stdout" | "stderr", bytes) or ("status", a metav1.Status as JSON); None at the end."""
+
+    async def close(self) -> None: ...
+
+
+class PortSession(Protocol):
+    """One forwarded connection to a port of a provider's pod."""
+
+    async def send(self, data: bytes) -> None: ...
+
+    async def close_write(self) -> None:
+        """The client will send no more (half-close)."""
+
+    async def receive(self) -> tuple[str, bytes] | None:
+        """("data" | "error", bytes); None when the provider closed the connection."""
+
+    async def close(self) -> None: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class ContainerUsage:
+    name: str
+    cpu_nanocores: int
+    memory_bytes: int
+
+
+@dataclasses.dataclass(frozen=True)
+class PodUsage:
+    timestamp: str
+    containers: tuple[ContainerUsage, ...]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,3 +132,20 @@ class PodProvider(Protocol):
     async def delete_service(self, namespace: str, name: str) -> None: ...
 
     def capacity(self) -> Capacity: ...
+
+    # What the kubelet API serves from the provider (local pod names in, provider answers out).
+
+    def logs(self, namespace: str, name: str, container: str, options: dict[str, str]) -> AsyncIterator[bytes]:
+        """A container's log with the kubelet's options (follow, tailLines, timestamps, since*, previous,
+        limitBytes), as the provider streams it."""
+
+    async def exec(self, namespace: str, name: str, container: str, command: list[str], *, stdin: bool,
+                   stdout: bool, stderr: bool, tty: bool) -> ContainerSession: ...
+
+    async def attach(self, namespace: str, name: str, container: str, *, stdin: bool, stdout: bool,
+                     stderr: bool, tty: bool) -> ContainerSession: ...
+
+    async def port_forward(self, namespace: str, name: str, port: int) -> PortSession: ...
+
+    async def usage(self) -> dict[tuple[str, str], PodUsage]:
+        """CPU and memory each pod uses now, by (namespace, name), where the provider measures it."""

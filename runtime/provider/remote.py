@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
 from decimal import Decimal
 
 from kubernetes.utils import parse_quantity
@@ -16,7 +17,7 @@ from kubernetes.utils import parse_quantity
 from .. import errors
 from ..admission import GPU_RESOURCE, Resources
 from ..catalog import GPUClass
-from ..kube import Kube
+from ..kube import Kube, resource_path
 from ..reflector import Reflector
 from ..translate import (
     NODE_LABEL,
@@ -30,7 +31,8 @@ from ..translate import (
     remote_pod,
     remote_service,
 )
-from . import Capacity, ProviderEvents, RemoteEvent, RemotePod
+from . import Capacity, ContainerUsage, PodUsage, ProviderEvents, RemoteEvent, RemotePod
+from .streams import ContainerSession, PortSession
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +123,66 @@ class RemoteClusterProvider:
                                        uid=meta["uid"])
             except (errors.NotFound, errors.Conflict):
                 pass  # already gone, or replaced by a newer mirror
+
+    # -- logs, exec, attach, port-forward ---------------------------------------
+
+    def _mirror(self, namespace: str, name: str) -> str:
+        """The name of the running mirror of a local pod (the newest, should a re-created one overlap)."""
+        found = [remote["metadata"] for remote in self._pods.store.values()
+                 if (remote["metadata"].get("annotations") or {}).get(ORIGIN_NAMESPACE) == namespace
+                 and remote["metadata"]["annotations"].get(ORIGIN_NAME) == name]
+        if not found:
+            raise errors.NotFound(f"pod {namespace}/{name} does not run on the provider (no mirror)")
+        return max(found, key=lambda meta: meta.get("creationTimestamp", ""))["name"]
+
+    def _pod_path(self, namespace: str, name: str, subresource: str) -> str:
+        return resource_path("Pod", self.namespace, self._mirror(namespace, name), subresource)
+
+    async def logs(self, namespace: str, name: str, container: str, options: dict[str, str]) -> AsyncIterator[bytes]:
+        path = self._pod_path(namespace, name, "log")
+        async for chunk in self.kube.stream(path, {**options, "container": container}):
+            yield chunk
+
+    async def exec(self, namespace: str, name: str, container: str, command: list[str], *, stdin: bool,
+                   stdout: bool, stderr: bool, tty: bool) -> ContainerSession:
+        query = [("container", container), *(("command", c) for c in command),
+                 *_flags(stdin=stdin, stdout=stdout, stderr=stderr, tty=tty)]
+        ws = await self.kube.websocket(self._pod_path(namespace, name, "exec"), query, CHANNEL_PROTOCOLS)
+        return ContainerSession(ws)
+
+    async def attach(self, namespace: str, name: str, container: str, *, stdin: bool, stdout: bool,
+                     stderr: bool, tty: bool) -> ContainerSession:
+        query = [("container", container), *_flags(stdin=stdin, stdout=stdout, stderr=stderr, tty=tty)]
+        ws = await self.kube.websocket(self._pod_path(namespace, name, "attach"), query, CHANNEL_PROTOCOLS)
+        return ContainerSession(ws)
+
+    async def port_forward(self, namespace: str, name: str, port: int) -> PortSession:
+        ws = await self.kube.websocket(self._pod_path(namespace, name, "portforward"), [("ports", str(port))],
+                                       ("SPDY/3.1+portforward.k8s.io",))
+        try:
+            return await PortSession(ws, port).open()
+        except (TimeoutError, ConnectionError, asyncio.IncompleteReadError) as exc:
+            await ws.close()
+            raise errors.Unavailable(f"provider: port-forward to {namespace}/{name}:{port} failed: {exc!r}") from exc
+
+    async def usage(self) -> dict[tuple[str, str], PodUsage]:
+        path = f"/apis/metrics.k8s.io/v1beta1/namespaces/{self.namespace}/pods"
+        try:
+            metrics = await self.kube.request("GET", path, params={"labelSelector": f"{NODE_LABEL}={self.node_name}"})
+        except (errors.NotFound, errors.Forbidden, errors.Unavailable) as exc:
+            log.debug("no pod metrics from the provider: %s", exc)
+            return {}  # a provider without metrics.k8s.io (or not for tenants) reports no usage
+        out = {}
+        for item in metrics.get("items") or []:
+            remote = self._pods.store.get(f"{self.namespace}/{item['metadata']['name']}")
+            if remote is None:
+                continue
+            pod = self._remote_pod(remote)
+            out[(pod.namespace, pod.name)] = PodUsage(item.get("timestamp", ""), tuple(
+                ContainerUsage(c["name"], int(parse_quantity(c["usage"].get("cpu", 0)) * 10**9),
+                               int(parse_quantity(c["usage"].get("memory", 0))))
+                for c in item.get("containers") or []))
+        return out
 
     # -- ConfigMaps and Secrets --------------------------------------------------
 
@@ -247,6 +309,13 @@ class RemoteClusterProvider:
             self._capacity = capacity
             if self._events:
                 self._events.capacity_changed(capacity)
+
+
+CHANNEL_PROTOCOLS = ("v5.channel.k8s.io", "v4.channel.k8s.io")
+
+
+def _flags(**flags: bool) -> list[tuple[str, str]]:
+    return [(name, "true") for name, on in flags.items() if on]
 
 
 def _fmt(cpu: Decimal) -> str:

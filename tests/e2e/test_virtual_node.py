@@ -14,7 +14,7 @@ from kubernetes.client.rest import ApiException
 from kubernetes.utils import parse_quantity
 
 from k8sgpu.cli.dev.catalog import GPU_COUNT_LABEL, GPU_PRODUCT_LABEL
-from k8sgpu.cli.dev.ground import Ground
+from k8sgpu.cli.dev.ground import Ground, free_port
 from k8sgpu.runtime.catalog import demo_catalog, runtime_class_manifest
 from k8sgpu.runtime.rbac import extra_rbac
 from k8sgpu.runtime.translate import ORIGIN_UID_LABEL, remote_name
@@ -24,6 +24,7 @@ from .helpers import RuntimeProcess, api, kubectl, wait_for
 pytestmark = pytest.mark.e2e
 
 NODE = "k8s.gpu"
+KUBELET_PORT = free_port()
 CLASSES = {rc["metadata"]["name"]: rc for rc in demo_catalog(NODE)}
 
 
@@ -48,7 +49,8 @@ def runtime(ground, local, tmp_path_factory):
             stdin=yaml.safe_dump_all([*demo_catalog(NODE), no_gpu, *extra_rbac()]))
     log = tmp_path_factory.mktemp("runtime") / "runtime.log"
     proc = RuntimeProcess(["--kubeconfig", ground.node_kubeconfig, "--provider-kubeconfig", ground.tenant_kubeconfig,
-                           "--tenant-namespace", ground.tenant_namespace, "--node-address", "127.0.0.1", "-v"],
+                           "--tenant-namespace", ground.tenant_namespace, "--node-address", ground.node_address,
+                           "--kubelet-port", str(KUBELET_PORT), "-v"],
                           log).start()
     try:
         wait_for(lambda: _ready(local), 60, "node k8s.gpu to be Ready")
@@ -64,7 +66,9 @@ def _ready(local) -> bool:
     except ApiException:
         return False
     conditions = {c.type: c.status for c in node.status.conditions or []}
-    return conditions.get("Ready") == "True" and conditions.get("ProviderReachable") == "True"
+    # The port tells this runtime's status from one an earlier runtime left on the node.
+    return conditions.get("Ready") == "True" and conditions.get("ProviderReachable") == "True" and \
+        node.status.daemon_endpoints.kubelet_endpoint.port == KUBELET_PORT
 
 
 def gpu_pod(name: str, runtime_class: str, containers: list[dict] | None = None, **spec) -> dict:
@@ -109,8 +113,8 @@ def test_node_registers_with_provider_capacity_taint_and_lease(runtime, local, g
     # Capacity mirrors the provider's GPU nodes: 2x2 A6000 + 2x2 A100, 63 cpu each.
     assert node.status.capacity["nvidia.com/gpu"] == "8"
     assert parse_quantity(node.status.capacity["cpu"]) == 4 * 63
-    assert node.status.daemon_endpoints.kubelet_endpoint.port == 10250
-    assert {(a.type, a.address) for a in node.status.addresses} >= {("InternalIP", "127.0.0.1")}
+    assert node.status.daemon_endpoints.kubelet_endpoint.port == KUBELET_PORT
+    assert {(a.type, a.address) for a in node.status.addresses} >= {("InternalIP", ground.node_address)}
     lease = client.CoordinationV1Api(api(ground.local.kubeconfig)).read_namespaced_lease(NODE, "kube-node-lease")
     first = lease.spec.renew_time
     wait_for(lambda: client.CoordinationV1Api(api(ground.local.kubeconfig)).read_namespaced_lease(
@@ -127,7 +131,7 @@ def test_a_pod_naming_a_class_runs_remotely_on_the_right_gpu(runtime, local, pro
     local.create_namespaced_pod("default", gpu_pod(name, runtime_class))
     pod = running(local, name)
     assert pod.spec.node_name == NODE
-    assert pod.status.pod_ip and pod.status.host_ip == "127.0.0.1"
+    assert pod.status.pod_ip and pod.status.host_ip == ground.node_address
     assert pod.status.container_statuses[0].ready and pod.status.container_statuses[0].image_id
     remote = remote_of(provider, ground, pod)
     assert remote is not None and remote.metadata.name == remote_name("default", name, pod.metadata.uid)

@@ -29,6 +29,11 @@ def test_flags_beat_environment_beat_file(tmp_path, kubeconfig):
     ({"node_name": "UPPER"}, "--node-name"),
     ({"node_address": "not-an-ip"}, "--node-address"),
     ({"kubelet_port": 70000}, "--kubelet-port"),
+    ({"csr_signer": "not a signer"}, "--csr-signer"),
+    ({"tls_cert_file": "/etc/hostname"}, "--tls-private-key-file"),
+    ({"tls_private_key_file": "/etc/hostname"}, "--tls-cert-file"),
+    ({"tls_cert_file": "/nonexistent", "tls_private_key_file": "/etc/hostname"}, "--tls-cert-file"),
+    ({"client_ca_file": "/nonexistent"}, "--client-ca-file"),
 ])
 def test_wrong_values_name_the_field(flags, field, kubeconfig):
     base = {"provider_kubeconfig": kubeconfig, "tenant_namespace": "t"}
@@ -53,3 +58,14 @@ def test_cli_exits_non_zero_naming_the_missing_field():
                          env={"PATH": "/usr/bin:/bin"})
     assert out.returncode == 2
     assert "--provider-kubeconfig: missing" in out.stderr
+
+
+def test_csr_settings_from_environment_and_outputs(tmp_path, kubeconfig):
+    outputs = tmp_path / "outputs.json"
+    outputs.write_text(json.dumps({"csr_signer": {"value": "aws", "type": "string", "sensitive": False}}))
+    config = build({"provider_kubeconfig": kubeconfig, "tenant_namespace": "t", "terraform_outputs": str(outputs)},
+                   {"K8SGPU_CSR_SELF_APPROVE": "false"})
+    assert config.node.csr_signer == "aws" and config.node.csr_self_approve is False
+    with pytest.raises(ConfigError) as err:
+        build({"provider_kubeconfig": kubeconfig, "tenant_namespace": "t"}, {"K8SGPU_CSR_SELF_APPROVE": "maybe"})
+    assert err.value.field == "K8SGPU_CSR_SELF_APPROVE"

@@ -1,0 +1,1 @@
+"""The kubelet API of the virtual node: serving certificate, door, HTTPS endpoints."""
