@@ -62,7 +62,16 @@ class NodeConfig:
 @dataclasses.dataclass
 class LocalClusterConfig:
     kubeconfig: str = ""
-    """Kubeconfig of the user's cluster; empty: in-cluster service account configuration."""
+    """Kubeconfig of the node identity (system:node:<name>) in the user's cluster; empty: bootstrap one."""
+    bootstrap_kubeconfig: str = ""
+    """Kubeconfig of a bootstrap identity that may request a node client certificate (kubelet TLS
+    bootstrapping); empty: server and bootstrap_token, else the in-cluster service account."""
+    server: str = ""
+    """API endpoint of the user's cluster, for bootstrapping with bootstrap_token (Terraform output)."""
+    certificate_authority_data: str = ""
+    """PEM CA of server (Terraform output cluster_ca_certificate)."""
+    bootstrap_token: str = ""
+    """Bearer token of the bootstrap identity (Terraform output bootstrap_token; never logged)."""
 
 
 @dataclasses.dataclass
@@ -106,6 +115,17 @@ class RuntimeConfig:
                 raise ConfigError(flag, f"{path} does not exist")
         if self.node.lease_renew_seconds >= self.node.lease_duration_seconds:
             raise ConfigError("node.lease_renew_seconds", "must be shorter than node.lease_duration_seconds")
+        if self.local.bootstrap_kubeconfig and not Path(self.local.bootstrap_kubeconfig).is_file():
+            raise ConfigError("--bootstrap-kubeconfig", f"{self.local.bootstrap_kubeconfig} does not exist")
+        if self.local.server and not self.local.server.startswith("https://"):
+            raise ConfigError("--terraform-outputs cluster_endpoint",
+                              f"{self.local.server!r} is not an https:// URL of the cluster's API")
+        if self.local.server and not self.local.bootstrap_token:
+            raise ConfigError("--terraform-outputs bootstrap_token",
+                              "missing: cluster_endpoint needs the bootstrap token to request the node's "
+                              "certificate (or give --kubeconfig of the node identity)")
+        if self.local.certificate_authority_data and "BEGIN CERTIFICATE" not in self.local.certificate_authority_data:
+            raise ConfigError("--terraform-outputs cluster_ca_certificate", "is not a PEM certificate")
         if self.local.kubeconfig and not Path(self.local.kubeconfig).is_file():
             raise ConfigError("--kubeconfig", f"{self.local.kubeconfig} does not exist; give the kubeconfig of "
                                               "the cluster to join, or none to use the in-cluster configuration")
@@ -129,6 +149,7 @@ class RuntimeConfig:
 # Flag name → (section, field, environment variable)
 SETTINGS: dict[str, tuple[str, str, str]] = {
     "kubeconfig": ("local", "kubeconfig", "K8SGPU_KUBECONFIG"),
+    "bootstrap_kubeconfig": ("local", "bootstrap_kubeconfig", "K8SGPU_BOOTSTRAP_KUBECONFIG"),
     "provider_kubeconfig": ("provider", "kubeconfig", "K8SGPU_PROVIDER_KUBECONFIG"),
     "tenant_namespace": ("provider", "tenant_namespace", "K8SGPU_TENANT_NAMESPACE"),
     "node_name": ("node", "name", "K8SGPU_NODE_NAME"),
@@ -181,6 +202,9 @@ TERRAFORM_OUTPUTS: dict[str, tuple[str, str]] = {
     "node_name": ("node", "name"),
     "tenant_namespace": ("provider", "tenant_namespace"),
     "csr_signer": ("node", "csr_signer"),
+    "cluster_endpoint": ("local", "server"),
+    "cluster_ca_certificate": ("local", "certificate_authority_data"),
+    "bootstrap_token": ("local", "bootstrap_token"),
 }
 
 

@@ -76,6 +76,13 @@ class Kube:
     async def close(self) -> None:
         await self.api.close()
 
+    def rebind(self, api: k8s_client.ApiClient) -> k8s_client.ApiClient:
+        """Use a new client (a renewed certificate) for new requests; returns the old one, whose open
+        requests and watches go on until it is closed."""
+        old, self.api = self.api, api
+        self._host = api.configuration.host.rstrip("/")
+        return old
+
     def _session(self) -> aiohttp.ClientSession:
         return self.api.rest_client.pool_manager
 

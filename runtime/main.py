@@ -29,8 +29,13 @@ def build_parser() -> argparse.ArgumentParser:
     verbs = parser.add_subparsers(dest="verb", metavar="COMMAND", required=True)
     start = verbs.add_parser("start", help="register the node and serve its pods until stopped",
                              description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    start.add_argument("--kubeconfig", help="kubeconfig of the cluster the node joins; absent: the in-cluster "
-                                            "service account configuration [env K8SGPU_KUBECONFIG]")
+    start.add_argument("--kubeconfig", help="kubeconfig of the node identity (system:node:<name>) in the "
+                                            "cluster the node joins; absent: bootstrap a node client certificate "
+                                            "(see --bootstrap-kubeconfig) [env K8SGPU_KUBECONFIG]")
+    start.add_argument("--bootstrap-kubeconfig", help="kubeconfig of an identity allowed to request node client "
+                                                      "certificates (kubelet TLS bootstrapping); absent: the "
+                                                      "Terraform outputs' endpoint and bootstrap token, else the "
+                                                      "in-cluster service account [env K8SGPU_BOOTSTRAP_KUBECONFIG]")
     start.add_argument("--provider-kubeconfig", help="tenant kubeconfig of the GPU provider's cluster "
                                                      "(required) [env K8SGPU_PROVIDER_KUBECONFIG]")
     start.add_argument("--tenant-namespace", help="your namespace on the GPU provider (required) "

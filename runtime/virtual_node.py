@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 from .certificates import ServingCertificate
+from .clients import NodeClientCertificate, local_cluster
 from .config import RuntimeConfig
 from .controllers.node import NodeController
 from .controllers.pods import PodController
@@ -26,6 +27,7 @@ class VirtualNode:
         self.config = config
         self.address = config.resolved_address(dict(os.environ))
         self.local: Kube | None = None
+        self.identity: NodeClientCertificate | None = None
         self.remote: Kube | None = None
         self.node: NodeController | None = None
         self.pods: PodController | None = None
@@ -37,7 +39,7 @@ class VirtualNode:
 
     async def start(self) -> None:
         cfg = self.config
-        self.local = Kube(await api_client(cfg.local.kubeconfig or None), "local")
+        self.local, self.identity = await local_cluster(cfg.local, cfg.node.name)
         self.remote = Kube(await api_client(cfg.provider.kubeconfig), "provider")
         provider = RemoteClusterProvider(self.remote, cfg.provider.tenant_namespace, cfg.node.name, self.address)
         self.services = ServiceController(self.local, provider, cfg.provider.load_balancer_class)
@@ -63,13 +65,18 @@ class VirtualNode:
     async def _start_kubelet_api(self, provider: RemoteClusterProvider) -> None:
         """Listen at once (a taken port fails the start); serve TLS once the certificate is issued."""
         cfg = self.config.node
-        ca_file = cfg.client_ca_file or self.local.api.configuration.ssl_ca_cert
-        if not ca_file:
+        if cfg.client_ca_file:
+            client_ca = Path(cfg.client_ca_file).read_bytes()
+        elif self.identity is not None and self.identity.ca_pem:
+            client_ca = self.identity.ca_pem
+        elif self.local.api.configuration.ssl_ca_cert:
+            client_ca = Path(self.local.api.configuration.ssl_ca_cert).read_bytes()
+        else:
             raise RuntimeError("the local cluster's kubeconfig names no CA: give --client-ca-file, the CA that "
                                "signs kube-apiserver's kubelet client certificate")
         self.certificate = ServingCertificate(
             self.local, cfg.name, [self.address], signer=cfg.csr_signer, self_approve=cfg.csr_self_approve,
-            client_ca=Path(ca_file).read_bytes(), on_state=self.node.set_serving_certificate,
+            client_ca=client_ca, on_state=self.node.set_serving_certificate,
             cert_file=cfg.tls_cert_file, key_file=cfg.tls_private_key_file)
         self.kubelet = KubeletServer(provider, Door(self.local, cfg.name), cfg.name,
                                      pods=lambda: list(self.pods.pods.store.values()),
@@ -94,13 +101,23 @@ class VirtualNode:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.identity is not None:
+            await self.identity.stop()
         for kube in (self.remote, self.local):
             if kube is not None:
                 await kube.close()
 
     async def run_until(self, stop: asyncio.Event) -> None:
+        """Start, then run until ``stop``; a stop during the start (a CSR awaiting approval) ends it too."""
+        starting = asyncio.create_task(self.start(), name="start")
+        stopping = asyncio.create_task(stop.wait(), name="stop")
         try:
-            await self.start()
-            await stop.wait()
+            await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if starting.done():
+                starting.result()
+                await stopping
         finally:
+            for task in (starting, stopping):
+                task.cancel()
+            await asyncio.gather(starting, stopping, return_exceptions=True)
             await self.stop()

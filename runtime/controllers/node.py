@@ -74,6 +74,7 @@ class NodeController:
         self._changed = asyncio.Event()
         self._last_status: dict | None = None
         self._transitions: dict[str, str] = {}
+        self._uid = ""
         self.ready = asyncio.Event()
 
     # -- what others tell it ---------------------------------------------------
@@ -115,15 +116,16 @@ class NodeController:
                 },
             }
             try:
-                await self.kube.create("Node", None, manifest)
+                node = await self.kube.create("Node", None, manifest)
                 log.info("registered node %s", name)
             except errors.AlreadyExists:
-                pass
+                node = await self.kube.get("Node", None, name)
         else:
             missing = {k: v for k, v in node_labels(name).items() if node["metadata"].get("labels", {}).get(k) != v}
             if missing:
                 await self.kube.patch("Node", None, name, {"metadata": {"labels": missing}})
             log.info("node %s already registered; taking it over", name)
+        self._uid = node["metadata"]["uid"]
         await self.write_status(force=True)
         self.ready.set()
 
@@ -213,14 +215,22 @@ class NodeController:
             try:
                 await self.kube.create("Lease", "kube-node-lease", {
                     "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-                    "metadata": {"name": name},
+                    "metadata": {"name": name, "ownerReferences": self._lease_owners()},
                     "spec": spec,
                 })
                 return
             except errors.AlreadyExists:
                 lease = await self.kube.get("Lease", "kube-node-lease", name)
         lease["spec"].update(spec)
+        if self._uid and not lease["metadata"].get("ownerReferences"):
+            lease["metadata"]["ownerReferences"] = self._lease_owners()
         await self.kube.replace("Lease", "kube-node-lease", name, lease)
+
+    def _lease_owners(self) -> list[dict]:
+        # Like a kubelet's Lease: garbage-collected with the Node.
+        if not self._uid:
+            return []
+        return [{"apiVersion": "v1", "kind": "Node", "name": self.config.name, "uid": self._uid}]
 
     async def lease_loop(self) -> None:
         while True:

@@ -117,6 +117,7 @@ def test_node_registers_with_provider_capacity_taint_and_lease(runtime, local, g
     assert {(a.type, a.address) for a in node.status.addresses} >= {("InternalIP", ground.node_address)}
     lease = client.CoordinationV1Api(api(ground.local.kubeconfig)).read_namespaced_lease(NODE, "kube-node-lease")
     first = lease.spec.renew_time
+    assert [(o.kind, o.uid) for o in lease.metadata.owner_references] == [("Node", node.metadata.uid)]
     wait_for(lambda: client.CoordinationV1Api(api(ground.local.kubeconfig)).read_namespaced_lease(
         NODE, "kube-node-lease").spec.renew_time > first, 25, "the lease to be renewed")
 

@@ -69,3 +69,30 @@ def test_csr_settings_from_environment_and_outputs(tmp_path, kubeconfig):
     with pytest.raises(ConfigError) as err:
         build({"provider_kubeconfig": kubeconfig, "tenant_namespace": "t"}, {"K8SGPU_CSR_SELF_APPROVE": "maybe"})
     assert err.value.field == "K8SGPU_CSR_SELF_APPROVE"
+
+
+def test_bootstrap_settings_from_terraform_outputs(tmp_path, kubeconfig):
+    outputs = tmp_path / "outputs.json"
+    ca = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+    outputs.write_text(json.dumps({
+        "cluster_endpoint": {"value": "https://10.0.0.1:6443"}, "cluster_ca_certificate": {"value": ca},
+        "bootstrap_token": {"value": "abc.def", "sensitive": True}}))
+    config = build({"provider_kubeconfig": kubeconfig, "tenant_namespace": "t", "terraform_outputs": str(outputs)}, {})
+    assert (config.local.server, config.local.certificate_authority_data, config.local.bootstrap_token) == \
+        ("https://10.0.0.1:6443", ca, "abc.def")
+
+
+@pytest.mark.parametrize("outputs, field", [
+    ({"cluster_endpoint": {"value": "http://plain:8080"}, "bootstrap_token": {"value": "x"}},
+     "--terraform-outputs cluster_endpoint"),
+    ({"cluster_endpoint": {"value": "https://10.0.0.1"}}, "--terraform-outputs bootstrap_token"),
+    ({"cluster_endpoint": {"value": "https://10.0.0.1"}, "bootstrap_token": {"value": "x"},
+      "cluster_ca_certificate": {"value": "not pem"}}, "--terraform-outputs cluster_ca_certificate"),
+    ({"bootstrap_token": "no value key"}, "--terraform-outputs bootstrap_token"),
+])
+def test_wrong_bootstrap_outputs_name_the_output(tmp_path, kubeconfig, outputs, field):
+    path = tmp_path / "outputs.json"
+    path.write_text(json.dumps(outputs))
+    with pytest.raises(ConfigError) as err:
+        build({"provider_kubeconfig": kubeconfig, "tenant_namespace": "t", "terraform_outputs": str(path)}, {})
+    assert err.value.field == field

@@ -1,0 +1,156 @@
+"""How the runtime reaches the local cluster as its node: the one place that knows how to authenticate.
+
+Either a kubeconfig that already is the node (`--kubeconfig`), or kubelet TLS
+bootstrapping: bootstrap credentials (`--bootstrap-kubeconfig`, the Terraform
+outputs' endpoint, CA and token, or the pod's service account) ask for a client
+certificate of `system:node:<node>` from the signer
+`kubernetes.io/kube-apiserver-client-kubelet`. kube-controller-manager approves
+it when the requester may create `certificatesigningrequests/nodeclient` (the
+ClusterRole `system:certificates.k8s.io:certificatesigningrequests:nodeclient`),
+as for any kubelet. The key never leaves memory but for the instant the client
+library reads it; the certificate is renewed at 70-90 % of its life.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+import random
+import tempfile
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from kubernetes_asyncio import client as k8s_client
+
+from . import errors
+from .certificates import CertificateDenied, renewal_delay, request_certificate
+from .config import LocalClusterConfig
+from .kube import Kube, api_client
+
+log = logging.getLogger(__name__)
+
+KUBELET_CLIENT = "kubernetes.io/kube-apiserver-client-kubelet"
+CLIENT_USAGES = ["digital signature", "client auth"]
+OLD_SESSION_GRACE = 900.0  # requests and watches under the old certificate end before its session closes
+
+
+def client_request(node_name: str, key: ec.EllipticCurvePrivateKey) -> bytes:
+    csr = (x509.CertificateSigningRequestBuilder()
+           .subject_name(x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "system:nodes"),
+                                    x509.NameAttribute(NameOID.COMMON_NAME, f"system:node:{node_name}")]))
+           .sign(key, hashes.SHA256()))
+    return csr.public_bytes(serialization.Encoding.PEM)
+
+
+async def bootstrap_api(local: LocalClusterConfig) -> tuple[k8s_client.ApiClient, bytes | None]:
+    """The bootstrap identity's client and the cluster CA: a bootstrap kubeconfig, an endpoint with a
+    token, or the pod's service account."""
+    if local.server:
+        cfg = k8s_client.Configuration(host=local.server)
+        cfg.api_key = {"BearerToken": local.bootstrap_token}
+        cfg.api_key_prefix = {"BearerToken": "Bearer"}
+        ca_pem = local.certificate_authority_data.encode() or None
+        with tempfile.TemporaryDirectory(prefix="k8sgpu-ca-") as tmp:
+            if ca_pem:
+                Path(tmp, "ca.crt").write_bytes(ca_pem)
+                cfg.ssl_ca_cert = str(Path(tmp, "ca.crt"))
+            return k8s_client.ApiClient(configuration=cfg), ca_pem  # the CA is read now
+    api = await api_client(local.bootstrap_kubeconfig or None)
+    path = api.configuration.ssl_ca_cert
+    return api, Path(path).read_bytes() if path else None
+
+
+def _node_api(host: str, ca_pem: bytes | None, cert_pem: bytes, key_pem: bytes) -> k8s_client.ApiClient:
+    cfg = k8s_client.Configuration(host=host)
+    cfg.connection_pool_maxsize = 4096
+    with tempfile.TemporaryDirectory(prefix="k8sgpu-node-") as tmp:
+        cert, key = Path(tmp, "tls.crt"), Path(tmp, "tls.key")
+        cert.write_bytes(cert_pem)
+        key.touch(mode=0o600)
+        key.write_bytes(key_pem)
+        cfg.cert_file, cfg.key_file = str(cert), str(key)
+        if ca_pem:
+            ca = Path(tmp, "ca.crt")
+            ca.write_bytes(ca_pem)
+            cfg.ssl_ca_cert = str(ca)
+        return k8s_client.ApiClient(configuration=cfg)  # the TLS context is built, the files can go
+
+
+class NodeClientCertificate:
+    """Obtains the node's client certificate with the bootstrap credentials and keeps it fresh."""
+
+    def __init__(self, bootstrap: Kube, ca_pem: bytes | None, node_name: str):
+        self.bootstrap, self.node_name = bootstrap, node_name
+        self.ca_pem = ca_pem
+        self.certificate_pem = b""
+        self.kube: Kube | None = None
+        self._task: asyncio.Task | None = None
+        self._retired: list[asyncio.Task] = []
+        self._rng = random.Random()
+
+    async def start(self) -> Kube:
+        api = await self._obtain()
+        self.kube = Kube(api, "local")
+        self._task = asyncio.create_task(self._renew_loop(), name="node-client-certificate")
+        return self.kube
+
+    async def stop(self) -> None:
+        for task in [self._task, *self._retired]:
+            if task is not None:
+                task.cancel()
+        await asyncio.gather(*[t for t in [self._task, *self._retired] if t], return_exceptions=True)
+        await self.bootstrap.close()
+
+    async def _obtain(self) -> k8s_client.ApiClient:
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = await request_certificate(
+            self.bootstrap, generate_name=f"k8sgpu-client-{self.node_name}-",
+            request=client_request(self.node_name, key), signer=KUBELET_CLIENT, usages=CLIENT_USAGES,
+            labels={"k8sgpu.io/node": self.node_name}, approve=False, on_awaiting=self._awaiting)
+        self.certificate_pem = cert
+        expires = x509.load_pem_x509_certificate(cert).not_valid_after_utc
+        log.info("node client certificate for system:node:%s issued, valid until %s", self.node_name,
+                 expires.isoformat())
+        key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption())
+        return _node_api(self.bootstrap.api.configuration.host, self.ca_pem, cert, key_pem)
+
+    def _awaiting(self, name: str, why: str) -> None:
+        log.warning("node client certificate %s is not approved yet (%s); kube-controller-manager approves it "
+                    "when the bootstrap identity may create certificatesigningrequests/nodeclient, or run: "
+                    "kubectl certificate approve %s", name, why, name)
+
+    async def _renew_loop(self) -> None:
+        while True:
+            delay = renewal_delay(self.certificate_pem, datetime.datetime.now(datetime.UTC), self._rng)
+            await asyncio.sleep(delay)
+            try:
+                api = await self._obtain()
+            except (errors.KubeError, CertificateDenied) as exc:
+                log.warning("renewing the node client certificate failed, retrying in 60 s: %s", exc)
+                await asyncio.sleep(60)
+                continue
+            old = self.kube.rebind(api)
+            self._retired.append(asyncio.create_task(_close_later(old), name="retired-session"))
+
+
+async def _close_later(api: k8s_client.ApiClient) -> None:
+    await asyncio.sleep(OLD_SESSION_GRACE)
+    await api.close()
+
+
+async def local_cluster(local: LocalClusterConfig, node_name: str) -> tuple[Kube, NodeClientCertificate | None]:
+    """The local cluster as the node: from its kubeconfig, or bootstrapped."""
+    if local.kubeconfig:
+        return Kube(await api_client(local.kubeconfig), "local"), None
+    api, ca_pem = await bootstrap_api(local)
+    identity = NodeClientCertificate(Kube(api, "local (bootstrap)"), ca_pem, node_name)
+    try:
+        return await identity.start(), identity
+    except BaseException:
+        await identity.stop()
+        raise
