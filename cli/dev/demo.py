@@ -103,6 +103,7 @@ The ground and the runtime stay up. Try next:
   kubectl exec -it {DEMO_POD} -- sh
   kubectl port-forward pod/{DEMO_POD} 7777   # then: echo ping | nc 127.0.0.1 7777
   kubectl get --raw /api/v1/nodes/{NODE}/proxy/stats/summary
+  kubectl top pod {DEMO_POD}     # after ~30 s: two samples of the provider's metrics
   kubectl get runtimeclass
   kubectl run big --image=x --overrides='{{"spec":{{"runtimeClassName":"seeweb-nvidia-1xa6000",\
 "containers":[{{"name":"c","image":"x","resources":{{"requests":{{"cpu":"12"}}}}}}]}}}}'

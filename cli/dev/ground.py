@@ -13,6 +13,7 @@ started in its own session and recorded (PID and start time) in
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import hashlib
 import ipaddress
@@ -318,6 +319,8 @@ class Ground:
                  "--requestheader-username-headers=X-Remote-User",
                  f"--proxy-client-cert-file={cp.front_proxy_client.cert}",
                  f"--proxy-client-key-file={cp.front_proxy_client.key}",
+                 # No kube-proxy here: the aggregator dials an APIService's endpoints, not its ClusterIP.
+                 "--enable-aggregator-routing=true",
                  "--event-ttl=1h0m0s",
                  "--profiling=false"],
                 str(logs / f"{cluster}-kube-apiserver.log"), ports=[port],
@@ -399,9 +402,56 @@ class Ground:
             str(logs / "provider-lb-controller.log"),
         ))
 
+        if state.node_address != "127.0.0.1":
+            kubelet_cas = {"local": local_pki.ca.cert, "provider": provider_pki.ca.cert}
+            for cluster, cp in clusters.items():
+                self._start_metrics_server(state, cluster, cp, kubelet_cas[cluster], binaries, launch)
+        else:
+            self.progress("no metrics-server: its APIService needs an endpoint outside 127.0.0.0/8")
+
         self._wait_ready(state)
         state.save(self.state_file)
         return state
+
+    def _start_metrics_server(self, state: State, cluster: str, cp: _PKI, kubelet_ca: Path, binaries: Binaries,
+                              launch: Callable[..., Process]) -> None:
+        """metrics-server, registered as the cluster's metrics.k8s.io, scraping its kubelets: kwok's on the
+        provider, the runtime's kubelet API on the local cluster (`kubectl top`)."""
+        from kubernetes import client
+
+        port = free_port()
+        kubeconfig = getattr(state, cluster).kubeconfig
+        serving = pki.issue(cp.ca, Path(state.root) / "pki" / cluster, "metrics-server", "metrics-server",
+                            server=True, ips=(state.node_address,), dns=("metrics-server.kube-system.svc",))
+        self.progress(f"starting {cluster} metrics-server on https://{state.node_address}:{port}")
+        launch(Process(
+            f"{cluster}-metrics-server",
+            [str(binaries.metrics_server), f"--kubeconfig={kubeconfig}", f"--authentication-kubeconfig={kubeconfig}",
+             f"--authorization-kubeconfig={kubeconfig}", f"--bind-address={state.node_address}",
+             f"--secure-port={port}", f"--tls-cert-file={serving.cert}", f"--tls-private-key-file={serving.key}",
+             f"--kubelet-certificate-authority={kubelet_ca}", "--kubelet-preferred-address-types=InternalIP",
+             "--kubelet-use-node-status-port", "--metric-resolution=10s", "--kubelet-request-timeout=5s"],
+            str(Path(state.root) / "logs" / f"{cluster}-metrics-server.log"), ports=[port],
+        ))
+        api = _api_client(kubeconfig)
+        core = client.CoreV1Api(api)
+        core.create_namespaced_service("kube-system", {
+            "metadata": {"name": "metrics-server"},
+            "spec": {"ports": [{"name": "https", "port": 443, "targetPort": port, "protocol": "TCP"}]}})
+        core.create_namespaced_endpoints("kube-system", {
+            "metadata": {"name": "metrics-server"},
+            "subsets": [{"addresses": [{"ip": state.node_address}], "ports": [{"name": "https", "port": port}]}]})
+        client.ApiregistrationV1Api(api).create_api_service({
+            "metadata": {"name": "v1beta1.metrics.k8s.io"},
+            "spec": {"group": "metrics.k8s.io", "version": "v1beta1", "groupPriorityMinimum": 100,
+                     "versionPriority": 100, "caBundle": base64.b64encode(cp.ca.cert.read_bytes()).decode(),
+                     "service": {"namespace": "kube-system", "name": "metrics-server", "port": 443}}})
+        # As metrics-server's own install does: whoever may view pods may read their metrics (the tenant too).
+        client.RbacAuthorizationV1Api(api).create_cluster_role({
+            "metadata": {"name": "system:aggregated-metrics-reader", "labels": {
+                f"rbac.authorization.k8s.io/aggregate-to-{role}": "true" for role in ("view", "edit", "admin")}},
+            "rules": [{"apiGroups": ["metrics.k8s.io"], "resources": ["pods", "nodes"],
+                       "verbs": ["get", "list", "watch"]}]})
 
     def _bootstrap_provider(self, state: State) -> None:
         from kubernetes import client
@@ -449,12 +499,15 @@ class Ground:
             sa_ok = all(
                 has_default_service_account(api, ns) for api, ns in ((local, "default"), (provider, TENANT_NAMESPACE))
             )
-            if wanted <= ready and sa_ok:
+            metrics_ok = state.node_address == "127.0.0.1" or all(
+                _metrics_available(kubeconfig) for kubeconfig in (state.local.kubeconfig, state.provider.kubeconfig))
+            if wanted <= ready and sa_ok and metrics_ok:
                 return
             if time.monotonic() > deadline:
                 raise GroundError(
                     f"ground not ready after 90s: nodes Ready {sorted(ready)} of {sorted(wanted)}, "
-                    f"default service accounts {'present' if sa_ok else 'missing'}; see {self.root / 'logs'}"
+                    f"default service accounts {'present' if sa_ok else 'missing'}, metrics.k8s.io "
+                    f"{'available' if metrics_ok else 'unavailable'}; see {self.root / 'logs'}"
                 )
             time.sleep(0.5)
 
@@ -565,6 +618,16 @@ class Ground:
         self.progress("could not add a node address to lo (needs root and iproute2): the node uses 127.0.0.1, "
                       "and kube-apiserver will not proxy /api/v1/nodes/<node>/proxy/... to it")
         return "127.0.0.1"
+
+
+def _metrics_available(kubeconfig: str) -> bool:
+    from kubernetes import client
+
+    try:
+        service = client.ApiregistrationV1Api(_api_client(kubeconfig)).read_api_service("v1beta1.metrics.k8s.io")
+    except client.ApiException:
+        return False
+    return any(c.type == "Available" and c.status == "True" for c in service.status.conditions or [])
 
 
 def _ip(*args: str) -> str | None:

@@ -24,6 +24,11 @@ RUN_FOR_ANNOTATION = "sim.k8sgpu.dev/run-for"
 RESTARTS_ANNOTATION = "sim.k8sgpu.dev/restarts"
 # Port-forwarding to this port of any pod reaches a line echo (`sed -u 's/^/pong: /'`) on the kwok host.
 ECHO_PORT = 7777
+# What each container of a pod uses, as quantities (default 10m cpu and 64Mi memory); kwok serves it as
+# the kubelet's resource metrics, which the provider's metrics-server reads.
+USAGE_CPU_ANNOTATION = "sim.k8sgpu.dev/usage-cpu"
+USAGE_MEMORY_ANNOTATION = "sim.k8sgpu.dev/usage-memory"
+RESOURCE_METRICS_PATH = "/metrics/nodes/{nodeName}/metrics/resource"
 
 _POD_READY = """\
 {{ $now := Now }}
@@ -158,6 +163,45 @@ def pod_stages() -> list[dict]:
     ]
 
 
+def _usage(annotation: str, default: str) -> str:
+    return (f'"{annotation}" in pod.metadata.annotations ? Quantity(pod.metadata.annotations["{annotation}"]) '
+            f': Quantity("{default}")')
+
+
+def resource_usage() -> dict:
+    return {
+        "apiVersion": "kwok.x-k8s.io/v1alpha1", "kind": "ClusterResourceUsage",
+        "metadata": {"name": "usage-from-annotations"},
+        "spec": {"usages": [{"usage": {"cpu": {"expression": _usage(USAGE_CPU_ANNOTATION, "10m")},
+                                       "memory": {"expression": _usage(USAGE_MEMORY_ANNOTATION, "64Mi")}}}]},
+    }
+
+
+def resource_metrics() -> dict:
+    """The kubelet's /metrics/resource families, computed by kwok from the usage above."""
+    container = [{"name": "container", "value": "container.name"},
+                 {"name": "namespace", "value": "pod.metadata.namespace"},
+                 {"name": "pod", "value": "pod.metadata.name"}]
+    pod = container[1:]
+    families = [
+        ("scrape_error", "node", "gauge", [], "0"),
+        ("container_start_time_seconds", "container", "gauge", container, "pod.SinceSecond()"),
+        ("container_cpu_usage_seconds_total", "container", "counter", container,
+         'pod.CumulativeUsage("cpu", container.name)'),
+        ("container_memory_working_set_bytes", "container", "gauge", container, 'pod.Usage("memory", container.name)'),
+        ("pod_cpu_usage_seconds_total", "pod", "counter", pod, 'pod.CumulativeUsage("cpu")'),
+        ("pod_memory_working_set_bytes", "pod", "gauge", pod, 'pod.Usage("memory")'),
+        ("node_cpu_usage_seconds_total", "node", "counter", [], 'node.CumulativeUsage("cpu")'),
+        ("node_memory_working_set_bytes", "node", "gauge", [], 'node.Usage("memory")'),
+    ]
+    return {
+        "apiVersion": "kwok.x-k8s.io/v1alpha1", "kind": "Metric", "metadata": {"name": "metrics-resource"},
+        "spec": {"path": RESOURCE_METRICS_PATH, "metrics": [
+            {"name": name, "dimension": dim, "kind": kind, "help": name, "value": value,
+             **({"labels": labels} if labels else {})} for name, dim, kind, labels, value in families]},
+    }
+
+
 def nvidia_smi_output(pool: GPUPool) -> str:
     """What the stand-in prints, shaped like `nvidia-smi`'s table."""
     lines = [
@@ -218,6 +262,8 @@ def write_pool_files(pool: GPUPool, directory: Path) -> Path:
             "metadata": {"name": f"pool-{pool.name}"},
             "spec": {"logs": [{"logsFile": str(logs), "previousLogsFile": str(previous), "follow": True}]},
         },
+        resource_usage(),
+        resource_metrics(),
         {
             "apiVersion": "kwok.x-k8s.io/v1alpha1",
             "kind": "ClusterPortForward",

@@ -102,13 +102,13 @@ def resource_metrics(node_name: str, started: datetime.datetime, pods: list[dict
         lines.append(f"# TYPE {name} {kind}")
         for labels, value, when in samples:
             millis = int(_parse_ts(when).timestamp() * 1000)
-            lines.append(f"{name}{labels} {value:.9g} {millis}")
+            lines.append(f"{name}{labels} {value!r} {millis}")
 
     node = data["node"]
     family("node_cpu_usage_seconds_total", "counter", "Cumulative cpu time consumed by the node in core-seconds",
            [("", node["cpu"]["usageCoreNanoSeconds"] / 1e9, node["cpu"]["time"])])
     family("node_memory_working_set_bytes", "gauge", "Current working set of the node in bytes",
-           [("", node["memory"]["workingSetBytes"], node["memory"]["time"])])
+           [("", float(node["memory"]["workingSetBytes"]), node["memory"]["time"])])
     containers_cpu, containers_mem, pods_cpu, pods_mem, starts = [], [], [], [], []
     for pod in data["pods"]:
         ref = pod["podRef"]
@@ -116,11 +116,11 @@ def resource_metrics(node_name: str, started: datetime.datetime, pods: list[dict
         for c in pod["containers"]:
             labels = f'{{container="{c["name"]}",namespace="{ref["namespace"]}",pod="{ref["name"]}"}}'
             containers_cpu.append((labels, c["cpu"]["usageCoreNanoSeconds"] / 1e9, c["cpu"]["time"]))
-            containers_mem.append((labels, c["memory"]["workingSetBytes"], c["memory"]["time"]))
+            containers_mem.append((labels, float(c["memory"]["workingSetBytes"]), c["memory"]["time"]))
             starts.append((labels, _parse_ts(c["startTime"]).timestamp(), c["cpu"]["time"]))
         if "cpu" in pod:
             pods_cpu.append((pod_labels, pod["cpu"]["usageCoreNanoSeconds"] / 1e9, pod["cpu"]["time"]))
-            pods_mem.append((pod_labels, pod["memory"]["workingSetBytes"], pod["memory"]["time"]))
+            pods_mem.append((pod_labels, float(pod["memory"]["workingSetBytes"]), pod["memory"]["time"]))
     family("container_cpu_usage_seconds_total", "counter",
            "Cumulative cpu time consumed by the container in core-seconds", containers_cpu)
     family("container_memory_working_set_bytes", "gauge", "Current working set of the container in bytes",

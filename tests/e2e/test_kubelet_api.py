@@ -25,7 +25,13 @@ from kubernetes import client
 from k8sgpu.cli.dev import pki
 from k8sgpu.cli.dev.binaries import find_kubectl
 from k8sgpu.cli.dev.ground import free_port
-from k8sgpu.cli.dev.kwok import ECHO_PORT, RESTARTS_ANNOTATION, cri_log_lines
+from k8sgpu.cli.dev.kwok import (
+    ECHO_PORT,
+    RESTARTS_ANNOTATION,
+    USAGE_CPU_ANNOTATION,
+    USAGE_MEMORY_ANNOTATION,
+    cri_log_lines,
+)
 from k8sgpu.runtime.catalog import demo_catalog
 from k8sgpu.runtime.rbac import extra_rbac
 
@@ -258,6 +264,25 @@ def test_node_proxy_stats_summary_and_metrics(ground, gpu_pod):
     assert gpu_pod in [p["metadata"]["name"] for p in pods["items"]]
     running = json.loads(k(ground, "get", "--raw", f"/api/v1/nodes/{NODE}/proxy/runningpods/").stdout)
     assert gpu_pod in [p["metadata"]["name"] for p in running["items"]]
+
+
+def test_kubectl_top_shows_what_the_provider_measures(ground, runtime, local):
+    """kwok reports the usage the pod's annotations ask for; the provider's metrics-server reads it; the
+    runtime serves it as resource metrics; the local metrics-server reads those; `kubectl top` shows them."""
+    _pod(local, "busy", {USAGE_CPU_ANNOTATION: "250m", USAGE_MEMORY_ANNOTATION: "300Mi"})
+    try:
+        def top() -> list[str] | None:
+            shown = k(ground, "top", "pod", "busy", "--no-headers")
+            return shown.stdout.split() if shown.returncode == 0 else None
+
+        name, cpu, memory = wait_for(top, 150, "kubectl top pod busy", interval=5)
+        assert name == "busy" and memory == "300Mi"
+        assert 240 <= int(cpu.removesuffix("m")) <= 260  # a rate from two samples of a cumulative counter
+        node = wait_for(lambda: (r := k(ground, "top", "node", NODE, "--no-headers")).returncode == 0 and r.stdout,
+                        60, "kubectl top node", interval=5)
+        assert node.split()[0] == NODE
+    finally:
+        local.delete_namespaced_pod("busy", "default", grace_period_seconds=0)
 
 
 # -- the locked door -----------------------------------------------------------------------
