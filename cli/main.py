@@ -59,6 +59,7 @@ def _print_ground(state, output: str) -> None:
         "tenant_kubeconfig": state.tenant_kubeconfig,
         "tenant_namespace": state.tenant_namespace,
         "local_ca": str(Path(state.root) / "local-ca.crt"),
+        "node_address": state.node_address,
     }
     if output == "json":
         print(json.dumps(info, indent=2))
@@ -67,6 +68,7 @@ def _print_ground(state, output: str) -> None:
     print(f"  admin           export KUBECONFIG={state.local.kubeconfig}")
     print(f"  node identity   {state.node_kubeconfig}  (system:node:k8s.gpu)")
     print(f"  cluster CA      {info['local_ca']}")
+    print(f"  node address    {state.node_address}  (for k8sgpu-runtime --node-address)")
     print(f"provider cluster  {state.provider.server}")
     print(f"  admin           export KUBECONFIG={state.provider.kubeconfig}")
     print(f"  tenant          {state.tenant_kubeconfig}  (namespace {state.tenant_namespace})")
@@ -125,6 +127,19 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from kubernetes import client, config
+
+    from .doctor import FAIL, generic, render
+
+    cfg = client.Configuration()
+    config.load_kube_config(config_file=args.kubeconfig, context=args.context, client_configuration=cfg)
+    signer = "beta.eks.amazonaws.com/app-serving" if args.csr_signer == "aws" else args.csr_signer
+    findings = generic(client.ApiClient(cfg), args.node_name, signer)
+    print(render(findings, args.output))
+    return 1 if any(f.status == FAIL for f in findings) else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="k8sgpu",
@@ -155,6 +170,24 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--idle-seconds", type=int, default=60, help="how long idle CPU is measured (default 60)")
     bench.add_argument("--outage-seconds", type=int, default=60, help="length of the provider outage (default 60)")
     bench.set_defaults(func=cmd_bench)
+    doctor = nouns.add_parser(
+        "doctor", help="check a cluster before installing: each finding with its evidence and fix",
+        description="Checks, as the cluster's admin, what the virtual node needs: the node identity's rights "
+                    "(Node authorizer) and the runtime's extra RBAC, that kube-controller-manager signs kubelet "
+                    "serving certificates (a CSR round trip, deleted after), k3s's egress selector mode, and "
+                    "whether a node of that name exists. Exit 1 when a finding blocks. Only --cloud generic so "
+                    "far: the EKS and AKS checks are not built yet.",
+    )
+    doctor.add_argument("--cloud", choices=("generic",), required=True,
+                        help="generic: any cluster through its Kubernetes API")
+    doctor.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG"),
+                        help="an admin's kubeconfig (default: $KUBECONFIG, else ~/.kube/config)")
+    doctor.add_argument("--context", help="kubeconfig context (default: the current one)")
+    doctor.add_argument("--node-name", default="k8s.gpu", help="the virtual node's name (default k8s.gpu)")
+    doctor.add_argument("--csr-signer", default="kubernetes.io/kubelet-serving",
+                        help="the serving certificate's signer, as given to k8sgpu-runtime (aws or a name)")
+    doctor.add_argument("--output", "-o", choices=("table", "json"), default="table")
+    doctor.set_defaults(func=cmd_doctor)
 
     verbs = dev.add_subparsers(dest="verb", metavar="VERB", required=True)
     build = verbs.add_parser("build", help="build (or find in ~/.cache/k8sgpu) every binary the ground needs")
@@ -194,10 +227,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _known_errors() -> tuple[type[Exception], ...]:
+    from kubernetes.client import ApiException
+    from kubernetes.config import ConfigException
+
     from .dev.binaries import BuildError
     from .dev.ground import GroundError
 
-    return (BuildError, GroundError, OSError)
+    return (BuildError, GroundError, OSError, ApiException, ConfigException)
 
 
 if __name__ == "__main__":

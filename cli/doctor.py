@@ -1,0 +1,158 @@
+"""`k8sgpu doctor`: checks a cluster before anything is applied, each finding with its evidence and fix.
+
+The generic checks use only the Kubernetes API, as the cluster's admin: what the
+node identity may do (SubjectAccessReviews for `system:node:<node>`), whether
+kube-controller-manager signs kubelet serving certificates (a CSR round trip,
+deleted afterwards), k3s's egress selector mode, and whether a node of our name
+already exists.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import time
+import uuid
+
+from cryptography.hazmat.primitives.asymmetric import ec
+from kubernetes import client
+
+from k8sgpu.runtime.certificates import KUBELET_SERVING, SERVING_USAGES, serving_request
+from k8sgpu.runtime.rbac import extra_rules
+
+OK, WARN, FAIL, SKIP = "ok", "warn", "fail", "skip"
+
+# What the runtime does as its node, which the Node authorizer must allow: (verb, group, resource, namespace).
+NODE_RIGHTS = [
+    ("create", "", "nodes", ""),
+    ("patch", "", "nodes/status", ""),
+    ("update", "coordination.k8s.io", "leases", "kube-node-lease"),
+    ("create", "", "events", "default"),
+    ("create", "certificates.k8s.io", "certificatesigningrequests", ""),
+    ("create", "authentication.k8s.io", "tokenreviews", ""),
+    ("create", "authorization.k8s.io", "subjectaccessreviews", ""),
+    ("list", "node.k8s.io", "runtimeclasses", ""),
+]
+
+
+@dataclasses.dataclass
+class Finding:
+    check: str
+    status: str
+    evidence: str
+    fix: str = ""
+
+
+def _allowed(authz: client.AuthorizationV1Api, user: str, verb: str, group: str, resource: str, namespace: str,
+             name: str = "") -> bool:
+    resource, _, sub = resource.partition("/")
+    review = authz.create_subject_access_review({
+        "spec": {"user": user, "groups": ["system:nodes", "system:authenticated"],
+                 "resourceAttributes": {"verb": verb, "group": group, "resource": resource, "subresource": sub,
+                                        "namespace": namespace, "name": name}}})
+    return bool(review.status.allowed)
+
+
+def check_node_rights(api: client.ApiClient, node: str) -> Finding:
+    authz = client.AuthorizationV1Api(api)
+    user = f"system:node:{node}"
+    # Its own Node and Lease only: the Node authorizer checks the name.
+    own = ("nodes", "nodes/status", "leases")
+    denied = [f"{verb} {resource}" for verb, group, resource, ns in NODE_RIGHTS
+              if not _allowed(authz, user, verb, group, resource, ns, node if resource in own else "")]
+    if denied:
+        return Finding("node-identity", FAIL, f"{user} may not: {', '.join(denied)}",
+                       "enable the Node authorizer: kube-apiserver --authorization-mode=Node,RBAC")
+    return Finding("node-identity", OK, f"{user} may register its node, renew its Lease, request certificates "
+                                        "and review tokens (Node authorizer)")
+
+
+def check_extra_rbac(api: client.ApiClient, node: str, signer: str) -> Finding:
+    authz = client.AuthorizationV1Api(api)
+    user = f"system:node:{node}"
+    denied = []
+    for rule in extra_rules(signer):
+        for resource in rule["resources"]:
+            for verb in rule["verbs"]:
+                names = rule.get("resourceNames") or [""]
+                if not all(_allowed(authz, user, verb, rule["apiGroups"][0], resource, "", n) for n in names):
+                    denied.append(f"{verb} {resource}" + (f" {names[0]}" if names[0] else ""))
+    if denied:
+        return Finding("runtime-rbac", FAIL, f"{user} lacks the runtime's extra rules: {', '.join(denied)}",
+                       "apply the node module (`make apply CLOUD=generic`), which grants the ClusterRole "
+                       "k8sgpu-runtime bound to the node's user; its rules are listed in the README")
+    return Finding("runtime-rbac", OK, f"{user} has the runtime's extra rules (services/status, approval of its "
+                                       f"serving certificate from {signer})")
+
+
+def check_serving_signer(api: client.ApiClient, node: str, signer: str, timeout: float = 30) -> Finding:
+    certs = client.CertificatesV1Api(api)
+    request = serving_request(node, ["10.0.0.1"], ec.generate_private_key(ec.SECP256R1()))
+    name = f"k8sgpu-doctor-{uuid.uuid4().hex[:8]}"
+    certs.create_certificate_signing_request({
+        "metadata": {"name": name},
+        "spec": {"request": base64.b64encode(request).decode(), "signerName": signer, "usages": SERVING_USAGES}})
+    try:
+        csr = certs.read_certificate_signing_request(name)
+        csr.status.conditions = [client.V1CertificateSigningRequestCondition(
+            type="Approved", status="True", reason="K8sgpuDoctor", message="k8sgpu doctor: a test of the signer")]
+        certs.replace_certificate_signing_request_approval(name, csr)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if certs.read_certificate_signing_request(name).status.certificate:
+                return Finding("serving-signer", OK, f"a CSR for {signer} was signed ({name}, deleted)")
+            time.sleep(0.5)
+    finally:
+        certs.delete_certificate_signing_request(name)
+    return Finding("serving-signer", FAIL, f"an approved CSR for {signer} was not signed within {timeout:.0f}s",
+                   "give kube-controller-manager --cluster-signing-cert-file and --cluster-signing-key-file "
+                   "(RKE needs them), or use a signer your cluster signs with `--csr-signer`")
+
+
+def check_egress_selector(api: client.ApiClient) -> Finding:
+    version = client.VersionApi(api).get_code().git_version
+    if "k3s" not in version:
+        return Finding("k3s-egress-selector", SKIP, f"not k3s (server {version})")
+    modes = set()
+    for node in client.CoreV1Api(api).list_node(label_selector="node-role.kubernetes.io/control-plane").items:
+        args = json.loads((node.metadata.annotations or {}).get("k3s.io/node-args", "[]"))
+        for i, arg in enumerate(args):
+            if arg.startswith("--egress-selector-mode"):
+                modes.add(arg.split("=", 1)[1] if "=" in arg else args[i + 1])
+    if modes == {"disabled"}:
+        return Finding("k3s-egress-selector", OK, f"k3s {version} with --egress-selector-mode=disabled")
+    return Finding("k3s-egress-selector", FAIL,
+                   f"k3s {version} with egress selector mode {', '.join(sorted(modes)) or 'agent (default)'}: "
+                   "kube-apiserver tunnels to nodes through their k3s agent, which the virtual node has not",
+                   "start the k3s servers with --egress-selector-mode=disabled")
+
+
+def check_node_name(api: client.ApiClient, node: str) -> Finding:
+    try:
+        existing = client.CoreV1Api(api).read_node(node)
+    except client.ApiException as exc:
+        if exc.status == 404:
+            return Finding("node-name", OK, f"no node named {node} yet")
+        raise
+    provider_id = existing.spec.provider_id or ""
+    if provider_id == f"k8sgpu://{node}":
+        return Finding("node-name", OK, f"node {node} exists and is k8sgpu's (providerID {provider_id})")
+    return Finding("node-name", FAIL, f"a node named {node} exists with providerID {provider_id or '(none)'}",
+                   "choose another name with --node-name (and the node module's node_name)")
+
+
+def generic(api: client.ApiClient, node: str, signer: str = KUBELET_SERVING) -> list[Finding]:
+    return [check_node_rights(api, node), check_extra_rbac(api, node, signer),
+            check_serving_signer(api, node, signer), check_egress_selector(api), check_node_name(api, node)]
+
+
+def render(findings: list[Finding], output: str) -> str:
+    if output == "json":
+        return json.dumps([dataclasses.asdict(f) for f in findings], indent=2)
+    lines = []
+    for f in findings:
+        lines.append(f"{f.status.upper():5s} {f.check:22s} {f.evidence}")
+        if f.fix:
+            lines.append(f"{'':5s} {'':22s} fix: {f.fix}")
+    return "\n".join(lines)

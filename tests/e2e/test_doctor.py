@@ -1,0 +1,66 @@
+"""`k8sgpu doctor --cloud generic` on the dev ground: a healthy cluster passes; a planted fault is found
+with its fix."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+from kubernetes import client
+
+from k8sgpu.runtime.rbac import extra_rbac
+
+from .helpers import api, kubectl
+
+pytestmark = pytest.mark.e2e
+
+
+def doctor(ground, *args: str) -> tuple[int, dict]:
+    run = subprocess.run([sys.executable, "-m", "k8sgpu.cli.main", "doctor", "--cloud", "generic", "--kubeconfig",
+                          ground.local.kubeconfig, "-o", "json", *args], capture_output=True, text=True, timeout=120)
+    assert run.stdout, run.stderr
+    return run.returncode, {f["check"]: f for f in json.loads(run.stdout)}
+
+
+def test_a_ready_cluster_passes_and_the_csr_round_trip_cleans_up(ground):
+    kubectl(ground.local.kubeconfig, "apply", "-f", "-", stdin=yaml.safe_dump_all(extra_rbac()))
+    code, findings = doctor(ground)
+    assert code == 0, findings
+    assert {k: f["status"] for k, f in findings.items()} == {
+        "node-identity": "ok", "runtime-rbac": "ok", "serving-signer": "ok", "k3s-egress-selector": "skip",
+        "node-name": "ok"}
+    assert "v1.32.13" in findings["k3s-egress-selector"]["evidence"]
+    csrs = client.CertificatesV1Api(api(ground.local.kubeconfig)).list_certificate_signing_request().items
+    assert not [c for c in csrs if c.metadata.name.startswith("k8sgpu-doctor-")]
+
+
+def test_removed_runtime_rbac_is_found_with_its_fix(ground):
+    kubectl(ground.local.kubeconfig, "apply", "-f", "-", stdin=yaml.safe_dump_all(extra_rbac()))
+    kubectl(ground.local.kubeconfig, "delete", "clusterrolebinding", "k8sgpu-runtime")
+    try:
+        code, findings = doctor(ground)
+        assert code == 1
+        rbac = findings["runtime-rbac"]
+        assert rbac["status"] == "fail"
+        assert "update certificatesigningrequests/approval" in rbac["evidence"]
+        assert "approve signers kubernetes.io/kubelet-serving" in rbac["evidence"]
+        assert "make apply CLOUD=generic" in rbac["fix"]
+        assert findings["node-identity"]["status"] == "ok"  # the Node authorizer's part is untouched
+    finally:
+        kubectl(ground.local.kubeconfig, "apply", "-f", "-", stdin=yaml.safe_dump_all(extra_rbac()))
+
+
+def test_a_foreign_node_of_our_name_blocks(ground):
+    core = client.CoreV1Api(api(ground.local.kubeconfig))
+    core.create_node({"metadata": {"name": "taken.gpu"}, "spec": {"providerID": "aws:///eu-west-1a/i-0123"}})
+    try:
+        code, findings = doctor(ground, "--node-name", "taken.gpu")
+        assert code == 1
+        assert findings["node-name"]["status"] == "fail"
+        assert "aws:///eu-west-1a/i-0123" in findings["node-name"]["evidence"]
+        assert "--node-name" in findings["node-name"]["fix"]
+    finally:
+        core.delete_node("taken.gpu")
