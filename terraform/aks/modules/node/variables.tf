@@ -1,0 +1,127 @@
+variable "node_name" {
+  description = "Name of the virtual node the runtime registers; it authenticates as system:node:<node_name>."
+  type        = string
+  default     = "k8s.gpu"
+  validation {
+    condition     = can(regex("^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$", var.node_name)) && length(var.node_name) <= 253
+    error_message = "node_name must be a DNS subdomain: lower-case letters, digits, '-' and '.', e.g. \"k8s.gpu\"."
+  }
+}
+
+variable "namespace" {
+  description = "Namespace of the runtime's ServiceAccount, Secrets and Deployment (created by this module)."
+  type        = string
+  default     = "k8sgpu"
+  validation {
+    condition     = can(regex("^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$", var.namespace))
+    error_message = "namespace must be a DNS label: lower-case letters, digits and '-', at most 63, e.g. \"k8sgpu\"."
+  }
+}
+
+variable "name" {
+  description = "Name of the ServiceAccount and Deployment, and prefix of the cluster-wide RBAC objects."
+  type        = string
+  default     = "k8sgpu-runtime"
+}
+
+variable "tenant_namespace" {
+  description = "Your namespace on the GPU provider's cluster."
+  type        = string
+  validation {
+    condition     = can(regex("^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$", var.tenant_namespace))
+    error_message = "tenant_namespace must be the namespace your GPU provider gave you (a DNS label, e.g. \"tenant-demo\")."
+  }
+}
+
+variable "tenant_kubeconfig" {
+  description = "The provider's tenant kubeconfig (its text, self-contained: certificates inline). Stored in a Secret."
+  type        = string
+  sensitive   = true
+  validation {
+    condition     = can(yamldecode(var.tenant_kubeconfig).clusters)
+    error_message = "tenant_kubeconfig must be the text of a kubeconfig (YAML with clusters, users, contexts), e.g. file(\"tenant.kubeconfig\")."
+  }
+}
+
+variable "catalog" {
+  description = "GPU offerings: RuntimeClass name => GPU product (the provider's nvidia.com/gpu.product), GPUs per pod, per-pod cpu and memory limits, handler on the provider."
+  type = map(object({
+    gpu_product    = string
+    gpu_count      = number
+    cpu            = string
+    memory         = string
+    handler        = optional(string, "nvidia")
+    default_limits = optional(bool, true)
+  }))
+  validation {
+    condition     = alltrue([for name, c in var.catalog : can(regex("^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", name)) && length(name) <= 253])
+    error_message = "catalog: each key is a RuntimeClass name: lower-case letters, digits, '-' and '.', e.g. \"seeweb-nvidia-1xa6000\"."
+  }
+  validation {
+    condition     = alltrue([for c in var.catalog : c.gpu_count >= 0 && floor(c.gpu_count) == c.gpu_count])
+    error_message = "catalog: gpu_count must be a whole number >= 0, e.g. gpu_count = 1."
+  }
+  validation {
+    condition     = alltrue([for c in var.catalog : can(regex("^([0-9]+m|[0-9]+(\\.[0-9]+)?)$", c.cpu))])
+    error_message = "catalog: cpu must be a Kubernetes CPU quantity, e.g. cpu = \"8000m\" or cpu = \"8\"."
+  }
+  validation {
+    condition     = alltrue([for c in var.catalog : can(regex("^[0-9]+(\\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$", c.memory))])
+    error_message = "catalog: memory must be a Kubernetes memory quantity, e.g. memory = \"32861620Ki\" or memory = \"32Gi\"."
+  }
+  validation {
+    condition     = alltrue([for c in var.catalog : length(trimspace(c.gpu_product)) > 0 && length(trimspace(c.handler)) > 0])
+    error_message = "catalog: gpu_product and handler must not be empty; gpu_product is the provider nodes' nvidia.com/gpu.product label, e.g. \"NVIDIA-RTX-A6000\"."
+  }
+}
+
+variable "extra_tolerations" {
+  description = "Tolerations every GPU RuntimeClass carries besides the virtual node's taint (AKS: node.kubernetes.io/network-unavailable)."
+  type = list(object({
+    key      = string
+    operator = string
+    value    = optional(string)
+    effect   = optional(string)
+  }))
+  default = []
+}
+
+variable "csr_signer" {
+  description = "Signer of the node's kubelet serving certificate: kubernetes.io/kubelet-serving, or aws on EKS."
+  type        = string
+  default     = "kubernetes.io/kubelet-serving"
+  validation {
+    condition     = contains(["kubernetes.io/kubelet-serving", "aws"], var.csr_signer)
+    error_message = "csr_signer must be \"kubernetes.io/kubelet-serving\" (generic, AKS) or \"aws\" (EKS)."
+  }
+}
+
+variable "bootstrap" {
+  description = "Give the ServiceAccount the kubelet TLS bootstrap roles and a token (generic, AKS). False on EKS, where the IAM role is the node identity."
+  type        = bool
+  default     = true
+}
+
+variable "image" {
+  description = "Container image of the runtime, without tag."
+  type        = string
+  default     = "k8sgpu-runtime"
+}
+
+variable "image_tag" {
+  description = "Tag of the runtime's image."
+  type        = string
+  default     = "0.1.0"
+}
+
+variable "wait_for_rollout" {
+  description = "Wait for the Deployment's rollout on apply."
+  type        = bool
+  default     = true
+}
+
+variable "runtime_env" {
+  description = "More environment variables of the runtime container (e.g. the EKS role and region)."
+  type        = map(string)
+  default     = {}
+}

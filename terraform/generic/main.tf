@@ -1,0 +1,39 @@
+# k8sgpu on any Kubernetes cluster reached with a kubeconfig. Rendered by `k8sgpu render --cloud generic`.
+
+locals {
+  kubeconfig       = yamldecode(file(var.kubeconfig_path))
+  context_name     = var.kube_context != "" ? var.kube_context : local.kubeconfig["current-context"]
+  context          = one([for c in local.kubeconfig.contexts : c.context if c.name == local.context_name])
+  cluster          = one([for c in local.kubeconfig.clusters : c.cluster if c.name == local.context.cluster])
+  cluster_endpoint = var.cluster_endpoint != "" ? var.cluster_endpoint : local.cluster.server
+  cluster_ca_certificate = var.cluster_ca_certificate != "" ? var.cluster_ca_certificate : try(
+    base64decode(local.cluster["certificate-authority-data"]),
+    file(local.cluster["certificate-authority"]),
+    "",
+  )
+}
+
+provider "kubernetes" {
+  config_path    = var.kubeconfig_path
+  config_context = local.context_name
+}
+
+provider "kubectl" {
+  config_path      = var.kubeconfig_path
+  config_context   = local.context_name
+  load_config_file = true
+}
+
+module "node" {
+  source            = "./modules/node"
+  node_name         = var.node_name
+  namespace         = var.namespace
+  tenant_namespace  = var.tenant_namespace
+  tenant_kubeconfig = var.tenant_kubeconfig
+  catalog           = var.catalog
+  image             = var.image
+  image_tag         = var.image_tag
+  wait_for_rollout  = var.wait_for_rollout
+  csr_signer        = "kubernetes.io/kubelet-serving"
+  bootstrap         = true
+}

@@ -1,0 +1,208 @@
+# In-cluster objects of the virtual node. Every object is a kubectl_manifest (applied like `kubectl apply`,
+# compared on the fields written here only), so fields the API server fills in never show as drift.
+
+locals {
+  labels = {
+    "app.kubernetes.io/name"       = var.name
+    "app.kubernetes.io/part-of"    = "k8sgpu"
+    "app.kubernetes.io/managed-by" = "terraform"
+  }
+  provider_secret          = "${var.name}-provider"
+  token_secret             = "${var.name}-bootstrap-token"
+  provider_kubeconfig_dir  = "/etc/k8sgpu/provider"
+  provider_kubeconfig_path = "${local.provider_kubeconfig_dir}/kubeconfig"
+  # The signer name the CSR API uses for the node's serving certificate.
+  csr_signer_name = var.csr_signer == "aws" ? "beta.eks.amazonaws.com/app-serving" : var.csr_signer
+
+  # Rendered from k8sgpu.runtime.rbac.EXTRA_RULES: what the runtime needs beyond its node identity.
+  node_rules = [
+    {
+      apiGroups = [""]
+      resources = ["services/status"]
+      verbs     = ["get", "patch", "update"]
+    },
+  ]
+
+  # The runtime's configuration: the same values the root's outputs give `k8sgpu-runtime start --terraform-outputs`.
+  runtime_env = merge(var.runtime_env, {
+    K8SGPU_NODE_NAME           = var.node_name
+    K8SGPU_TENANT_NAMESPACE    = var.tenant_namespace
+    K8SGPU_PROVIDER_KUBECONFIG = local.provider_kubeconfig_path
+    K8SGPU_CSR_SIGNER          = var.csr_signer
+  })
+
+  node_taint_toleration = {
+    key      = "virtual-kubelet.io/provider"
+    operator = "Equal"
+    value    = "k8sgpu"
+    effect   = "NoSchedule"
+  }
+  tolerations = concat([local.node_taint_toleration], [
+    for t in var.extra_tolerations : { for k, v in t : k => v if v != null }
+  ])
+}
+
+resource "kubectl_manifest" "namespace" {
+  yaml_body = yamlencode({
+    apiVersion = "v1"
+    kind       = "Namespace"
+    metadata   = { name = var.namespace, labels = local.labels }
+  })
+}
+
+resource "kubectl_manifest" "service_account" {
+  yaml_body = yamlencode({
+    apiVersion = "v1"
+    kind       = "ServiceAccount"
+    metadata   = { name = var.name, namespace = var.namespace, labels = local.labels }
+  })
+  depends_on = [kubectl_manifest.namespace]
+}
+
+# The runtime's rules beyond its node identity, granted to the node's user, as runtime/rbac.py says.
+resource "kubectl_manifest" "node_role" {
+  yaml_body = yamlencode({
+    apiVersion = "rbac.authorization.k8s.io/v1"
+    kind       = "ClusterRole"
+    metadata   = { name = var.name, labels = local.labels }
+    rules      = local.node_rules
+  })
+}
+
+resource "kubectl_manifest" "node_role_binding" {
+  yaml_body = yamlencode({
+    apiVersion = "rbac.authorization.k8s.io/v1"
+    kind       = "ClusterRoleBinding"
+    metadata   = { name = var.name, labels = local.labels }
+    roleRef    = { apiGroup = "rbac.authorization.k8s.io", kind = "ClusterRole", name = var.name }
+    subjects   = [{ apiGroup = "rbac.authorization.k8s.io", kind = "User", name = "system:node:${var.node_name}" }]
+  })
+  depends_on = [kubectl_manifest.node_role]
+}
+
+# Kubelet TLS bootstrapping: the ServiceAccount may create CSRs, and its kube-apiserver-client-kubelet CSR for
+# CN=system:node:<node_name>, O=system:nodes is approved by kube-controller-manager's csrapproving controller.
+resource "kubectl_manifest" "bootstrap_binding" {
+  for_each = var.bootstrap ? {
+    bootstrapper = "system:node-bootstrapper"
+    nodeclient   = "system:certificates.k8s.io:certificatesigningrequests:nodeclient"
+  } : {}
+  yaml_body = yamlencode({
+    apiVersion = "rbac.authorization.k8s.io/v1"
+    kind       = "ClusterRoleBinding"
+    metadata   = { name = "${var.name}-${each.key}", labels = local.labels }
+    roleRef    = { apiGroup = "rbac.authorization.k8s.io", kind = "ClusterRole", name = each.value }
+    subjects   = [{ kind = "ServiceAccount", name = var.name, namespace = var.namespace }]
+  })
+  depends_on = [kubectl_manifest.service_account]
+}
+
+# A long-lived token of the ServiceAccount, for a runtime started outside the cluster (output bootstrap_token).
+resource "kubectl_manifest" "bootstrap_token" {
+  count = var.bootstrap ? 1 : 0
+  yaml_body = yamlencode({
+    apiVersion = "v1"
+    kind       = "Secret"
+    type       = "kubernetes.io/service-account-token"
+    metadata = {
+      name        = local.token_secret
+      namespace   = var.namespace
+      labels      = local.labels
+      annotations = { "kubernetes.io/service-account.name" = var.name }
+    }
+  })
+  depends_on = [kubectl_manifest.service_account]
+}
+
+resource "kubectl_manifest" "provider_kubeconfig" {
+  yaml_body = yamlencode({
+    apiVersion = "v1"
+    kind       = "Secret"
+    type       = "Opaque"
+    metadata   = { name = local.provider_secret, namespace = var.namespace, labels = local.labels }
+    data       = { kubeconfig = base64encode(var.tenant_kubeconfig) }
+  })
+  sensitive_fields = ["data"]
+  depends_on       = [kubectl_manifest.namespace]
+}
+
+# The GPU catalog, as k8sgpu.runtime.catalog.runtime_class_manifest writes it.
+resource "kubectl_manifest" "runtime_class" {
+  for_each = var.catalog
+  yaml_body = yamlencode({
+    apiVersion = "node.k8s.io/v1"
+    kind       = "RuntimeClass"
+    metadata = {
+      name   = each.key
+      labels = local.labels
+      annotations = {
+        "limits.k8s.gpu/cpu"     = each.value.cpu
+        "limits.k8s.gpu/memory"  = each.value.memory
+        "limits.k8s.gpu/default" = each.value.default_limits ? "1" : "0"
+        "gpu.k8s.gpu/product"    = each.value.gpu_product
+        "gpu.k8s.gpu/count"      = tostring(each.value.gpu_count)
+        "gpu.k8s.gpu/handler"    = each.value.handler
+      }
+    }
+    handler = each.value.handler
+    scheduling = {
+      nodeSelector = { "kubernetes.io/hostname" = var.node_name }
+      tolerations  = local.tolerations
+    }
+  })
+}
+
+resource "kubectl_manifest" "deployment" {
+  yaml_body = yamlencode({
+    apiVersion = "apps/v1"
+    kind       = "Deployment"
+    metadata   = { name = var.name, namespace = var.namespace, labels = local.labels }
+    spec = {
+      replicas = 1
+      # Two runtimes for one node would fight over it: the old one stops before the new one starts.
+      strategy = { type = "Recreate" }
+      selector = { matchLabels = { "app.kubernetes.io/name" = var.name } }
+      template = {
+        metadata = { labels = local.labels }
+        spec = {
+          serviceAccountName = var.name
+          nodeSelector       = { "kubernetes.io/os" = "linux" }
+          securityContext    = { runAsNonRoot = true, runAsUser = 65532, seccompProfile = { type = "RuntimeDefault" } }
+          containers = [{
+            name    = "runtime"
+            image   = "${var.image}:${var.image_tag}"
+            command = ["k8sgpu-runtime", "start"]
+            env = concat(
+              [for k in sort(keys(local.runtime_env)) : { name = k, value = local.runtime_env[k] }],
+              [
+                { name = "POD_IP", valueFrom = { fieldRef = { fieldPath = "status.podIP" } } },
+                { name = "K8SGPU_NODE_ADDRESS", valueFrom = { fieldRef = { fieldPath = "status.podIP" } } },
+              ]
+            )
+            ports = [{ name = "kubelet", containerPort = 10250, protocol = "TCP" }]
+            securityContext = {
+              allowPrivilegeEscalation = false
+              readOnlyRootFilesystem   = true
+              capabilities             = { drop = ["ALL"] }
+            }
+            volumeMounts = [{ name = "provider-kubeconfig", mountPath = local.provider_kubeconfig_dir, readOnly = true }]
+          }]
+          volumes = [{ name = "provider-kubeconfig", secret = { secretName = local.provider_secret } }]
+        }
+      }
+    }
+  })
+  wait_for_rollout = var.wait_for_rollout
+  depends_on       = [kubectl_manifest.service_account, kubectl_manifest.provider_kubeconfig, kubectl_manifest.node_role_binding]
+}
+
+# The token the controller wrote into the bootstrap Secret (read after everything else is applied, which gives
+# kube-controller-manager's token controller time to fill it).
+data "kubernetes_secret" "bootstrap_token" {
+  count = var.bootstrap ? 1 : 0
+  metadata {
+    name      = local.token_secret
+    namespace = var.namespace
+  }
+  depends_on = [kubectl_manifest.bootstrap_token, kubectl_manifest.deployment, kubectl_manifest.runtime_class]
+}

@@ -1,0 +1,101 @@
+variable "kubeconfig_path" {
+  description = "Kubeconfig of the cluster the node joins, with rights to create namespaces, RBAC, RuntimeClasses."
+  type        = string
+}
+
+variable "kube_context" {
+  description = "Context of kubeconfig_path to use; empty: its current-context."
+  type        = string
+  default     = ""
+}
+
+variable "cluster_endpoint" {
+  description = "HTTPS URL of the cluster's API for the runtime; empty: the server of the kubeconfig's context."
+  type        = string
+  default     = ""
+}
+
+variable "cluster_ca_certificate" {
+  description = "PEM of the cluster's CA for the runtime; empty: the CA of the kubeconfig's cluster."
+  type        = string
+  default     = ""
+}
+
+# The virtual node and its catalog (module "node"; modules/node/README.md says more).
+
+variable "node_name" {
+  description = "Name of the virtual node."
+  type        = string
+  default     = "k8s.gpu"
+}
+
+variable "namespace" {
+  description = "Namespace of the runtime's objects."
+  type        = string
+  default     = "k8sgpu"
+}
+
+variable "tenant_namespace" {
+  description = "Your namespace on the GPU provider."
+  type        = string
+}
+
+variable "tenant_kubeconfig" {
+  description = "Text of the provider's tenant kubeconfig, self-contained (pass it with -var or TF_VAR_tenant_kubeconfig)."
+  type        = string
+  sensitive   = true
+}
+
+variable "catalog" {
+  description = "GPU offerings: RuntimeClass name => { gpu_product, gpu_count, cpu, memory, handler, default_limits }."
+  type = map(object({
+    gpu_product    = string
+    gpu_count      = number
+    cpu            = string
+    memory         = string
+    handler        = optional(string, "nvidia")
+    default_limits = optional(bool, true)
+  }))
+  default = {
+    seeweb-nvidia-1xa6000 = {
+      gpu_product = "NVIDIA-RTX-A6000"
+      gpu_count   = 1
+      cpu         = "8000m"
+      memory      = "32861620Ki"
+      handler     = "nvidia"
+    }
+    seeweb-nvidia-2xa6000 = {
+      gpu_product = "NVIDIA-RTX-A6000"
+      gpu_count   = 2
+      cpu         = "16000m"
+      memory      = "65723240Ki"
+      handler     = "nvidia"
+    }
+    seeweb-nvidia-1xa100 = {
+      gpu_product = "NVIDIA-A100-PCIE-80GB"
+      gpu_count   = 1
+      cpu         = "16000m"
+      memory      = "131446480Ki"
+      handler     = "nvidia"
+    }
+  }
+}
+
+variable "image" {
+  description = "Container image of the runtime, without tag."
+  type        = string
+  default     = "k8sgpu-runtime"
+}
+
+variable "image_tag" {
+  description = "Tag of the runtime's image."
+  type        = string
+  default     = "0.1.0"
+}
+
+variable "wait_for_rollout" {
+  description = "Wait for the runtime Deployment's rollout on apply."
+  type        = bool
+  default     = true
+}
+
