@@ -86,10 +86,8 @@ def test_apply_creates_everything(generic, ground):
     assert core.read_namespace(NAMESPACE).status.phase == "Active"
     assert core.read_namespaced_service_account("k8sgpu-runtime", NAMESPACE)
 
-    role = rbac.read_cluster_role("k8sgpu-runtime")
-    assert [r.to_dict() for r in role.rules] == [
-        {"api_groups": r["apiGroups"], "resources": r["resources"], "verbs": r["verbs"], "non_resource_ur_ls": None,
-         "resource_names": r.get("resourceNames")} for r in EXTRA_RULES]
+    role = api(ground.local.kubeconfig).sanitize_for_serialization(rbac.read_cluster_role("k8sgpu-runtime"))
+    assert role["rules"] == EXTRA_RULES
     binding = rbac.read_cluster_role_binding("k8sgpu-runtime")
     assert [(s.kind, s.name) for s in binding.subjects] == [("User", f"system:node:{NODE}")]
     for suffix, role_name in (("bootstrapper", "system:node-bootstrapper"),
@@ -263,11 +261,15 @@ def test_aws_auth_merge_keeps_foreign_entries(ground, tf_env, tmp_path):
         assert cm.data["mapUsers"] == MAP_USERS  # another key: never touched
         assert terraform("plan", "-input=false", "-detailed-exitcode").returncode == 0
 
-        # Someone else adds an entry after ours: nothing to change.
+        # Someone else adds an entry after ours, in their own YAML style: the next apply keeps it where it is (it may
+        # rewrite the text in Terraform's YAML style), and then there is nothing to change.
         later = {"rolearn": "arn:aws:iam::111122223333:role/karpenter", "username": "system:node:{{SessionName}}",
                  "groups": ["system:nodes"]}
         core.patch_namespaced_config_map("aws-auth", "kube-system", {"data": {"mapRoles": yaml.safe_dump(
             [*FOREIGN, OURS, later])}})
+        terraform("apply", "-input=false", "-auto-approve")
+        assert yaml.safe_load(core.read_namespaced_config_map("aws-auth", "kube-system").data["mapRoles"]) == [
+            *FOREIGN, OURS, later]
         assert terraform("plan", "-input=false", "-detailed-exitcode").returncode == 0
         # Our entry edited by hand and moved first, among the others: the apply puts it right, in its place.
         ours_changed = {**OURS, "groups": ["system:nodes"]}
