@@ -234,14 +234,19 @@ def hcl(value: Any, expressions: dict[str, str] | None = None, indent: int = 0) 
     raise RenderError(f"cannot write {type(value).__name__} {value!r} as HCL")
 
 
+_SIGNER = "<serving signer>"
+
+
 def node_rules_hcl() -> str:
-    """k8sgpu.runtime.rbac.EXTRA_RULES in HCL; a serving signer named in resourceNames becomes the module's
-    signer, so one rule serves kubernetes.io/kubelet-serving and EKS's signer alike."""
+    """The runtime's rules beyond its node identity (k8sgpu.runtime.rbac.extra_rules, whose default is
+    EXTRA_RULES) in HCL, with the serving signer as the module's `local.csr_signer_name`, so the same rules serve
+    kubernetes.io/kubelet-serving and EKS's beta.eks.amazonaws.com/app-serving."""
     from k8sgpu.runtime import rbac
 
-    signers = {"kubernetes.io/kubelet-serving": "local.csr_signer_name",
-               "beta.eks.amazonaws.com/app-serving": "local.csr_signer_name"}
-    return hcl(rbac.EXTRA_RULES, signers, indent=1)
+    rules = rbac.extra_rules(_SIGNER)
+    if rbac.extra_rules() != rbac.EXTRA_RULES:
+        raise RenderError("k8sgpu.runtime.rbac: EXTRA_RULES differs from extra_rules(); render needs them equal")
+    return hcl(rules, {_SIGNER: "local.csr_signer_name"}, indent=1)
 
 
 # ---------------------------------------------------------------------------------------------- rendering

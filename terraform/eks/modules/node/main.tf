@@ -21,6 +21,17 @@ locals {
       resources = ["services/status"]
       verbs     = ["get", "patch", "update"]
     },
+    {
+      apiGroups = ["certificates.k8s.io"]
+      resources = ["certificatesigningrequests/approval"]
+      verbs     = ["update"]
+    },
+    {
+      apiGroups     = ["certificates.k8s.io"]
+      resources     = ["signers"]
+      resourceNames = [local.csr_signer_name]
+      verbs         = ["approve"]
+    },
   ]
 
   # The runtime's configuration: the same values the root's outputs give `k8sgpu-runtime start --terraform-outputs`.
