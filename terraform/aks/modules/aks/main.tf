@@ -5,7 +5,7 @@ terraform {
   required_providers {
     azurerm = {
       source  = "hashicorp/azurerm"
-      version = ">= 3.0.0, < 5.0.0"
+      version = ">= 3.0.0, < 6.0.0"
     }
   }
 }
