@@ -15,13 +15,16 @@ from pathlib import Path
 import pytest
 import yaml
 from kubernetes import client
+from kubernetes.utils import parse_quantity
 
+from k8sgpu.cli.dev.ground import free_port
 from k8sgpu.cli.dev.tfvars import generic_tfvars, inline_kubeconfig
 from k8sgpu.cli.tf.providers import ensure_providers
 from k8sgpu.runtime.catalog import runtime_class_manifest
 from k8sgpu.runtime.rbac import EXTRA_RULES
+from k8sgpu.runtime.translate import ORIGIN_UID_LABEL
 
-from .helpers import api, kubectl
+from .helpers import RuntimeProcess, api, kubectl, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -166,6 +169,65 @@ def test_outputs_give_the_runtime_what_it_needs(generic, ground, tf_env):
     assert whoami.stdout == f"system:serviceaccount:{NAMESPACE}:k8sgpu-runtime"
     assert kubectl(str(kc), "auth", "can-i", "create", "certificatesigningrequests").stdout.strip() == "yes"
     assert kubectl(str(kc), "auth", "can-i", "list", "secrets", "-A", check=False).stdout.strip() == "no"
+
+
+def test_runtime_starts_from_the_outputs_alone_and_runs_a_catalog_pod(generic, ground, tf_env):
+    """`k8sgpu-runtime start --terraform-outputs` with no --kubeconfig: it bootstraps the node identity with the
+    ServiceAccount token Terraform created, k8s.gpu becomes Ready, and a pod naming a catalog class runs."""
+    work, _ = generic
+    outputs = work / "runtime-outputs.json"
+    assert k8sgpu(tf_env, "output", "--cloud", "generic", "--dir", str(work / "terraform"), "--out", str(outputs),
+                  cwd=work).returncode == 0
+    local = client.CoreV1Api(api(ground.local.kubeconfig))
+    port = free_port()
+    proc = RuntimeProcess(["--terraform-outputs", str(outputs), "--provider-kubeconfig", ground.tenant_kubeconfig,
+                           "--node-address", ground.node_address, "--kubelet-port", str(port), "-v"],
+                          work / "runtime.log").start()
+    pod = "from-terraform"
+    try:
+        def ready():
+            try:
+                node = local.read_node(NODE)
+            except client.ApiException:
+                return False
+            return any(c.type == "Ready" and c.status == "True" for c in node.status.conditions or [])
+
+        wait_for(ready, 90, "k8s.gpu to be Ready, started from the Terraform outputs")
+        certs = client.CertificatesV1Api(api(ground.local.kubeconfig))
+        requesters = {c.spec.username for c in certs.list_certificate_signing_request().items
+                      if c.spec.signer_name == "kubernetes.io/kube-apiserver-client-kubelet"}
+        assert f"system:serviceaccount:{NAMESPACE}:k8sgpu-runtime" in requesters
+        local.create_namespaced_pod("default", {
+            "metadata": {"name": pod},
+            "spec": {"runtimeClassName": "tf-nvidia-1xa6000",
+                     "containers": [{"name": "c", "image": "nvidia/cuda", "command": ["sleep", "infinity"]}]}})
+        wait_for(lambda: local.read_namespaced_pod(pod, "default").status.phase == "Running", 60, "the pod to run")
+        running = local.read_namespaced_pod(pod, "default")
+        assert running.spec.node_name == NODE
+        # The mirror on the provider got what the RuntimeClass Terraform created says: one RTX A6000 and its limits.
+        remote = client.CoreV1Api(api(ground.provider.kubeconfig)).list_namespaced_pod(
+            ground.tenant_namespace, label_selector=f"{ORIGIN_UID_LABEL}={running.metadata.uid}").items
+        assert len(remote) == 1
+        assert remote[0].spec.node_selector["nvidia.com/gpu.product"] == "NVIDIA-RTX-A6000"
+        limits = remote[0].spec.containers[0].resources.limits
+        assert [parse_quantity(limits[k]) for k in ("nvidia.com/gpu", "cpu", "memory")] == [
+            parse_quantity(q) for q in ("1", "8000m", "32861620Ki")]
+        assert json.loads(outputs.read_text())["bootstrap_token"]["value"] not in proc.log.read_text()
+    finally:
+        try:
+            local.delete_namespaced_pod(pod, "default", grace_period_seconds=0)
+        except client.ApiException as exc:
+            assert exc.status == 404
+        wait_for(lambda: not [p for p in local.list_namespaced_pod("default").items if p.spec.node_name == NODE],
+                 60, "no pod left on the node")
+        proc.stop()
+        print(proc.tail(30))
+        # The node goes with this test: other modules register k8s.gpu afresh.
+        local.delete_node(NODE)
+        try:  # the garbage collector may be first: the Lease is owned by the Node
+            client.CoordinationV1Api(api(ground.local.kubeconfig)).delete_namespaced_lease(NODE, "kube-node-lease")
+        except client.ApiException as exc:
+            assert exc.status == 404
 
 
 def test_second_plan_shows_no_changes(generic, tf_env):
