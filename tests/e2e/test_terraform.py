@@ -190,13 +190,15 @@ def test_runtime_starts_from_the_outputs_alone_and_runs_a_catalog_pod(generic, g
                 node = local.read_node(NODE)
             except client.ApiException:
                 return False
-            return any(c.type == "Ready" and c.status == "True" for c in node.status.conditions or [])
+            # This runtime's node (another module's runtime may have left a Ready k8s.gpu behind): its port.
+            return node.status.daemon_endpoints.kubelet_endpoint.port == port and any(
+                c.type == "Ready" and c.status == "True" for c in node.status.conditions or [])
 
         wait_for(ready, 90, "k8s.gpu to be Ready, started from the Terraform outputs")
         certs = client.CertificatesV1Api(api(ground.local.kubeconfig))
         requesters = {c.spec.username for c in certs.list_certificate_signing_request().items
                       if c.spec.signer_name == "kubernetes.io/kube-apiserver-client-kubelet"}
-        assert f"system:serviceaccount:{NAMESPACE}:k8sgpu-runtime" in requesters
+        assert f"system:serviceaccount:{NAMESPACE}:k8sgpu-runtime" in requesters, requesters
         local.create_namespaced_pod("default", {
             "metadata": {"name": pod},
             "spec": {"runtimeClassName": "tf-nvidia-1xa6000",
