@@ -110,20 +110,29 @@ def check_serving_signer(api: client.ApiClient, node: str, signer: str, timeout:
                    "(RKE needs them), or use a signer your cluster signs with `--csr-signer`")
 
 
+def egress_selector_modes(node_args: list[str]) -> set[str]:
+    """The --egress-selector-mode values in k3s servers' `k3s.io/node-args` annotations (JSON lists)."""
+    modes = set()
+    for raw in node_args:
+        args = json.loads(raw or "[]")
+        for i, arg in enumerate(args):
+            if arg.startswith("--egress-selector-mode"):
+                modes.add(arg.split("=", 1)[1] if "=" in arg else args[i + 1])
+        if not any(a.startswith("--egress-selector-mode") for a in args):
+            modes.add("agent (default)")
+    return modes
+
+
 def check_egress_selector(api: client.ApiClient) -> Finding:
     version = client.VersionApi(api).get_code().git_version
     if "k3s" not in version:
         return Finding("k3s-egress-selector", SKIP, f"not k3s (server {version})")
-    modes = set()
-    for node in client.CoreV1Api(api).list_node(label_selector="node-role.kubernetes.io/control-plane").items:
-        args = json.loads((node.metadata.annotations or {}).get("k3s.io/node-args", "[]"))
-        for i, arg in enumerate(args):
-            if arg.startswith("--egress-selector-mode"):
-                modes.add(arg.split("=", 1)[1] if "=" in arg else args[i + 1])
+    servers = client.CoreV1Api(api).list_node(label_selector="node-role.kubernetes.io/control-plane").items
+    modes = egress_selector_modes([(n.metadata.annotations or {}).get("k3s.io/node-args", "") for n in servers])
     if modes == {"disabled"}:
         return Finding("k3s-egress-selector", OK, f"k3s {version} with --egress-selector-mode=disabled")
     return Finding("k3s-egress-selector", FAIL,
-                   f"k3s {version} with egress selector mode {', '.join(sorted(modes)) or 'agent (default)'}: "
+                   f"k3s {version} with egress selector mode {', '.join(sorted(modes)) or 'unknown'}: "
                    "kube-apiserver tunnels to nodes through their k3s agent, which the virtual node has not",
                    "start the k3s servers with --egress-selector-mode=disabled")
 
