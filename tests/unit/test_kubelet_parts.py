@@ -159,3 +159,47 @@ def test_summary_integrates_cpu_and_leaves_unmeasured_pods_without_figures():
     assert 'container_cpu_usage_seconds_total{container="c",namespace="default",pod="measured"} 17.5 ' in text
     assert "scrape_error 0" in text
     json.dumps(later)  # serialisable as the kubelet's JSON
+
+
+def test_a_renewed_certificate_serves_new_connections_and_keeps_open_ones(tmp_path):
+    """What rotation does: the new chain goes into the same TLS context the server listens with."""
+    import ssl
+
+    from k8sgpu.cli.dev import pki
+    from k8sgpu.runtime.certificates import _load_chain
+
+    ca = pki.make_ca(tmp_path, "ca", "test-ca")
+    old = pki.issue(ca, tmp_path, "old", "old", server=True, ips=("127.0.0.1",))
+    new = pki.issue(ca, tmp_path, "new", "new", server=True, ips=("127.0.0.1",))
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    _load_chain(server_ctx, old.cert.read_bytes(), old.key.read_bytes())
+    client_ctx = ssl.create_default_context(cafile=str(ca.cert))
+
+    async def run() -> tuple[str, str, bytes]:
+        async def echo(reader, writer):
+            while data := await reader.read(100):
+                writer.write(data)
+                await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(echo, "127.0.0.1", 0, ssl=server_ctx)
+        port = server.sockets[0].getsockname()[1]
+
+        async def connect():
+            reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client_ctx)
+            cn = dict(x[0] for x in writer.get_extra_info("peercert")["subject"])["commonName"]
+            return reader, writer, cn
+
+        r1, w1, first = await connect()
+        _load_chain(server_ctx, new.cert.read_bytes(), new.key.read_bytes())
+        r2, w2, second = await connect()
+        w1.write(b"still open")
+        await w1.drain()
+        echoed = await r1.read(100)
+        for w in (w1, w2):
+            w.close()
+        server.close()
+        return first, second, echoed
+
+    first, second, echoed = asyncio.run(run())
+    assert (first, second, echoed) == ("old", "new", b"still open")
