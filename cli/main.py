@@ -212,8 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="k8sgpu",
         description="k8sgpu: a virtual GPU node for Kubernetes. Terraform roots for EKS, AKS and any cluster "
-                    "(render, plan, apply, output), the dev ground (two real clusters on 127.0.0.1) and the "
-                    "benchmark; the node itself runs as k8sgpu-runtime.",
+                    "(render, plan, apply, output), a preflight check of a cluster (doctor), the dev ground (two "
+                    "real clusters on 127.0.0.1) and the benchmark; the node itself runs as k8sgpu-runtime.",
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks of failures")
     nouns = parser.add_subparsers(dest="noun", metavar="COMMAND", required=True)
