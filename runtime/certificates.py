@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import datetime
 import ipaddress
 import logging
 import random
 import ssl
 import tempfile
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 from cryptography import x509
@@ -67,14 +68,43 @@ def renewal_delay(cert_pem: bytes, now: datetime.datetime, rng: random.Random) -
     return max((at - now).total_seconds(), 0.0)
 
 
-def _load_chain(context: ssl.SSLContext, cert_pem: bytes, key_pem: bytes) -> None:
-    # ssl wants files; the key lives in a file only for the instant OpenSSL reads it, readable by us alone.
+@contextlib.contextmanager
+def pem_files(cert_pem: bytes, key_pem: bytes, ca_pem: bytes | None = None) -> Iterator[tuple[str, str, str | None]]:
+    """Paths for libraries that read certificates only from files (ssl, kubernetes_asyncio): the key lives in a
+    file readable by us alone, and only while the caller's block reads it."""
     with tempfile.TemporaryDirectory(prefix="k8sgpu-tls-") as tmp:
-        cert_file, key_file = Path(tmp, "tls.crt"), Path(tmp, "tls.key")
+        cert_file, key_file, ca_file = Path(tmp, "tls.crt"), Path(tmp, "tls.key"), Path(tmp, "ca.crt")
         cert_file.write_bytes(cert_pem)
         key_file.touch(mode=0o600)
         key_file.write_bytes(key_pem)
+        if ca_pem:
+            ca_file.write_bytes(ca_pem)
+        yield str(cert_file), str(key_file), str(ca_file) if ca_pem else None
+
+
+def private_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+def _load_chain(context: ssl.SSLContext, cert_pem: bytes, key_pem: bytes) -> None:
+    with pem_files(cert_pem, key_pem) as (cert_file, key_file, _):
         context.load_cert_chain(cert_file, key_file)
+
+
+async def keep_renewed(current: Callable[[], bytes], renew: Callable[[], Awaitable[None]], what: str,
+                       rng: random.Random) -> None:
+    """Call ``renew`` at 70-90 % of the life of the certificate ``current()`` returns, for ever; a failed
+    renewal is retried a minute later."""
+    while True:
+        await asyncio.sleep(renewal_delay(current(), datetime.datetime.now(datetime.UTC), rng))
+        while True:
+            try:
+                await renew()
+                break
+            except (errors.KubeError, CertificateDenied) as exc:
+                log.warning("renewing the %s failed, retrying in 60 s: %s", what, exc)
+                await asyncio.sleep(60)
 
 
 async def request_certificate(kube: Kube, *, generate_name: str, request: bytes, signer: str, usages: list[str],
@@ -148,22 +178,14 @@ class ServingCertificate:
             self.on_state(True, "CertificateFromFile", f"serving certificate from {self.cert_file}")
             return
         await self._obtain()
-        self._task = asyncio.create_task(self._renew_loop(), name="serving-certificate")
+        self._task = asyncio.create_task(
+            keep_renewed(lambda: self.certificate_pem, self._obtain, "serving certificate", self._rng),
+            name="serving-certificate")
 
     async def stop(self) -> None:
         if self._task:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-
-    async def _renew_loop(self) -> None:
-        while True:
-            delay = renewal_delay(self.certificate_pem, datetime.datetime.now(datetime.UTC), self._rng)
-            await asyncio.sleep(delay)
-            try:
-                await self._obtain()
-            except (errors.KubeError, CertificateDenied) as exc:
-                log.warning("renewing the serving certificate failed, retrying in 60 s: %s", exc)
-                await asyncio.sleep(60)
 
     async def _obtain(self) -> None:
         key = ec.generate_private_key(ec.SECP256R1())
@@ -171,9 +193,7 @@ class ServingCertificate:
             self.kube, generate_name=f"k8sgpu-serving-{self.node_name}-",
             request=serving_request(self.node_name, self.addresses, key), signer=self.signer, usages=SERVING_USAGES,
             labels={"k8sgpu.io/node": self.node_name}, approve=self.self_approve, on_awaiting=self._awaiting)
-        key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                    serialization.NoEncryption())
-        _load_chain(self.context, cert, key_pem)
+        _load_chain(self.context, cert, private_pem(key))
         self.certificate_pem = cert
         expires = x509.load_pem_x509_certificate(cert).not_valid_after_utc
         log.info("serving certificate issued by %s, valid until %s", self.signer, expires.isoformat())

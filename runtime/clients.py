@@ -14,7 +14,6 @@ library reads it; the certificate is renewed at 70-90 % of its life.
 from __future__ import annotations
 
 import asyncio
-import datetime
 import logging
 import random
 import tempfile
@@ -26,8 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from kubernetes_asyncio import client as k8s_client
 
-from . import errors
-from .certificates import CertificateDenied, renewal_delay, request_certificate
+from .certificates import keep_renewed, pem_files, private_pem, request_certificate
 from .config import LocalClusterConfig
 from .kube import Kube, api_client
 
@@ -67,16 +65,9 @@ async def bootstrap_api(local: LocalClusterConfig) -> tuple[k8s_client.ApiClient
 def _node_api(host: str, ca_pem: bytes | None, cert_pem: bytes, key_pem: bytes) -> k8s_client.ApiClient:
     cfg = k8s_client.Configuration(host=host)
     cfg.connection_pool_maxsize = 4096
-    with tempfile.TemporaryDirectory(prefix="k8sgpu-node-") as tmp:
-        cert, key = Path(tmp, "tls.crt"), Path(tmp, "tls.key")
-        cert.write_bytes(cert_pem)
-        key.touch(mode=0o600)
-        key.write_bytes(key_pem)
-        cfg.cert_file, cfg.key_file = str(cert), str(key)
-        if ca_pem:
-            ca = Path(tmp, "ca.crt")
-            ca.write_bytes(ca_pem)
-            cfg.ssl_ca_cert = str(ca)
+    with pem_files(cert_pem, key_pem, ca_pem) as (cfg.cert_file, cfg.key_file, ca_file):
+        if ca_file:
+            cfg.ssl_ca_cert = ca_file
         return k8s_client.ApiClient(configuration=cfg)  # the TLS context is built, the files can go
 
 
@@ -95,7 +86,9 @@ class NodeClientCertificate:
     async def start(self) -> Kube:
         api = await self._obtain()
         self.kube = Kube(api, "local")
-        self._task = asyncio.create_task(self._renew_loop(), name="node-client-certificate")
+        self._task = asyncio.create_task(
+            keep_renewed(lambda: self.certificate_pem, self._renew, "node client certificate", self._rng),
+            name="node-client-certificate")
         return self.kube
 
     async def stop(self) -> None:
@@ -115,27 +108,16 @@ class NodeClientCertificate:
         expires = x509.load_pem_x509_certificate(cert).not_valid_after_utc
         log.info("node client certificate for system:node:%s issued, valid until %s", self.node_name,
                  expires.isoformat())
-        key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                    serialization.NoEncryption())
-        return _node_api(self.bootstrap.api.configuration.host, self.ca_pem, cert, key_pem)
+        return _node_api(self.bootstrap.api.configuration.host, self.ca_pem, cert, private_pem(key))
 
     def _awaiting(self, name: str, why: str) -> None:
         log.warning("node client certificate %s is not approved yet (%s); kube-controller-manager approves it "
                     "when the bootstrap identity may create certificatesigningrequests/nodeclient, or run: "
                     "kubectl certificate approve %s", name, why, name)
 
-    async def _renew_loop(self) -> None:
-        while True:
-            delay = renewal_delay(self.certificate_pem, datetime.datetime.now(datetime.UTC), self._rng)
-            await asyncio.sleep(delay)
-            try:
-                api = await self._obtain()
-            except (errors.KubeError, CertificateDenied) as exc:
-                log.warning("renewing the node client certificate failed, retrying in 60 s: %s", exc)
-                await asyncio.sleep(60)
-                continue
-            old = self.kube.rebind(api)
-            self._retired.append(asyncio.create_task(_close_later(old), name="retired-session"))
+    async def _renew(self) -> None:
+        old = self.kube.rebind(await self._obtain())
+        self._retired.append(asyncio.create_task(_close_later(old), name="retired-session"))
 
 
 async def _close_later(api: k8s_client.ApiClient) -> None:
