@@ -198,12 +198,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_doctor(args: argparse.Namespace) -> int:
     from kubernetes import client, config
 
+    from k8sgpu.runtime.certificates import signer_name
+
     from .doctor import FAIL, generic, render
 
     cfg = client.Configuration()
     config.load_kube_config(config_file=args.kubeconfig, context=args.context, client_configuration=cfg)
-    signer = "beta.eks.amazonaws.com/app-serving" if args.csr_signer == "aws" else args.csr_signer
-    findings = generic(client.ApiClient(cfg), args.node_name, signer)
+    findings = generic(client.ApiClient(cfg), args.node_name, signer_name(args.csr_signer))
     print(render(findings, args.output))
     return 1 if any(f.status == FAIL for f in findings) else 0
 

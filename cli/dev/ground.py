@@ -486,8 +486,9 @@ class Ground:
         from kubernetes import client
 
         deadline = time.monotonic() + 90
-        local = client.CoreV1Api(_api_client(state.local.kubeconfig))
-        provider = client.CoreV1Api(_api_client(state.provider.kubeconfig))
+        local_api, provider_api = _api_client(state.local.kubeconfig), _api_client(state.provider.kubeconfig)
+        local, provider = client.CoreV1Api(local_api), client.CoreV1Api(provider_api)
+        registrations = [client.ApiregistrationV1Api(a) for a in (local_api, provider_api)]
         wanted = {n for pool in self.pools for n in pool.node_names()}
         self.progress("waiting for service accounts and kwok nodes to be Ready")
         while True:
@@ -500,7 +501,7 @@ class Ground:
                 has_default_service_account(api, ns) for api, ns in ((local, "default"), (provider, TENANT_NAMESPACE))
             )
             metrics_ok = state.node_address == "127.0.0.1" or all(
-                _metrics_available(kubeconfig) for kubeconfig in (state.local.kubeconfig, state.provider.kubeconfig))
+                _metrics_available(registration) for registration in registrations)
             if wanted <= ready and sa_ok and metrics_ok:
                 return
             if time.monotonic() > deadline:
@@ -620,11 +621,11 @@ class Ground:
         return "127.0.0.1"
 
 
-def _metrics_available(kubeconfig: str) -> bool:
+def _metrics_available(registration) -> bool:
     from kubernetes import client
 
     try:
-        service = client.ApiregistrationV1Api(_api_client(kubeconfig)).read_api_service("v1beta1.metrics.k8s.io")
+        service = registration.read_api_service("v1beta1.metrics.k8s.io")
     except client.ApiException:
         return False
     return any(c.type == "Available" and c.status == "True" for c in service.status.conditions or [])
