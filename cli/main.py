@@ -195,21 +195,49 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_doctor(args: argparse.Namespace) -> int:
+def _doctor_generic(args: argparse.Namespace) -> list:
     from kubernetes import client, config
 
     from k8sgpu.runtime.certificates import signer_name
 
-    from .doctor import FAIL, generic, render
+    from .doctor import generic
 
     cfg = client.Configuration()
     config.load_kube_config(config_file=args.kubeconfig, context=args.context, client_configuration=cfg)
-    findings = generic(client.ApiClient(cfg), args.node_name, signer_name(args.csr_signer))
+    return generic(client.ApiClient(cfg), args.node_name, signer_name(args.csr_signer))
+
+
+def azure_aks_client(subscription_id: str):
+    """A ContainerServiceClient logged in by DefaultAzureCredential (env, workload identity, managed identity, az)."""
+    from azure.identity import DefaultAzureCredential
+    from azure.mgmt.containerservice import ContainerServiceClient
+
+    return ContainerServiceClient(DefaultAzureCredential(), subscription_id)
+
+
+def _doctor_aks(args: argparse.Namespace) -> list:
+    from .doctor_aks import aks
+
+    for flag, value in (("--subscription-id", args.subscription_id), ("--resource-group", args.resource_group),
+                        ("--cluster-name", args.cluster_name)):
+        if not value:
+            args.parser.error(f"--cloud aks needs {flag}"
+                              + (" (or AZURE_SUBSCRIPTION_ID)" if flag == "--subscription-id" else ""))
+    return aks(args.aks_client(args.subscription_id), args.resource_group, args.cluster_name, args.node_name)
+
+
+DOCTOR_CLOUDS = {"generic": _doctor_generic, "aks": _doctor_aks}
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from .doctor import FAIL, render
+
+    findings = DOCTOR_CLOUDS[args.cloud](args)
     print(render(findings, args.output))
     return 1 if any(f.status == FAIL for f in findings) else 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(aks_client=azure_aks_client) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="k8sgpu",
         description="k8sgpu: a virtual GPU node for Kubernetes. Terraform roots for EKS, AKS and any cluster "
@@ -242,22 +270,29 @@ def build_parser() -> argparse.ArgumentParser:
     bench.set_defaults(func=cmd_bench)
     doctor = nouns.add_parser(
         "doctor", help="check a cluster before installing: each finding with its evidence and fix",
-        description="Checks, as the cluster's admin, what the virtual node needs: the node identity's rights "
+        description="Checks what the virtual node needs before anything is applied; exit 1 when a finding blocks. "
+                    "--cloud generic, as the cluster's admin through its Kubernetes API: the node identity's rights "
                     "(Node authorizer) and the runtime's extra RBAC, that kube-controller-manager signs kubelet "
                     "serving certificates (a CSR round trip, deleted after), k3s's egress selector mode, and "
-                    "whether a node of that name exists. Exit 1 when a finding blocks. Only --cloud generic so "
-                    "far: the EKS and AKS checks are not built yet.",
+                    "whether a node of that name exists. --cloud aks, through Azure Resource Manager (credentials "
+                    "from DefaultAzureCredential: environment, workload identity, managed identity, az login): the "
+                    "cluster's state, its network plugin and the network-unavailable taint, RBAC and Entra ID, API "
+                    "server access, whether credentials can be obtained. The EKS checks are not built yet.",
     )
-    doctor.add_argument("--cloud", choices=("generic",), required=True,
-                        help="generic: any cluster through its Kubernetes API")
+    doctor.add_argument("--cloud", choices=tuple(DOCTOR_CLOUDS), required=True,
+                        help="generic: any cluster through its Kubernetes API; aks: an AKS cluster through Azure")
     doctor.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG"),
-                        help="an admin's kubeconfig (default: $KUBECONFIG, else ~/.kube/config)")
-    doctor.add_argument("--context", help="kubeconfig context (default: the current one)")
+                        help="generic: an admin's kubeconfig (default: $KUBECONFIG, else ~/.kube/config)")
+    doctor.add_argument("--context", help="generic: kubeconfig context (default: the current one)")
     doctor.add_argument("--node-name", default="k8s.gpu", help="the virtual node's name (default k8s.gpu)")
     doctor.add_argument("--csr-signer", default="kubernetes.io/kubelet-serving",
-                        help="the serving certificate's signer, as given to k8sgpu-runtime (aws or a name)")
+                        help="generic: the serving certificate's signer, as given to k8sgpu-runtime (aws or a name)")
+    doctor.add_argument("--subscription-id", default=os.environ.get("AZURE_SUBSCRIPTION_ID"),
+                        help="aks: the cluster's Azure subscription (default: $AZURE_SUBSCRIPTION_ID)")
+    doctor.add_argument("--resource-group", help="aks: the cluster's resource group (required for aks)")
+    doctor.add_argument("--cluster-name", help="aks: the AKS cluster's name (required for aks)")
     doctor.add_argument("--output", "-o", choices=("table", "json"), default="table")
-    doctor.set_defaults(func=cmd_doctor)
+    doctor.set_defaults(func=cmd_doctor, parser=doctor, aks_client=aks_client)
 
     render = nouns.add_parser(
         "render", help="render the Terraform root of a cloud from the templates in modules/",
@@ -319,8 +354,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+def main(argv: list[str] | None = None, *, aks_client=azure_aks_client) -> int:
+    """The `k8sgpu` command; aks_client (subscription id -> ContainerServiceClient) is the seam tests use."""
+    parser = build_parser(aks_client)
     args = parser.parse_args(argv)
     try:
         return args.func(args)
@@ -339,15 +375,18 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _known_errors() -> tuple[type[Exception], ...]:
+    from azure.core.exceptions import AzureError
     from kubernetes.client import ApiException
     from kubernetes.config import ConfigException
 
     from .dev.binaries import BuildError
     from .dev.ground import GroundError
+    from .doctor_aks import AzureLoginError
     from .tf.render import RenderError
     from .tf.runner import TerraformError
 
-    return (BuildError, GroundError, RenderError, TerraformError, OSError, ApiException, ConfigException)
+    return (BuildError, GroundError, RenderError, TerraformError, OSError, ApiException, ConfigException,
+            AzureLoginError, AzureError)
 
 
 if __name__ == "__main__":
