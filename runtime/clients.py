@@ -1,6 +1,7 @@
 """How the runtime reaches the local cluster as its node: the one place that knows how to authenticate.
 
-Either a kubeconfig that already is the node (`--kubeconfig`), or kubelet TLS
+Either a kubeconfig that already is the node (`--kubeconfig`), an IAM role that
+EKS maps to the node (`--eks-cluster`, `--eks-role-arn`: see `eks`), or kubelet TLS
 bootstrapping: bootstrap credentials (`--bootstrap-kubeconfig`, the Terraform
 outputs' endpoint, CA and token, or the pod's service account) ask for a client
 certificate of `system:node:<node>` from the signer
@@ -24,9 +25,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from kubernetes_asyncio import client as k8s_client
+from kubernetes_asyncio import config as k8s_config
 
 from .certificates import keep_renewed, pem_files, private_pem, request_certificate
 from .config import LocalClusterConfig
+from .eks import EksToken
 from .kube import Kube, api_client
 
 log = logging.getLogger(__name__)
@@ -44,19 +47,34 @@ def client_request(node_name: str, key: ec.EllipticCurvePrivateKey) -> bytes:
     return csr.public_bytes(serialization.Encoding.PEM)
 
 
+def _endpoint_api(cfg: k8s_client.Configuration, local: LocalClusterConfig) -> tuple[k8s_client.ApiClient,
+                                                                                      bytes | None]:
+    """A client of the Terraform outputs' endpoint and CA, else of the in-cluster endpoint and CA."""
+    if not local.server:
+        try:
+            k8s_config.load_incluster_config(client_configuration=cfg)
+        except k8s_config.ConfigException as exc:
+            raise k8s_config.ConfigException(
+                f"not in a pod ({exc}): outside the cluster give its endpoint and CA with --terraform-outputs "
+                "(cluster_endpoint, cluster_ca_certificate) or a --bootstrap-kubeconfig") from None
+        return k8s_client.ApiClient(configuration=cfg), Path(cfg.ssl_ca_cert).read_bytes()
+    cfg.host = local.server
+    ca_pem = local.certificate_authority_data.encode() or None
+    with tempfile.TemporaryDirectory(prefix="k8sgpu-ca-") as tmp:
+        if ca_pem:
+            Path(tmp, "ca.crt").write_bytes(ca_pem)
+            cfg.ssl_ca_cert = str(Path(tmp, "ca.crt"))
+        return k8s_client.ApiClient(configuration=cfg), ca_pem  # the CA is read now
+
+
 async def bootstrap_api(local: LocalClusterConfig) -> tuple[k8s_client.ApiClient, bytes | None]:
     """The bootstrap identity's client and the cluster CA: a bootstrap kubeconfig, an endpoint with a
     token, or the pod's service account."""
     if local.server:
-        cfg = k8s_client.Configuration(host=local.server)
+        cfg = k8s_client.Configuration()
         cfg.api_key = {"BearerToken": local.bootstrap_token}
         cfg.api_key_prefix = {"BearerToken": "Bearer"}
-        ca_pem = local.certificate_authority_data.encode() or None
-        with tempfile.TemporaryDirectory(prefix="k8sgpu-ca-") as tmp:
-            if ca_pem:
-                Path(tmp, "ca.crt").write_bytes(ca_pem)
-                cfg.ssl_ca_cert = str(Path(tmp, "ca.crt"))
-            return k8s_client.ApiClient(configuration=cfg), ca_pem  # the CA is read now
+        return _endpoint_api(cfg, local)
     api = await api_client(local.bootstrap_kubeconfig or None)
     path = api.configuration.ssl_ca_cert
     return api, Path(path).read_bytes() if path else None
@@ -125,10 +143,38 @@ async def _close_later(api: k8s_client.ApiClient) -> None:
     await api.close()
 
 
-async def local_cluster(local: LocalClusterConfig, node_name: str) -> tuple[Kube, NodeClientCertificate | None]:
-    """The local cluster as the node: from its kubeconfig, or bootstrapped."""
+class EksLogin:
+    """The node's identity on EKS: its IAM role's tokens, signed anew before they expire and after a 401."""
+
+    def __init__(self, token: EksToken, ca_pem: bytes | None):
+        self.token, self.ca_pem = token, ca_pem
+
+    @classmethod
+    async def start(cls, local: LocalClusterConfig, node_name: str) -> tuple[Kube, EksLogin]:
+        # Finding the source credentials may ask the instance metadata or Pod Identity agent: blocking I/O.
+        token = await asyncio.to_thread(
+            EksToken, local.eks_cluster_name, local.eks_role_arn, node_name, local.region,
+            lifetime=local.eks_token_lifetime_seconds, role_session_seconds=local.eks_role_session_seconds)
+        await token.renew(reason="first login")  # a role that cannot be assumed fails the start, not later
+        cfg = k8s_client.Configuration()
+        cfg.connection_pool_maxsize = 4096
+        api, ca_pem = _endpoint_api(cfg, local)
+        # The client runs the refresh hook only for a key it already has.
+        await token.refresh_hook(api.configuration)
+        api.configuration.refresh_api_key_hook = token.refresh_hook
+        return Kube(api, "local", on_unauthorized=token.unauthorized), cls(token, ca_pem)
+
+    async def stop(self) -> None:
+        pass
+
+
+async def local_cluster(local: LocalClusterConfig,
+                        node_name: str) -> tuple[Kube, NodeClientCertificate | EksLogin | None]:
+    """The local cluster as the node: from its kubeconfig, an EKS login, or bootstrapped."""
     if local.kubeconfig:
         return Kube(await api_client(local.kubeconfig), "local"), None
+    if local.eks_cluster_name:
+        return await EksLogin.start(local, node_name)
     api, ca_pem = await bootstrap_api(local)
     identity = NodeClientCertificate(Kube(api, "local (bootstrap)"), ca_pem, node_name)
     try:

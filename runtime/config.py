@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from .eks import ROLE_ARN, SESSION_NAME
+
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
@@ -72,6 +74,16 @@ class LocalClusterConfig:
     """PEM CA of server (Terraform output cluster_ca_certificate)."""
     bootstrap_token: str = ""
     """Bearer token of the bootstrap identity (Terraform output bootstrap_token; never logged)."""
+    eks_cluster_name: str = ""
+    """EKS cluster to log in to with eks_role_arn (the x-k8s-aws-id of its tokens); empty: no EKS login."""
+    eks_role_arn: str = ""
+    """IAM role EKS maps to system:node:<name>; assumed with the node name as session name."""
+    region: str = ""
+    """AWS region of the EKS cluster and of STS; empty: boto3's (AWS_REGION, the profile's)."""
+    eks_token_lifetime_seconds: float = 900
+    """How long EKS accepts a token after signing; a new one is signed at 14/15 of it."""
+    eks_role_session_seconds: int = 3600
+    """DurationSeconds of the assumed role's session (900-43200); botocore renews it before it ends."""
 
 
 @dataclasses.dataclass
@@ -120,7 +132,8 @@ class RuntimeConfig:
         if self.local.server and not self.local.server.startswith("https://"):
             raise ConfigError("--terraform-outputs cluster_endpoint",
                               f"{self.local.server!r} is not an https:// URL of the cluster's API")
-        if self.local.server and not self.local.bootstrap_token:
+        self._validate_eks()
+        if self.local.server and not self.local.bootstrap_token and not self.local.eks_cluster_name:
             raise ConfigError("--terraform-outputs bootstrap_token",
                               "missing: cluster_endpoint needs the bootstrap token to request the node's "
                               "certificate (or give --kubeconfig of the node identity)")
@@ -142,6 +155,30 @@ class RuntimeConfig:
                                                     "(lower-case letters, digits and '-', at most 63)")
         return self
 
+    def _validate_eks(self) -> None:
+        local = self.local
+        if not local.eks_cluster_name and not local.eks_role_arn:
+            return
+        if not local.eks_cluster_name:
+            raise ConfigError("--eks-cluster", "missing: --eks-role-arn logs in to an EKS cluster; name it "
+                                               "(Terraform output eks_cluster_name)")
+        if not local.eks_role_arn:
+            raise ConfigError("--eks-role-arn", "missing: EKS login assumes the node's IAM role; give its ARN "
+                                                "(Terraform output role_arn)")
+        if not ROLE_ARN.match(local.eks_role_arn):
+            raise ConfigError("--eks-role-arn", f"{local.eks_role_arn!r} is not an IAM role ARN, e.g. "
+                                                "arn:aws:iam::123456789012:role/k8sgpu-node")
+        if local.kubeconfig or local.bootstrap_kubeconfig:
+            flag = "--kubeconfig" if local.kubeconfig else "--bootstrap-kubeconfig"
+            raise ConfigError(flag, "give either it or the EKS login (--eks-cluster, --eks-role-arn), not both")
+        if not SESSION_NAME.match(self.node.name):
+            raise ConfigError("--node-name", f"{self.node.name!r} cannot be the role's session name (EKS maps "
+                                             "system:node:{{SessionName}}): at most 64 characters")
+        if not 10 <= local.eks_token_lifetime_seconds <= 900:
+            raise ConfigError("local.eks_token_lifetime_seconds", "must be between 10 and 900 (EKS: 900)")
+        if not 900 <= local.eks_role_session_seconds <= 43200:
+            raise ConfigError("local.eks_role_session_seconds", "must be between 900 and 43200 (STS's limits)")
+
     def resolved_address(self, environ: dict[str, str]) -> str:
         return self.node.address or environ.get("POD_IP", "") or "127.0.0.1"
 
@@ -160,6 +197,9 @@ SETTINGS: dict[str, tuple[str, str, str]] = {
     "tls_cert_file": ("node", "tls_cert_file", "K8SGPU_TLS_CERT_FILE"),
     "tls_private_key_file": ("node", "tls_private_key_file", "K8SGPU_TLS_PRIVATE_KEY_FILE"),
     "client_ca_file": ("node", "client_ca_file", "K8SGPU_CLIENT_CA_FILE"),
+    "eks_cluster": ("local", "eks_cluster_name", "K8SGPU_EKS_CLUSTER_NAME"),
+    "eks_role_arn": ("local", "eks_role_arn", "K8SGPU_EKS_ROLE_ARN"),
+    "region": ("local", "region", "AWS_REGION"),
 }
 
 
@@ -205,6 +245,9 @@ TERRAFORM_OUTPUTS: dict[str, tuple[str, str]] = {
     "cluster_endpoint": ("local", "server"),
     "cluster_ca_certificate": ("local", "certificate_authority_data"),
     "bootstrap_token": ("local", "bootstrap_token"),
+    "eks_cluster_name": ("local", "eks_cluster_name"),
+    "role_arn": ("local", "eks_role_arn"),
+    "region": ("local", "region"),
 }
 
 

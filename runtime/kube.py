@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -68,10 +68,13 @@ async def api_client(kubeconfig: str | None) -> k8s_client.ApiClient:
 class Kube:
     """JSON over the Kubernetes REST API, for one cluster."""
 
-    def __init__(self, api: k8s_client.ApiClient, name: str):
+    def __init__(self, api: k8s_client.ApiClient, name: str,
+                 on_unauthorized: Callable[[str], Awaitable[None]] | None = None):
         self.api = api
         self.name = name  # "local" or "provider", for messages
         self._host = api.configuration.host.rstrip("/")
+        # Credentials that can be renewed (EKS tokens) hear of a 401 with the Authorization header that got it.
+        self.on_unauthorized = on_unauthorized
 
     async def close(self) -> None:
         await self.api.close()
@@ -101,6 +104,16 @@ class Kube:
                       body: Any = None, content_type: str = "application/json",
                       timeout: float = 30) -> dict:
         data = None if body is None else json.dumps(body)
+        try:
+            return await self._request(method, path, params, data, content_type, timeout)
+        except errors.Unauthorized:
+            if self.on_unauthorized is None:
+                raise
+            # The credentials were renewed by _refused: once more with the new ones.
+            return await self._request(method, path, params, data, content_type, timeout)
+
+    async def _request(self, method: str, path: str, params: dict[str, Any] | None, data: str | None,
+                       content_type: str, timeout: float) -> dict:
         headers = await self._headers(content_type if data is not None else None)
         try:
             async with self._session().request(
@@ -109,10 +122,16 @@ class Kube:
             ) as resp:
                 payload = await resp.read()
                 if resp.status >= 300:
-                    raise errors.from_status(self.name, method, path, resp.status, payload)
+                    raise await self._error(method, path, resp.status, payload, headers)
                 return json.loads(payload) if payload else {}
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise errors.Unavailable(f"{self.name} cluster unreachable ({method} {path}): {exc!r}") from exc
+
+    async def _error(self, method: str, path: str, status: int, payload: bytes,
+                     headers: dict[str, str]) -> errors.KubeError:
+        if status == 401 and self.on_unauthorized is not None:
+            await self.on_unauthorized(headers.get("Authorization", ""))
+        return errors.from_status(self.name, method, path, status, payload)
 
     async def stream(self, path: str, params: dict[str, Any]) -> AsyncIterator[bytes]:
         """The body of a GET as it arrives (pod logs); errors before the first byte raise as in `request`."""
@@ -124,7 +143,7 @@ class Kube:
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
             ) as resp:
                 if resp.status >= 300:
-                    raise errors.from_status(self.name, "GET", path, resp.status, await resp.read())
+                    raise await self._error("GET", path, resp.status, await resp.read(), headers)
                 async for chunk in resp.content.iter_any():
                     yield chunk
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
@@ -141,8 +160,8 @@ class Kube:
                 timeout=aiohttp.ClientWSTimeout(ws_close=5), autoping=True,
             )
         except aiohttp.WSServerHandshakeError as exc:
-            raise errors.from_status(self.name, "CONNECT", path, exc.status,
-                                     json.dumps({"message": exc.message}).encode()) from None
+            raise await self._error("CONNECT", path, exc.status, json.dumps({"message": exc.message}).encode(),
+                                    headers) from None
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise errors.Unavailable(f"{self.name} cluster unreachable (CONNECT {path}): {exc!r}") from exc
 
@@ -189,7 +208,7 @@ class Kube:
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=timeout_seconds + 30),
             ) as resp:
                 if resp.status >= 300:
-                    raise errors.from_status(self.name, "WATCH", path, resp.status, await resp.read())
+                    raise await self._error("WATCH", path, resp.status, await resp.read(), headers)
                 async for line in resp.content:
                     if not line.strip():
                         continue

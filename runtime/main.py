@@ -60,6 +60,15 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--client-ca-file", help="CA of the kubelet API's client certificates (kube-apiserver's "
                                                 "kubelet client certificate); default: the local cluster's CA "
                                                 "[env K8SGPU_CLIENT_CA_FILE]")
+    start.add_argument("--eks-cluster", help="log in to this EKS cluster as the IAM role --eks-role-arn instead of "
+                                             "a kubeconfig: tokens of the role, assumed with the node name as "
+                                             "session name, which EKS maps to system:node:<name> "
+                                             "[env K8SGPU_EKS_CLUSTER_NAME]")
+    start.add_argument("--eks-role-arn", help="the node's IAM role (Terraform output role_arn); the runtime's own "
+                                              "credentials (boto3's chain: environment, profile, web identity, "
+                                              "EKS Pod Identity) must be allowed to assume it "
+                                              "[env K8SGPU_EKS_ROLE_ARN]")
+    start.add_argument("--region", help="AWS region of the EKS cluster (default: boto3's) [env AWS_REGION]")
     start.add_argument("--config", help="YAML file with sections node, local, provider [env K8SGPU_CONFIG]")
     start.add_argument("--terraform-outputs", help="JSON of `terraform output -json` "
                                                    "[env K8SGPU_TERRAFORM_OUTPUTS]")
@@ -79,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr,
     )
     logging.getLogger("aiohttp").setLevel(logging.WARNING)
+    # botocore's debug log carries signed requests, session tokens among them: never at debug.
+    logging.getLogger("botocore").setLevel(logging.WARNING)
     from .virtual_node import VirtualNode
 
     async def run() -> None:

@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 from .certificates import ServingCertificate
-from .clients import NodeClientCertificate, local_cluster
+from .clients import EksLogin, NodeClientCertificate, local_cluster
 from .config import RuntimeConfig
 from .controllers.node import NodeController
 from .controllers.pods import PodController
@@ -27,7 +27,7 @@ class VirtualNode:
         self.config = config
         self.address = config.resolved_address(dict(os.environ))
         self.local: Kube | None = None
-        self.identity: NodeClientCertificate | None = None
+        self.identity: NodeClientCertificate | EksLogin | None = None
         self.remote: Kube | None = None
         self.node: NodeController | None = None
         self.pods: PodController | None = None
