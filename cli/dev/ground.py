@@ -3,6 +3,9 @@
 * local    — what a user has: kube-apiserver (Node,RBAC; NodeRestriction and
              RuntimeClass admission), kube-controller-manager (signs approved
              CSRs with the cluster CA), kube-scheduler.
+           Bearer tokens also go to the EKS authenticator (`eks_authenticator`),
+             which checks EKS tokens against STS (moto on 127.0.0.1) and maps
+             them through kube-system/aws-auth, as EKS does.
 * provider — the GPU cloud: its own kube-apiserver, controller-manager and
              scheduler, and one kwok controller per GPU pool simulating nodes.
 
@@ -39,6 +42,8 @@ from .kwok import write_pool_files
 Progress = Callable[[str], None]
 
 NODE_NAME = "k8s.gpu"
+EKS_CLUSTER_NAME = "k8sgpu-dev"  # the name EKS tokens for the local cluster are signed for (x-k8s-aws-id)
+AWS_REGION = "us-east-1"
 SERVICE_CIDR = {"local": "10.96.0.0/16", "provider": "10.97.0.0/16"}
 
 
@@ -123,6 +128,11 @@ class State:
     etcd_data: str
     created: float
     node_address: str = "127.0.0.1"
+    aws_endpoint: str = ""
+    """moto on loopback: IAM, STS and EKS for tests and the EKS authenticator."""
+    eks_cluster_name: str = EKS_CLUSTER_NAME
+    eks_authenticator_settings: str = ""
+    """JSON the EKS authenticator re-reads: max_token_age_seconds, not_before (see eks_authenticator)."""
 
     def save(self, path: Path) -> None:
         tmp = path.with_suffix(".tmp")
@@ -284,6 +294,8 @@ class Ground:
         ))
         self._wait(etcd, lambda: _http_ok(f"{etcd_url}/health"), "etcd /health", 30)
 
+        webhook, authenticator = self._start_aws(state, local_pki, launch)
+
         clusters = {"local": local_pki, "provider": provider_pki}
         apiservers: dict[str, Process] = {}
         for cluster, cp in clusters.items():
@@ -292,6 +304,10 @@ class Ground:
             getattr(state, cluster).server = server
             admission = "NodeRestriction,RuntimeClass" if cluster == "local" else "RuntimeClass"
             authz = "Node,RBAC" if cluster == "local" else "RBAC"
+            # A short cache, so that a token the authenticator starts refusing is refused within seconds.
+            token_webhook = [f"--authentication-token-webhook-config-file={webhook}",
+                             "--authentication-token-webhook-version=v1",
+                             "--authentication-token-webhook-cache-ttl=5s"] if cluster == "local" else []
             self.progress(f"starting {cluster} kube-apiserver on {server}")
             apiservers[cluster] = launch(Process(
                 f"{cluster}-kube-apiserver",
@@ -322,7 +338,7 @@ class Ground:
                  # No kube-proxy here: the aggregator dials an APIService's endpoints, not its ClusterIP.
                  "--enable-aggregator-routing=true",
                  "--event-ttl=1h0m0s",
-                 "--profiling=false"],
+                 "--profiling=false", *token_webhook],
                 str(logs / f"{cluster}-kube-apiserver.log"), ports=[port],
             ))
             pki.write_kubeconfig(Path(getattr(state, cluster).kubeconfig), cluster=f"k8sgpu-dev-{cluster}",
@@ -331,8 +347,10 @@ class Ground:
                 pki.write_kubeconfig(root / "components" / f"{cluster}-{component}.kubeconfig",
                                      cluster=f"k8sgpu-dev-{cluster}", server=server, ca=cp.ca.cert,
                                      user=f"system:kube-{component}", pair=pair)
+        launch(authenticator)  # it reads aws-auth with the local admin kubeconfig, written just now
         for proc in apiservers.values():
             self._wait_apiserver(state, proc, 60)
+        self._wait(authenticator, lambda: authenticator.ports[0] in listening_ports(), "EKS authenticator", 30)
 
         for cluster, cp in clusters.items():
             cm_kc = root / "components" / f"{cluster}-controller-manager.kubeconfig"
@@ -412,6 +430,41 @@ class Ground:
         self._wait_ready(state)
         state.save(self.state_file)
         return state
+
+    def _start_aws(self, state: State, cp: _PKI, launch: Callable[..., Process]) -> tuple[Path, Process]:
+        """Starts moto (IAM, STS, EKS); returns the webhook kubeconfig for kube-apiserver and the EKS
+        authenticator to launch once the local admin kubeconfig exists."""
+        root, logs = Path(state.root), Path(state.root) / "logs"
+        port = free_port()
+        state.aws_endpoint = f"http://127.0.0.1:{port}"
+        self.progress(f"starting moto (IAM, STS, EKS) on {state.aws_endpoint}")
+        moto = launch(Process("moto", [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                              str(logs / "moto.log"), ports=[port]))
+        self._wait(moto, lambda: _http_ok(f"{state.aws_endpoint}/moto-api/"), "moto", 30)
+
+        port = free_port()
+        serving = pki.issue(cp.ca, root / "pki" / "local", "eks-authenticator", "eks-authenticator", server=True,
+                            ips=("127.0.0.1",))
+        state.eks_authenticator_settings = str(root / "eks-authenticator.json")
+        Path(state.eks_authenticator_settings).write_text("{}\n")
+        self.progress(f"EKS authenticator on https://127.0.0.1:{port} for cluster {state.eks_cluster_name}")
+        authenticator = Process(
+            "eks-authenticator",
+            [sys.executable, "-m", "k8sgpu.cli.dev.eks_authenticator", f"--listen=127.0.0.1:{port}",
+             f"--cluster={state.eks_cluster_name}", f"--sts-endpoint={state.aws_endpoint}",
+             f"--kubeconfig={state.local.kubeconfig}", f"--settings={state.eks_authenticator_settings}",
+             f"--tls-cert-file={serving.cert}", f"--tls-private-key-file={serving.key}"],
+            str(logs / "eks-authenticator.log"), ports=[port])
+        webhook = root / "components" / "eks-authenticator.kubeconfig"
+        webhook.parent.mkdir(parents=True, exist_ok=True)
+        webhook.write_text(json.dumps({
+            "apiVersion": "v1", "kind": "Config",
+            "clusters": [{"name": "eks-authenticator", "cluster": {
+                "server": f"https://127.0.0.1:{port}/authenticate", "certificate-authority": str(cp.ca.cert)}}],
+            "users": [{"name": "kube-apiserver", "user": {}}],
+            "contexts": [{"name": "webhook", "context": {"cluster": "eks-authenticator", "user": "kube-apiserver"}}],
+            "current-context": "webhook"}, indent=2))
+        return webhook, authenticator
 
     def _start_metrics_server(self, state: State, cluster: str, cp: _PKI, kubelet_ca: Path, binaries: Binaries,
                               launch: Callable[..., Process]) -> None:
