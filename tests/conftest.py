@@ -12,6 +12,7 @@ import pytest
 
 from k8sgpu.cli.dev.binaries import ensure_binaries
 from k8sgpu.cli.dev.ground import Ground, State, listening_ports
+from k8sgpu.cli.tf.providers import ensure_providers
 
 
 def pytest_configure(config):
@@ -55,3 +56,13 @@ def _assert_gone(state: State) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"ground left behind: processes {alive}, listening ports {ports}")
         time.sleep(0.2)
+
+
+@pytest.fixture(scope="session")
+def tf_env(tmp_path_factory) -> dict[str, str]:
+    """The environment CI has: no terraform on PATH, the providers built from source in the mirror."""
+    config = ensure_providers(progress=lambda m: print(f"[providers] {m}", file=sys.stderr, flush=True))
+    path = ":".join(p for p in os.environ["PATH"].split(":")
+                    if p and not os.path.exists(os.path.join(p, "terraform")))
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}:{path}", "TF_CLI_CONFIG_FILE": str(config),
+            "TF_IN_AUTOMATION": "1", "NO_COLOR": "1"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,6 +13,8 @@ from pathlib import Path
 from kubernetes import client, config
 
 from k8sgpu.cli.dev.binaries import find_kubectl
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def api(kubeconfig: str) -> client.ApiClient:
@@ -39,14 +42,14 @@ def wait_for(predicate, timeout: float = 60, what: str = "condition", interval: 
 class RuntimeProcess:
     """`k8sgpu-runtime start` as a user runs it, with its log in a file."""
 
-    def __init__(self, args: list[str], log: Path):
-        self.args, self.log = args, log
+    def __init__(self, args: list[str], log: Path, env: dict[str, str] | None = None):
+        self.args, self.log, self.env = args, log, env
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> RuntimeProcess:
         out = open(self.log, "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "k8sgpu.runtime.main", "start", *self.args],
-                                     stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                                     stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env)
         out.close()
         return self
 
@@ -63,3 +66,67 @@ class RuntimeProcess:
 
     def tail(self, lines: int = 40) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+
+# A root around the EKS root's aws_auth module as rendered, for the local cluster.
+AWS_AUTH_ROOT = """
+terraform {
+  required_providers {
+    kubectl = {
+      source = "gavinbunney/kubectl"
+    }
+    kubernetes = {
+      source = "hashicorp/kubernetes"
+    }
+  }
+}
+
+variable "kubeconfig_path" {
+  type = string
+}
+
+variable "enabled" {
+  type = bool
+}
+
+variable "role_arn" {
+  type = string
+}
+
+variable "node_name" {
+  type = string
+}
+
+provider "kubernetes" {
+  config_path = var.kubeconfig_path
+}
+
+provider "kubectl" {
+  config_path      = var.kubeconfig_path
+  load_config_file = true
+}
+
+module "aws_auth" {
+  source    = "./modules/aws_auth"
+  enabled   = var.enabled
+  role_arn  = var.role_arn
+  node_name = var.node_name
+}
+"""
+
+
+def aws_auth_root(directory: Path) -> Path:
+    shutil.copytree(REPO / "terraform" / "eks" / "modules" / "aws_auth", directory / "modules" / "aws_auth")
+    (directory / "main.tf").write_text(AWS_AUTH_ROOT)
+    return directory
+
+
+def run_terraform(root: Path, env: dict[str, str], *args: str, ok=(0,),
+                  **variables: str) -> subprocess.CompletedProcess:
+    """Terraform as CI has it (see tf_env); variables go to every step but init."""
+    from k8sgpu.cli.tf.runner import find_terraform
+
+    argv = [find_terraform(), *args] + ([f"-var={k}={v}" for k, v in variables.items()] if args[0] != "init" else [])
+    result = subprocess.run(argv, cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode in ok, result.stdout[-2000:] + result.stderr[-2000:]
+    return result

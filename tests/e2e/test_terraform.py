@@ -19,12 +19,11 @@ from kubernetes.utils import parse_quantity
 
 from k8sgpu.cli.dev.ground import free_port
 from k8sgpu.cli.dev.tfvars import generic_tfvars, inline_kubeconfig
-from k8sgpu.cli.tf.providers import ensure_providers
 from k8sgpu.runtime.catalog import runtime_class_manifest
 from k8sgpu.runtime.rbac import EXTRA_RULES
 from k8sgpu.runtime.translate import ORIGIN_UID_LABEL
 
-from .helpers import RuntimeProcess, api, kubectl, wait_for
+from .helpers import RuntimeProcess, api, aws_auth_root, kubectl, run_terraform, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -36,16 +35,6 @@ CATALOG = {
     "tf-nvidia-2xa100": {"gpu_product": "NVIDIA-A100-PCIE-80GB", "gpu_count": 2, "cpu": "16", "memory": "64Gi",
                          "default_limits": False},
 }
-
-
-@pytest.fixture(scope="session")
-def tf_env(tmp_path_factory) -> dict[str, str]:
-    """The environment CI has: no terraform on PATH, the providers built from source in the mirror."""
-    config = ensure_providers(progress=lambda m: print(f"[providers] {m}", file=sys.stderr, flush=True))
-    path = ":".join(p for p in os.environ["PATH"].split(":")
-                    if p and not os.path.exists(os.path.join(p, "terraform")))
-    return {**os.environ, "PATH": f"{Path(sys.executable).parent}:{path}", "TF_CLI_CONFIG_FILE": str(config),
-            "TF_IN_AUTOMATION": "1", "NO_COLOR": "1"}
 
 
 def k8sgpu(env: dict, *args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -254,43 +243,6 @@ def test_wrong_input_is_refused_at_plan_naming_the_variable_and_the_step(generic
     assert 'catalog: cpu must be a Kubernetes CPU quantity, e.g. cpu = "8000m"' in text
 
 
-AWS_AUTH_ROOT = """
-terraform {
-  required_providers {
-    kubectl = {
-      source = "gavinbunney/kubectl"
-    }
-    kubernetes = {
-      source = "hashicorp/kubernetes"
-    }
-  }
-}
-
-variable "kubeconfig_path" {
-  type = string
-}
-
-variable "enabled" {
-  type = bool
-}
-
-provider "kubernetes" {
-  config_path = var.kubeconfig_path
-}
-
-provider "kubectl" {
-  config_path      = var.kubeconfig_path
-  load_config_file = true
-}
-
-module "aws_auth" {
-  source    = "./modules/aws_auth"
-  enabled   = var.enabled
-  role_arn  = "arn:aws:iam::111122223333:role/k8sgpu-node"
-  node_name = "k8s.gpu"
-}
-"""
-
 FOREIGN = [{"rolearn": "arn:aws:iam::111122223333:role/eks-node-group", "username": "system:node:{{EC2PrivateDNSName}}",
             "groups": ["system:bootstrappers", "system:nodes"]}]
 OURS = {"rolearn": "arn:aws:iam::111122223333:role/k8sgpu-node", "username": "system:node:k8s.gpu",
@@ -300,23 +252,15 @@ MAP_USERS = "- userarn: arn:aws:iam::111122223333:user/admin\n  username: admin\
 
 def test_aws_auth_merge_keeps_foreign_entries(ground, tf_env, tmp_path):
     """The EKS root's aws_auth module, as rendered, against the real kube-apiserver."""
-    root = tmp_path / "aws-auth"
-    shutil.copytree(REPO / "terraform" / "eks" / "modules" / "aws_auth", root / "modules" / "aws_auth")
-    (root / "main.tf").write_text(AWS_AUTH_ROOT)
+    root = aws_auth_root(tmp_path / "aws-auth")
     core = client.CoreV1Api(api(ground.local.kubeconfig))
     foreign_text = yaml.safe_dump(FOREIGN)
     core.create_namespaced_config_map("kube-system", client.V1ConfigMap(
         metadata=client.V1ObjectMeta(name="aws-auth"), data={"mapRoles": foreign_text, "mapUsers": MAP_USERS}))
 
     def terraform(*args: str, enabled: bool = True, ok=(0,)) -> subprocess.CompletedProcess:
-        from k8sgpu.cli.tf.runner import find_terraform
-
-        result = subprocess.run([find_terraform(), *args, f"-var=kubeconfig_path={ground.local.kubeconfig}",
-                                 f"-var=enabled={str(enabled).lower()}"] if args[0] != "init" else
-                                [find_terraform(), *args], cwd=root, env=tf_env, capture_output=True, text=True,
-                                timeout=300)
-        assert result.returncode in ok, result.stdout[-2000:] + result.stderr[-2000:]
-        return result
+        return run_terraform(root, tf_env, *args, ok=ok, kubeconfig_path=ground.local.kubeconfig,
+                             enabled=str(enabled).lower(), role_arn=OURS["rolearn"], node_name="k8s.gpu")
 
     try:
         terraform("init", "-input=false")
