@@ -60,6 +60,8 @@ def _print_ground(state, output: str) -> None:
         "tenant_namespace": state.tenant_namespace,
         "local_ca": str(Path(state.root) / "local-ca.crt"),
         "node_address": state.node_address,
+        "aws_endpoint": state.aws_endpoint,
+        "eks_cluster_name": state.eks_cluster_name,
     }
     if output == "json":
         print(json.dumps(info, indent=2))
@@ -72,6 +74,9 @@ def _print_ground(state, output: str) -> None:
     print(f"provider cluster  {state.provider.server}")
     print(f"  admin           export KUBECONFIG={state.provider.kubeconfig}")
     print(f"  tenant          {state.tenant_kubeconfig}  (namespace {state.tenant_namespace})")
+    print(f"AWS (moto)        {state.aws_endpoint}  (AWS_ENDPOINT_URL; IAM, STS, EKS)")
+    print(f"  EKS login       tokens signed for {state.eks_cluster_name} are checked through STS and aws-auth "
+          "(k8sgpu-runtime --eks-cluster)")
 
 
 def cmd_dev_status(args: argparse.Namespace) -> int:

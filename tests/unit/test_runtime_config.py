@@ -96,3 +96,41 @@ def test_wrong_bootstrap_outputs_name_the_output(tmp_path, kubeconfig, outputs, 
     with pytest.raises(ConfigError) as err:
         build({"provider_kubeconfig": kubeconfig, "tenant_namespace": "t", "terraform_outputs": str(path)}, {})
     assert err.value.field == field
+
+
+ROLE = "arn:aws:iam::123456789012:role/k8sgpu-node"
+
+
+def test_eks_settings_from_the_deployment_environment_and_terraform_outputs(tmp_path, kubeconfig):
+    base = {"provider_kubeconfig": kubeconfig, "tenant_namespace": "t"}
+    config = build(base, {"K8SGPU_EKS_CLUSTER_NAME": "prod", "K8SGPU_EKS_ROLE_ARN": ROLE, "AWS_REGION": "eu-west-1"})
+    assert (config.local.eks_cluster_name, config.local.eks_role_arn, config.local.region) == (
+        "prod", ROLE, "eu-west-1")
+    outputs = tmp_path / "outputs.json"
+    outputs.write_text(json.dumps({"eks_cluster_name": {"value": "prod"}, "role_arn": {"value": ROLE},
+                                   "region": {"value": "us-east-2"}, "cluster_endpoint": {"value": "https://eks.example"}}))
+    config = build({**base, "terraform_outputs": str(outputs)}, {})
+    assert (config.local.eks_cluster_name, config.local.region, config.local.server) == (
+        "prod", "us-east-2", "https://eks.example")  # no bootstrap token needed with an EKS login
+
+
+@pytest.mark.parametrize("flags, field", [
+    ({"eks_cluster": "prod"}, "--eks-role-arn"),
+    ({"eks_role_arn": ROLE}, "--eks-cluster"),
+    ({"eks_cluster": "prod", "eks_role_arn": "arn:aws:iam::123456789012:user/bob"}, "--eks-role-arn"),
+    ({"eks_cluster": "prod", "eks_role_arn": ROLE, "node_name": "n" * 65}, "--node-name"),
+    ({"eks_cluster": "prod", "eks_role_arn": ROLE, "kubeconfig": "/etc/hostname"}, "--kubeconfig"),
+])
+def test_wrong_eks_settings_name_the_flag(flags, field, kubeconfig):
+    with pytest.raises(ConfigError) as err:
+        build({"provider_kubeconfig": kubeconfig, "tenant_namespace": "t", **flags}, {})
+    assert err.value.field == field
+
+
+def test_shortened_lifetimes_are_bounded(tmp_path, kubeconfig):
+    config_file = tmp_path / "c.yaml"
+    config_file.write_text("local: {eks_token_lifetime_seconds: 1000}\n")
+    with pytest.raises(ConfigError) as err:
+        build({"provider_kubeconfig": kubeconfig, "tenant_namespace": "t", "config": str(config_file),
+               "eks_cluster": "prod", "eks_role_arn": ROLE}, {})
+    assert err.value.field == "local.eks_token_lifetime_seconds"
