@@ -159,9 +159,10 @@ def generic(api: client.ApiClient, node: str, signer: str = KUBELET_SERVING) -> 
 def render(findings: list[Finding], output: str) -> str:
     if output == "json":
         return json.dumps([dataclasses.asdict(f) for f in findings], indent=2)
+    width = max([22] + [len(f.check) for f in findings])
     lines = []
     for f in findings:
-        lines.append(f"{f.status.upper():5s} {f.check:22s} {f.evidence}")
+        lines.append(f"{f.status.upper():5s} {f.check:{width}s} {f.evidence}")
         if f.fix:
-            lines.append(f"{'':5s} {'':22s} fix: {f.fix}")
+            lines.append(f"{'':5s} {'':{width}s} fix: {f.fix}")
     return "\n".join(lines)

@@ -200,16 +200,20 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def _doctor_generic(args: argparse.Namespace) -> list:
+def _kube_api(args: argparse.Namespace):
     from kubernetes import client, config
 
+    cfg = client.Configuration()
+    config.load_kube_config(config_file=args.kubeconfig, context=args.context, client_configuration=cfg)
+    return client.ApiClient(cfg)
+
+
+def _doctor_generic(args: argparse.Namespace) -> list:
     from k8sgpu.runtime.certificates import signer_name
 
     from .doctor import generic
 
-    cfg = client.Configuration()
-    config.load_kube_config(config_file=args.kubeconfig, context=args.context, client_configuration=cfg)
-    return generic(client.ApiClient(cfg), args.node_name, signer_name(args.csr_signer))
+    return generic(_kube_api(args), args.node_name, signer_name(args.csr_signer))
 
 
 def azure_aks_client(subscription_id: str):
@@ -231,7 +235,25 @@ def _doctor_aks(args: argparse.Namespace) -> list:
     return aks(args.aks_client(args.subscription_id), args.resource_group, args.cluster_name, args.node_name)
 
 
-DOCTOR_CLOUDS = {"generic": _doctor_generic, "aks": _doctor_aks}
+def boto3_session(region: str | None):
+    """A boto3 Session with its usual credential chain; ``region`` None leaves it to the profile."""
+    import boto3
+
+    return boto3.Session(region_name=region)
+
+
+def _doctor_eks(args: argparse.Namespace) -> list:
+    from .doctor_eks import eks
+
+    for flag, value in (("--eks-cluster", args.eks_cluster), ("--eks-role-arn", args.eks_role_arn)):
+        if not value:
+            args.parser.error(f"--cloud eks needs {flag}")
+    # aws-auth is read only with a kubeconfig given (--kubeconfig or $KUBECONFIG), never ~/.kube/config unasked.
+    kube_api = _kube_api(args) if args.kubeconfig else None
+    return eks(args.aws_session(args.region), args.eks_cluster, args.eks_role_arn, args.node_name, kube_api)
+
+
+DOCTOR_CLOUDS = {"generic": _doctor_generic, "aks": _doctor_aks, "eks": _doctor_eks}
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
@@ -242,7 +264,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return 1 if any(f.status == FAIL for f in findings) else 0
 
 
-def build_parser(aks_client=azure_aks_client) -> argparse.ArgumentParser:
+def build_parser(aks_client=azure_aks_client, aws_session=boto3_session) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="k8sgpu",
         description="k8sgpu: a virtual GPU node for Kubernetes. Terraform roots for EKS, AKS and any cluster "
@@ -282,13 +304,20 @@ def build_parser(aks_client=azure_aks_client) -> argparse.ArgumentParser:
                     "whether a node of that name exists. --cloud aks, through Azure Resource Manager (credentials "
                     "from DefaultAzureCredential: environment, workload identity, managed identity, az login): the "
                     "cluster's state, its network plugin and the network-unavailable taint, RBAC and Entra ID, API "
-                    "server access, whether credentials can be obtained. The EKS checks are not built yet.",
+                    "server access, whether credentials can be obtained. --cloud eks, through the EKS and IAM "
+                    "APIs (credentials from boto3's chain: environment, AWS_PROFILE, web identity, EKS Pod "
+                    "Identity, instance role): the cluster's state and version, its authentication mode and the "
+                    "node role's mapping (access entry, or the aws-auth entry read with --kubeconfig), the role "
+                    "itself, where the API endpoint can be reached from, and the serving certificate's signer.",
     )
     doctor.add_argument("--cloud", choices=tuple(DOCTOR_CLOUDS), required=True,
-                        help="generic: any cluster through its Kubernetes API; aks: an AKS cluster through Azure")
+                        help="generic: any cluster through its Kubernetes API; aks: an AKS cluster through Azure; "
+                             "eks: an EKS cluster through AWS")
     doctor.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG"),
-                        help="generic: an admin's kubeconfig (default: $KUBECONFIG, else ~/.kube/config)")
-    doctor.add_argument("--context", help="generic: kubeconfig context (default: the current one)")
+                        help="generic: an admin's kubeconfig (default: $KUBECONFIG, else ~/.kube/config); eks: "
+                             "the cluster's kubeconfig (`aws eks update-kubeconfig`), to read aws-auth and the "
+                             "runtime's RBAC (default: $KUBECONFIG, else those checks are skipped)")
+    doctor.add_argument("--context", help="generic, eks: kubeconfig context (default: the current one)")
     doctor.add_argument("--node-name", default="k8s.gpu", help="the virtual node's name (default k8s.gpu)")
     doctor.add_argument("--csr-signer", default="kubernetes.io/kubelet-serving",
                         help="generic: the serving certificate's signer, as given to k8sgpu-runtime (aws or a name)")
@@ -296,8 +325,14 @@ def build_parser(aks_client=azure_aks_client) -> argparse.ArgumentParser:
                         help="aks: the cluster's Azure subscription (default: $AZURE_SUBSCRIPTION_ID)")
     doctor.add_argument("--resource-group", help="aks: the cluster's resource group (required for aks)")
     doctor.add_argument("--cluster-name", help="aks: the AKS cluster's name (required for aks)")
+    doctor.add_argument("--eks-cluster", help="eks: the EKS cluster's name (required for eks)")
+    doctor.add_argument("--eks-role-arn", help="eks: the node's IAM role, as k8sgpu-runtime gets it (Terraform "
+                                               "output role_arn; required for eks)")
+    doctor.add_argument("--region", default=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"),
+                        help="eks: the cluster's AWS region (default: $AWS_REGION, $AWS_DEFAULT_REGION, else the "
+                             "AWS profile's)")
     doctor.add_argument("--output", "-o", choices=("table", "json"), default="table")
-    doctor.set_defaults(func=cmd_doctor, parser=doctor, aks_client=aks_client)
+    doctor.set_defaults(func=cmd_doctor, parser=doctor, aks_client=aks_client, aws_session=aws_session)
 
     render = nouns.add_parser(
         "render", help="render the Terraform root of a cloud from the templates in modules/",
@@ -359,9 +394,10 @@ def build_parser(aks_client=azure_aks_client) -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None, *, aks_client=azure_aks_client) -> int:
-    """The `k8sgpu` command; aks_client (subscription id -> ContainerServiceClient) is the seam tests use."""
-    parser = build_parser(aks_client)
+def main(argv: list[str] | None = None, *, aks_client=azure_aks_client, aws_session=boto3_session) -> int:
+    """The `k8sgpu` command; aks_client (subscription id -> ContainerServiceClient) and aws_session (region ->
+    boto3 Session) are the seams tests use."""
+    parser = build_parser(aks_client, aws_session)
     args = parser.parse_args(argv)
     try:
         return args.func(args)
@@ -381,17 +417,19 @@ def main(argv: list[str] | None = None, *, aks_client=azure_aks_client) -> int:
 
 def _known_errors() -> tuple[type[Exception], ...]:
     from azure.core.exceptions import AzureError
+    from botocore.exceptions import BotoCoreError, ClientError
     from kubernetes.client import ApiException
     from kubernetes.config import ConfigException
 
     from .dev.binaries import BuildError
     from .dev.ground import GroundError
     from .doctor_aks import AzureLoginError
+    from .doctor_eks import AwsLoginError
     from .tf.render import RenderError
     from .tf.runner import TerraformError
 
     return (BuildError, GroundError, RenderError, TerraformError, OSError, ApiException, ConfigException,
-            AzureLoginError, AzureError)
+            AzureLoginError, AzureError, AwsLoginError, BotoCoreError, ClientError)
 
 
 if __name__ == "__main__":
