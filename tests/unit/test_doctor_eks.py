@@ -254,6 +254,15 @@ def test_a_node_name_too_long_for_a_session_name_fails(moto, recorded_eks, capsy
     assert role["fix"] == "choose a node name of at most 64 characters (--node-name and the root's node_name)"
 
 
+def test_a_role_with_only_an_inline_policy_warns_too(moto, recorded_eks, capsys):
+    aws(moto, "iam").put_role_policy(RoleName=ROLE, PolicyName="extra", PolicyDocument=json.dumps({
+        "Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "ec2:Describe*", "Resource": "*"}]}))
+    code, found = doctor(recorded_eks(moto), capsys=capsys)
+    assert found["eks-role"]["status"] == WARN
+    assert found["eks-role"]["evidence"].startswith("it has permission policies (attached: none; inline: extra)")
+    assert found["eks-role"]["fix"] == f"aws iam delete-role-policy --role-name {ROLE} --policy-name extra"
+
+
 def test_a_missing_role_fails(moto, recorded_eks, capsys):
     aws(moto, "iam").delete_role(RoleName=ROLE)
     code, found = doctor(recorded_eks(moto, "API", {ROLE_ARN: "HYBRID_LINUX"}), capsys=capsys)
