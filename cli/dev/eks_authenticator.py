@@ -80,12 +80,9 @@ def identity_of(aws_auth: dict, arn: str, account: str, access_key: str) -> tupl
     key = "rolearn" if section == "mapRoles" else "userarn"
     entries = yaml.safe_load((aws_auth.get("data") or {}).get(section) or "[]") or []
     for entry in entries:
-        named = entry.get(key, "")
-        try:
-            named = canonical_arn(named)[0]
-        except Refused:
-            continue
-        if named == canonical:
+        # As aws-iam-authenticator: case-insensitive, and an ARN written with a path never matches ("the role ARN
+        # cannot include a path", EKS's docs), since STS's answer carries none.
+        if str(entry.get(key, "")).lower() == canonical.lower():
             username = render_username(entry.get("username") or "", account, session, access_key)
             if not username:
                 raise Refused(f"the aws-auth entry of {canonical} has no username")

@@ -108,7 +108,9 @@ def test_the_global_and_regional_sts_hosts_pass():
 AWS_AUTH = {"data": {"mapRoles": yaml.safe_dump([
     {"rolearn": "arn:aws:iam::123456789012:role/eks-node-group", "username": "system:node:{{EC2PrivateDNSName}}",
      "groups": ["system:bootstrappers", "system:nodes"]},
-    {"rolearn": "arn:aws:iam::123456789012:role/gpu/k8sgpu-node", "username": "system:node:{{SessionName}}",
+    {"rolearn": "arn:aws:iam::123456789012:role/gpu/with-path", "username": "system:node:{{SessionName}}",
+     "groups": ["system:nodes"]},
+    {"rolearn": "arn:aws:iam::123456789012:role/k8sgpu-node", "username": "system:node:{{SessionName}}",
      "groups": ["system:bootstrappers", "system:nodes"]},
     {"rolearn": "arn:aws:iam::123456789012:role/ops", "username": "ops:{{AccountID}}:{{SessionNameRaw}}",
      "groups": ["ops"]}]),
@@ -117,6 +119,7 @@ AWS_AUTH = {"data": {"mapRoles": yaml.safe_dump([
 
 
 def test_aws_auth_maps_an_assumed_role_by_its_role_arn_without_path():
+    """STS names the role without its path, so aws-auth entries must too."""
     assert canonical_arn("arn:aws:sts::123456789012:assumed-role/k8sgpu-node/k8s.gpu") == (ROLE, "k8s.gpu")
     assert identity_of(AWS_AUTH, "arn:aws:sts::123456789012:assumed-role/k8sgpu-node/k8s.gpu", "123456789012",
                        "ASIAX") == ("system:node:k8s.gpu", ["system:bootstrappers", "system:nodes"])
@@ -125,5 +128,7 @@ def test_aws_auth_maps_an_assumed_role_by_its_role_arn_without_path():
     assert identity_of(AWS_AUTH, "arn:aws:iam::123456789012:user/admin", "123456789012", "AKIAX")[0] == "admin"
     with pytest.raises(Refused, match="not mapped"):
         identity_of(AWS_AUTH, "arn:aws:sts::123456789012:assumed-role/other/k8s.gpu", "123456789012", "ASIAX")
+    with pytest.raises(Refused, match="not mapped"):  # an entry written with the role's path never matches
+        identity_of(AWS_AUTH, "arn:aws:sts::123456789012:assumed-role/with-path/k8s.gpu", "123456789012", "ASIAX")
     with pytest.raises(Refused, match="EC2"):
         identity_of(AWS_AUTH, "arn:aws:sts::123456789012:assumed-role/eks-node-group/i-0abc", "123456789012", "A")
