@@ -194,7 +194,7 @@ def test_tokens_and_role_sessions_are_renewed_during_a_run_longer_than_their_lif
     config = {"local": {"eks_token_lifetime_seconds": 20, "eks_role_session_seconds": 900}}
     try:
         with EksNode(ground, tmp_path, role_arn, aws_env, config) as node:
-            time.sleep(50)  # two and a half token lives
+            time.sleep(60)  # three token lives
             node.run_pod("eks-long-run")
             assert node.ready()
             assert time.time() - node.lease_renewed() < 15
