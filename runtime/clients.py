@@ -15,6 +15,7 @@ library reads it; the certificate is renewed at 70-90 % of its life.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 import tempfile
@@ -158,7 +159,13 @@ class EksLogin:
         await token.renew(reason="first login")  # a role that cannot be assumed fails the start, not later
         cfg = k8s_client.Configuration()
         cfg.connection_pool_maxsize = 4096
-        api, ca_pem = _endpoint_api(cfg, local)
+        try:
+            api, ca_pem = _endpoint_api(cfg, local)
+        except k8s_config.ConfigException:  # neither the outputs' endpoint nor a pod: ask EKS where it is
+            server, ca = await asyncio.to_thread(token.cluster_endpoint)
+            log.info("EKS cluster %s: API at %s (eks:DescribeCluster)", local.eks_cluster_name, server)
+            api, ca_pem = _endpoint_api(cfg, dataclasses.replace(local, server=server,
+                                                                 certificate_authority_data=ca.decode()))
         # The client runs the refresh hook only for a key it already has.
         await token.refresh_hook(api.configuration)
         api.configuration.refresh_api_key_hook = token.refresh_hook

@@ -90,6 +90,18 @@ class EksToken:
         SigV4QueryAuth(frozen, "sts", self.region, expires=PRESIGN_EXPIRES).add_auth(request)
         return token_for(request.prepare().url)
 
+    def cluster_endpoint(self) -> tuple[str, bytes]:
+        """The cluster's API endpoint and CA (PEM) from eks:DescribeCluster, as `aws eks update-kubeconfig` reads
+        them; asked with the source credentials, since the node's role has no permission at all."""
+        try:
+            eks = self._session.create_client("eks", region_name=self.region)
+            cluster = eks.describe_cluster(name=self.cluster)["cluster"]
+        except (BotoCoreError, ClientError) as exc:
+            raise EksLoginError(f"cannot read the endpoint of EKS cluster {self.cluster} ({exc}): give "
+                                "--terraform-outputs with cluster_endpoint and cluster_ca_certificate, or allow "
+                                "eks:DescribeCluster to the runtime's own credentials") from None
+        return cluster["endpoint"], base64.b64decode(cluster["certificateAuthority"]["data"])
+
     @property
     def renew_after(self) -> float:
         return self.lifetime * 14 / 15  # 14 of EKS's 15 minutes

@@ -62,7 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "[env K8SGPU_CLIENT_CA_FILE]")
     start.add_argument("--eks-cluster", help="log in to this EKS cluster as the IAM role --eks-role-arn instead of "
                                              "a kubeconfig: tokens of the role, assumed with the node name as "
-                                             "session name, which EKS maps to system:node:<name> "
+                                             "session name, which EKS maps to system:node:<name>; endpoint and "
+                                             "CA from the Terraform outputs, in a pod its in-cluster "
+                                             "configuration, else eks:DescribeCluster "
                                              "[env K8SGPU_EKS_CLUSTER_NAME]")
     start.add_argument("--eks-role-arn", help="the node's IAM role (Terraform output role_arn); the runtime's own "
                                               "credentials (boto3's chain: environment, profile, web identity, "

@@ -3,9 +3,11 @@ presigning is local; the STS call and the mapping through aws-auth run in tests/
 
 from __future__ import annotations
 
+import base64
 import datetime
 import urllib.parse
 
+import boto3
 import botocore.session
 import pytest
 import yaml
@@ -132,3 +134,17 @@ def test_aws_auth_maps_an_assumed_role_by_its_role_arn_without_path():
         identity_of(AWS_AUTH, "arn:aws:sts::123456789012:assumed-role/with-path/k8s.gpu", "123456789012", "ASIAX")
     with pytest.raises(Refused, match="EC2"):
         identity_of(AWS_AUTH, "arn:aws:sts::123456789012:assumed-role/eks-node-group/i-0abc", "123456789012", "A")
+
+
+def test_outside_a_pod_without_outputs_the_endpoint_comes_from_describe_cluster(aws, moto_endpoint, monkeypatch):
+    """moto (on loopback) answers DescribeCluster with an endpoint and a CA of its own making; the runtime's source
+    credentials ask, not the node's role."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_endpoint)
+    eks = boto3.client("eks", region_name="eu-west-1", endpoint_url=moto_endpoint)
+    eks.create_cluster(name="gpu-prod", roleArn="arn:aws:iam::123456789012:role/eks", resourcesVpcConfig={})
+    described = eks.describe_cluster(name="gpu-prod")["cluster"]
+    token = EksToken("gpu-prod", ROLE, "k8s.gpu", "eu-west-1", session=botocore.session.Session())
+    assert token.cluster_endpoint() == (described["endpoint"],
+                                        base64.b64decode(described["certificateAuthority"]["data"]))
+    with pytest.raises(EksLoginError, match="cluster_endpoint and cluster_ca_certificate"):
+        EksToken("absent", ROLE, "k8s.gpu", "eu-west-1", session=botocore.session.Session()).cluster_endpoint()
