@@ -18,7 +18,7 @@ import yaml
 from botocore.exceptions import ClientError, NoCredentialsError, NoRegionError
 from kubernetes import client as kube
 
-from k8sgpu.cli.dev.eks_authenticator import Refused, canonical_arn, identity_of
+from k8sgpu.cli.aws_auth import Unmapped, canonical_arn, identity_of
 from k8sgpu.cli.doctor import FAIL, OK, SKIP, WARN, Finding, check_extra_rbac
 from k8sgpu.runtime.certificates import signer_name
 from k8sgpu.runtime.eks import ROLE_ARN, SESSION_NAME
@@ -269,7 +269,7 @@ def aws_auth_mapping(data: dict, role_arn: str, node: str) -> Finding:
     try:
         username, groups = identity_of({"data": {"mapRoles": yaml.safe_dump(ours)}}, _session_arn(role_arn, node),
                                        account, "")
-    except Refused as exc:
+    except Unmapped as exc:
         return Finding("eks-identity-mapping", FAIL, f"kube-system/aws-auth: {exc}",
                        f"set the entry's username to system:node:{node}")
     mapped = f"kube-system/aws-auth mapRoles maps {canonical} (username {template}) for session {node} to " \
@@ -287,7 +287,7 @@ def aws_auth_mapping(data: dict, role_arn: str, node: str) -> Finding:
 def _names_role(named, canonical: str) -> bool:
     try:
         return canonical_arn(str(named or ""))[0] == canonical
-    except Refused:
+    except Unmapped:
         return False
 
 

@@ -32,9 +32,9 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import aiohttp
-import yaml
 from aiohttp import web
 
+from k8sgpu.cli.aws_auth import Unmapped, canonical_arn, identity_of
 from k8sgpu.runtime import errors
 from k8sgpu.runtime.eks import CLUSTER_ID_HEADER, TOKEN_PREFIX, url_of
 from k8sgpu.runtime.kube import Kube, api_client
@@ -42,8 +42,6 @@ from k8sgpu.runtime.kube import Kube, api_client
 log = logging.getLogger("eks-authenticator")
 
 STS_HOST = re.compile(r"^sts(\.[a-z0-9-]+)?\.amazonaws\.com(\.cn)?$")
-ASSUMED_ROLE = re.compile(r"^arn:(aws[a-z-]*):sts::(\d{12}):assumed-role/([^/]+)/(.+)$")
-IAM_ARN = re.compile(r"^arn:(aws[a-z-]*):iam::(\d{12}):(role|user)/(?:.*/)?([^/]+)$")
 ALLOWED_PARAMS = {"action", "version", "x-amz-algorithm", "x-amz-credential", "x-amz-date", "x-amz-expires",
                   "x-amz-security-token", "x-amz-signature", "x-amz-signedheaders"}
 MAX_TOKEN_AGE = 900
@@ -51,43 +49,6 @@ MAX_TOKEN_AGE = 900
 
 class Refused(Exception):
     """The token does not authenticate anyone; the message goes to kube-apiserver's log."""
-
-
-def canonical_arn(arn: str) -> tuple[str, str]:
-    """(the ARN aws-auth names, the session name): an assumed role becomes its role without path."""
-    if m := ASSUMED_ROLE.match(arn):
-        partition, account, role, session = m.groups()
-        return f"arn:{partition}:iam::{account}:role/{role}", session
-    if m := IAM_ARN.match(arn):
-        partition, account, kind, name = m.groups()
-        return f"arn:{partition}:iam::{account}:{kind}/{name}", ""
-    raise Refused(f"STS answered with an ARN aws-auth cannot map: {arn}")
-
-
-def render_username(template: str, account: str, session: str, access_key: str) -> str:
-    if "{{EC2PrivateDNSName}}" in template:
-        raise Refused("{{EC2PrivateDNSName}} needs the EC2 API, which the dev ground has not")
-    return (template.replace("{{AccountID}}", account)
-            .replace("{{SessionNameRaw}}", session)
-            .replace("{{SessionName}}", session.replace("@", "-"))
-            .replace("{{AccessKeyID}}", access_key))
-
-
-def identity_of(aws_auth: dict, arn: str, account: str, access_key: str) -> tuple[str, list[str]]:
-    """Username and groups of a caller through aws-auth's data (mapRoles, mapUsers)."""
-    canonical, session = canonical_arn(arn)
-    section = "mapRoles" if ":role/" in canonical else "mapUsers"
-    key = "rolearn" if section == "mapRoles" else "userarn"
-    entries = yaml.safe_load((aws_auth.get("data") or {}).get(section) or "[]") or []
-    for entry in entries:
-        # As aws-iam-authenticator: case-insensitive, and an ARN written with a path never matches ("the role ARN
-        # cannot include a path", EKS's docs), since STS's answer carries none.
-        if str(entry.get(key, "")).lower() == canonical.lower():
-            username = render_username(entry.get("username") or "", account, session, access_key)
-            if not username:
-                raise Refused(f"the aws-auth entry of {canonical} has no username")
-            return username, list(entry.get("groups") or [])
-    raise Refused(f"{canonical} is not mapped in kube-system/aws-auth {section}")
 
 
 def check_presigned(url: str, allowed_hosts: set[str], max_age: float, not_before: float,
@@ -181,7 +142,10 @@ class Authenticator:
             aws_auth = await self.aws_auth.get("ConfigMap", "kube-system", "aws-auth")
         except errors.NotFound:
             raise Refused("kube-system/aws-auth does not exist") from None
-        username, groups = identity_of(aws_auth, arn, account, access_key)
+        try:
+            username, groups = identity_of(aws_auth, arn, account, access_key)
+        except Unmapped as exc:
+            raise Refused(str(exc)) from None
         canonical, session = canonical_arn(arn)
         log.info("accepted token signed %s with access key %s: %s as %s %s", query["X-Amz-Date"], access_key, arn,
                  username, groups)

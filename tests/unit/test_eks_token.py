@@ -12,7 +12,8 @@ import botocore.session
 import pytest
 import yaml
 
-from k8sgpu.cli.dev.eks_authenticator import Refused, canonical_arn, check_presigned, identity_of
+from k8sgpu.cli.aws_auth import Unmapped, canonical_arn, identity_of
+from k8sgpu.cli.dev.eks_authenticator import Refused, check_presigned
 from k8sgpu.runtime.eks import EksLoginError, EksToken, token_for, url_of
 
 ROLE = "arn:aws:iam::123456789012:role/k8sgpu-node"
@@ -128,11 +129,11 @@ def test_aws_auth_maps_an_assumed_role_by_its_role_arn_without_path():
     assert identity_of(AWS_AUTH, "arn:aws:sts::123456789012:assumed-role/ops/jane@example.com", "123456789012",
                        "ASIAX") == ("ops:123456789012:jane@example.com", ["ops"])
     assert identity_of(AWS_AUTH, "arn:aws:iam::123456789012:user/admin", "123456789012", "AKIAX")[0] == "admin"
-    with pytest.raises(Refused, match="not mapped"):
+    with pytest.raises(Unmapped, match="not mapped"):
         identity_of(AWS_AUTH, "arn:aws:sts::123456789012:assumed-role/other/k8s.gpu", "123456789012", "ASIAX")
-    with pytest.raises(Refused, match="not mapped"):  # an entry written with the role's path never matches
+    with pytest.raises(Unmapped, match="not mapped"):  # an entry written with the role's path never matches
         identity_of(AWS_AUTH, "arn:aws:sts::123456789012:assumed-role/with-path/k8s.gpu", "123456789012", "ASIAX")
-    with pytest.raises(Refused, match="EC2"):
+    with pytest.raises(Unmapped, match="EC2"):
         identity_of(AWS_AUTH, "arn:aws:sts::123456789012:assumed-role/eks-node-group/i-0abc", "123456789012", "A")
 
 
