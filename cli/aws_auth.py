@@ -29,6 +29,13 @@ def canonical_arn(arn: str) -> tuple[str, str]:
     raise Unmapped(f"aws-auth cannot map the ARN {arn}")
 
 
+def names(written, canonical: str) -> bool:
+    """Whether an aws-auth entry's ARN names the canonical ARN: as aws-iam-authenticator, case-insensitive; an ARN
+    written with a path never matches ("the role ARN cannot include a path", EKS's docs), since STS's answer carries
+    none."""
+    return str(written or "").lower() == canonical.lower()
+
+
 def render_username(template: str, account: str, session: str, access_key: str) -> str:
     if "{{EC2PrivateDNSName}}" in template:
         raise Unmapped("{{EC2PrivateDNSName}} resolves only for an EC2 instance's session (it needs the EC2 API)")
@@ -45,9 +52,7 @@ def identity_of(aws_auth: dict, arn: str, account: str, access_key: str) -> tupl
     key = "rolearn" if section == "mapRoles" else "userarn"
     entries = yaml.safe_load((aws_auth.get("data") or {}).get(section) or "[]") or []
     for entry in entries:
-        # As aws-iam-authenticator: case-insensitive, and an ARN written with a path never matches ("the role ARN
-        # cannot include a path", EKS's docs), since STS's answer carries none.
-        if str(entry.get(key, "")).lower() == canonical.lower():
+        if names(entry.get(key), canonical):
             username = render_username(entry.get("username") or "", account, session, access_key)
             if not username:
                 raise Unmapped(f"the aws-auth entry of {canonical} has no username")

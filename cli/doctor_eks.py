@@ -18,7 +18,7 @@ import yaml
 from botocore.exceptions import ClientError, NoCredentialsError, NoRegionError
 from kubernetes import client as kube
 
-from k8sgpu.cli.aws_auth import Unmapped, canonical_arn, identity_of
+from k8sgpu.cli.aws_auth import Unmapped, canonical_arn, identity_of, names
 from k8sgpu.cli.doctor import FAIL, OK, SKIP, WARN, Finding, check_extra_rbac
 from k8sgpu.runtime.certificates import signer_name
 from k8sgpu.runtime.eks import ROLE_ARN, SESSION_NAME
@@ -248,7 +248,7 @@ def aws_auth_mapping(data: dict, role_arn: str, node: str) -> Finding:
     if not isinstance(entries, list):
         return Finding("eks-identity-mapping", FAIL, "kube-system/aws-auth mapRoles is not a YAML list",
                        "repair it by hand (kubectl -n kube-system edit configmap aws-auth), keeping others' entries")
-    ours = [e for e in entries if isinstance(e, dict) and e.get("rolearn") == canonical]
+    ours = [e for e in entries if isinstance(e, dict) and names(e.get("rolearn"), canonical)]
     if not ours:
         with_path = [e["rolearn"] for e in entries if isinstance(e, dict) and _names_role(e.get("rolearn"), canonical)]
         if with_path:
