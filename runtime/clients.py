@@ -156,7 +156,7 @@ class EksLogin:
         token = await asyncio.to_thread(
             EksToken, local.eks_cluster_name, local.eks_role_arn, node_name, local.region,
             lifetime=local.eks_token_lifetime_seconds, role_session_seconds=local.eks_role_session_seconds)
-        await token.renew(reason="first login")  # a role that cannot be assumed fails the start, not later
+        await token.current()  # a role that cannot be assumed fails the start, not later
         cfg = k8s_client.Configuration()
         cfg.connection_pool_maxsize = 4096
         try:

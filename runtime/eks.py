@@ -106,20 +106,22 @@ class EksToken:
     def renew_after(self) -> float:
         return self.lifetime * 14 / 15  # 14 of EKS's 15 minutes
 
+    def _due(self) -> str:
+        """Why a new token is needed now, or "" while the current one is fresh."""
+        if not self._token:
+            return "first login"
+        return "due" if time.monotonic() - self._signed_at >= self.renew_after else ""
+
     async def current(self) -> str:
-        if time.monotonic() - self._signed_at >= self.renew_after or not self._token:
-            await self.renew(reason="due")
+        if self._due():
+            async with self._lock:
+                if reason := self._due():  # unless another caller signed one while we waited for the lock
+                    await self._sign(reason)
         return self._token
 
-    async def renew(self, reason: str, stale: str = "") -> None:
-        """Sign a new token; ``stale`` skips it when another caller replaced that token meanwhile."""
-        async with self._lock:
-            if stale and self._token != stale:
-                return
-            if reason == "due" and self._token and time.monotonic() - self._signed_at < self.renew_after:
-                return
-            self._token = await asyncio.to_thread(self.presign)
-            self._signed_at = time.monotonic()
+    async def _sign(self, reason: str) -> None:
+        self._token = await asyncio.to_thread(self.presign)
+        self._signed_at = time.monotonic()
         log.info("EKS token for %s signed as %s (session %s, %s)", self.cluster, self.role_arn,
                  self.session_name, reason)
 
@@ -131,4 +133,7 @@ class EksToken:
     async def unauthorized(self, authorization: str) -> None:
         """The cluster answered 401 to a request sent with ``authorization``: the token expired or was refused;
         sign a new one now, once for every request that failed with the same token."""
-        await self.renew(reason="after a 401", stale=authorization.removeprefix("Bearer ") or self._token)
+        used = authorization.removeprefix("Bearer ") or self._token
+        async with self._lock:
+            if self._token == used:  # not yet replaced by another request that failed with it
+                await self._sign("after a 401")

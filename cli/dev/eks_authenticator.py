@@ -89,12 +89,13 @@ def check_presigned(url: str, allowed_hosts: set[str], max_age: float, not_befor
 
 
 class Authenticator:
-    def __init__(self, cluster: str, sts_endpoint: str, aws_auth: Kube, settings: Path):
+    def __init__(self, cluster: str, sts_endpoint: str, aws_auth: Kube, settings: Path,
+                 session: aiohttp.ClientSession):
         self.cluster, self.sts_endpoint, self.aws_auth = cluster, sts_endpoint.rstrip("/"), aws_auth
+        self.session = session
         self.allowed_hosts = {urllib.parse.urlsplit(self.sts_endpoint).netloc}
         self.settings_file = settings
         self._settings: tuple[float, dict] = (-1.0, {})
-        self.session: aiohttp.ClientSession | None = None
 
     def settings(self) -> dict:
         try:
@@ -172,8 +173,8 @@ class Authenticator:
 
 async def serve(args: argparse.Namespace) -> None:
     aws_auth = Kube(await api_client(args.kubeconfig), "local")
-    authenticator = Authenticator(args.cluster, args.sts_endpoint, aws_auth, Path(args.settings))
-    authenticator.session = aiohttp.ClientSession()
+    authenticator = Authenticator(args.cluster, args.sts_endpoint, aws_auth, Path(args.settings),
+                                  aiohttp.ClientSession())
     app = web.Application()
     app.router.add_post("/authenticate", authenticator.handle)
     tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
