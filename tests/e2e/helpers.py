@@ -39,6 +39,27 @@ def wait_for(predicate, timeout: float = 60, what: str = "condition", interval: 
         time.sleep(interval)
 
 
+def node_on_port(core: client.CoreV1Api, node: str, port: int):
+    """The node if it is Ready and advertises ``port``: this test's runtime (another module's may have left a
+    Ready node of the same name behind)."""
+    try:
+        found = core.read_node(node)
+    except client.ApiException:
+        return None
+    ready = any(c.type == "Ready" and c.status == "True" for c in found.status.conditions or [])
+    return found if ready and found.status.daemon_endpoints.kubelet_endpoint.port == port else None
+
+
+def remove_node(kubeconfig: str, node: str) -> None:
+    """Deletes a test's node and its Lease, so that other modules register theirs afresh."""
+    api_client = api(kubeconfig)
+    client.CoreV1Api(api_client).delete_node(node)
+    try:  # the garbage collector may be first: the Lease is owned by the Node
+        client.CoordinationV1Api(api_client).delete_namespaced_lease(node, "kube-node-lease")
+    except client.ApiException as exc:
+        assert exc.status == 404
+
+
 class RuntimeProcess:
     """`k8sgpu-runtime start` as a user runs it, with its log in a file."""
 

@@ -15,7 +15,7 @@ from k8sgpu.cli.dev.ground import free_port
 from k8sgpu.runtime.catalog import demo_catalog
 from k8sgpu.runtime.rbac import extra_rbac
 
-from .helpers import RuntimeProcess, api, kubectl, wait_for
+from .helpers import RuntimeProcess, api, kubectl, node_on_port, remove_node, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -59,9 +59,9 @@ def test_runtime_bootstraps_its_node_identity_from_a_token(ground, tmp_path):
     port = free_port()
     proc = _start(ground, _outputs(ground, token, tmp_path / "outputs.json"), tmp_path / "runtime.log", port)
     try:
-        wait_for(lambda: (n := _node(local)) and n.status.daemon_endpoints.kubelet_endpoint.port == port
-                 and _condition(n, "Ready") == "True" and _condition(n, "KubeletServingCertificate") == "True",
-                 90, "the bootstrapped node to be Ready and serving")
+        wait_for(lambda: (n := node_on_port(local, NODE, port))
+                 and _condition(n, "KubeletServingCertificate") == "True", 90,
+                 "the bootstrapped node to be Ready and serving")
         certs = client.CertificatesV1Api(api(ground.local.kubeconfig))
         client_csrs = [c for c in certs.list_certificate_signing_request().items
                        if c.spec.signer_name == "kubernetes.io/kube-apiserver-client-kubelet"
@@ -90,11 +90,7 @@ def test_runtime_bootstraps_its_node_identity_from_a_token(ground, tmp_path):
         # The node goes with this test: other modules register k8s.gpu afresh.
         wait_for(lambda: not [p for p in local.list_namespaced_pod("default").items
                               if p.spec.node_name == NODE], 30, "no pod left on the node")
-        local.delete_node(NODE)
-        try:  # the garbage collector may be first: the Lease is owned by the Node
-            client.CoordinationV1Api(api(ground.local.kubeconfig)).delete_namespaced_lease(NODE, "kube-node-lease")
-        except client.ApiException as exc:
-            assert exc.status == 404
+        remove_node(ground.local.kubeconfig, NODE)
 
 
 def test_a_bootstrap_identity_without_nodeclient_says_what_to_do(ground, tmp_path):
@@ -108,13 +104,6 @@ def test_a_bootstrap_identity_without_nodeclient_says_what_to_do(ground, tmp_pat
         assert proc.alive()
     finally:
         proc.stop()
-
-
-def _node(local):
-    try:
-        return local.read_node(NODE)
-    except client.ApiException:
-        return None
 
 
 def _condition(node, kind: str) -> str | None:

@@ -24,7 +24,7 @@ from k8sgpu.cli.dev.ground import free_port
 from k8sgpu.runtime.catalog import runtime_class_manifest
 from k8sgpu.runtime.rbac import extra_rbac
 
-from .helpers import RuntimeProcess, api, aws_auth_root, kubectl, run_terraform, wait_for
+from .helpers import RuntimeProcess, api, aws_auth_root, kubectl, node_on_port, remove_node, run_terraform, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -113,20 +113,10 @@ class EksNode:
                  60, "no pod left on the node")
         self.proc.stop()
         print(self.proc.tail(40))
-        self.core.delete_node(NODE)
-        try:  # the garbage collector may be first: the Lease is owned by the Node
-            client.CoordinationV1Api(api(self.ground.local.kubeconfig)).delete_namespaced_lease(NODE,
-                                                                                                "kube-node-lease")
-        except client.ApiException as exc:
-            assert exc.status == 404
+        remove_node(self.ground.local.kubeconfig, NODE)
 
     def ready(self) -> bool:
-        try:
-            node = self.core.read_node(NODE)
-        except client.ApiException:
-            return False
-        return node.status.daemon_endpoints.kubelet_endpoint.port == self.port and any(
-            c.type == "Ready" and c.status == "True" for c in node.status.conditions or [])
+        return node_on_port(self.core, NODE, self.port) is not None
 
     def lease_renewed(self) -> float:
         lease = client.CoordinationV1Api(api(self.ground.local.kubeconfig)).read_namespaced_lease(NODE,

@@ -23,7 +23,7 @@ from k8sgpu.runtime.catalog import runtime_class_manifest
 from k8sgpu.runtime.rbac import EXTRA_RULES
 from k8sgpu.runtime.translate import ORIGIN_UID_LABEL
 
-from .helpers import RuntimeProcess, api, aws_auth_root, kubectl, run_terraform, wait_for
+from .helpers import RuntimeProcess, api, aws_auth_root, kubectl, node_on_port, remove_node, run_terraform, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -174,16 +174,7 @@ def test_runtime_starts_from_the_outputs_alone_and_runs_a_catalog_pod(generic, g
                           work / "runtime.log").start()
     pod = "from-terraform"
     try:
-        def ready():
-            try:
-                node = local.read_node(NODE)
-            except client.ApiException:
-                return False
-            # This runtime's node (another module's runtime may have left a Ready k8s.gpu behind): its port.
-            return node.status.daemon_endpoints.kubelet_endpoint.port == port and any(
-                c.type == "Ready" and c.status == "True" for c in node.status.conditions or [])
-
-        wait_for(ready, 90, "k8s.gpu to be Ready, started from the Terraform outputs")
+        wait_for(lambda: node_on_port(local, NODE, port), 90, "k8s.gpu to be Ready, started from the Terraform outputs")
         certs = client.CertificatesV1Api(api(ground.local.kubeconfig))
         requesters = {c.spec.username for c in certs.list_certificate_signing_request().items
                       if c.spec.signer_name == "kubernetes.io/kube-apiserver-client-kubelet"}
@@ -213,12 +204,7 @@ def test_runtime_starts_from_the_outputs_alone_and_runs_a_catalog_pod(generic, g
                  60, "no pod left on the node")
         proc.stop()
         print(proc.tail(30))
-        # The node goes with this test: other modules register k8s.gpu afresh.
-        local.delete_node(NODE)
-        try:  # the garbage collector may be first: the Lease is owned by the Node
-            client.CoordinationV1Api(api(ground.local.kubeconfig)).delete_namespaced_lease(NODE, "kube-node-lease")
-        except client.ApiException as exc:
-            assert exc.status == 404
+        remove_node(ground.local.kubeconfig, NODE)  # the node goes with this test
 
 
 def test_second_plan_shows_no_changes(generic, tf_env):
