@@ -28,7 +28,7 @@ KWOK_VERSION = "v0.7.0"
 # requests, without which kwok's watches fail and re-list and pods take 10-60 s to start.
 ETCD_VERSION = "v3.5.21"
 METRICS_SERVER_VERSION = "v0.8.0"
-KUBERNETES_COMPONENTS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler")
+KUBERNETES_COMPONENTS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy")
 
 Progress = Callable[[str], None]
 
