@@ -47,6 +47,8 @@ class Binaries:
     kube_apiserver: Path
     kube_controller_manager: Path
     kube_scheduler: Path
+    kubelet: Path
+    kube_proxy: Path
     kwok: Path
     metrics_server: Path
     kubectl: Path
@@ -228,6 +230,8 @@ def ensure_binaries(progress: Progress = print) -> Binaries:
         kube_apiserver=k8s / "kube-apiserver",
         kube_controller_manager=k8s / "kube-controller-manager",
         kube_scheduler=k8s / "kube-scheduler",
+        kubelet=k8s / "kubelet",
+        kube_proxy=k8s / "kube-proxy",
         kwok=kwok / "kwok",
         metrics_server=metrics_server / "metrics-server",
         kubectl=find_kubectl(),

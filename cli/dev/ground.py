@@ -35,8 +35,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from . import pki
+from . import worker as worker_parts
 from .binaries import Binaries
 from .catalog import DEFAULT_POOLS, TENANT_NAMESPACE, GPUPool
+from .components import Component, ordered
 from .kwok import write_pool_files
 
 Progress = Callable[[str], None]
@@ -133,6 +135,13 @@ class State:
     eks_cluster_name: str = EKS_CLUSTER_NAME
     eks_authenticator_settings: str = ""
     """JSON the EKS authenticator re-reads: max_token_age_seconds, not_before (see eks_authenticator)."""
+    ports: dict[str, int] = dataclasses.field(default_factory=dict)
+    """Each component's port, chosen once, so that a component started again listens where it did."""
+    initialized: list[str] = dataclasses.field(default_factory=list)
+    """Components whose one-time step ran (objects kept in etcd, which a restart keeps)."""
+    binaries: dict[str, str] = dataclasses.field(default_factory=dict)
+    worker: dict | None = None
+    """The worker node's WorkerPlan (see worker.py), when the ground has one."""
 
     def save(self, path: Path) -> None:
         tmp = path.with_suffix(".tmp")
@@ -169,7 +178,7 @@ class _PKI:
     sa_pub: Path
 
 
-def _cluster_pki(directory: Path, cluster: str) -> _PKI:
+def _cluster_pki(directory: Path, cluster: str, address: str = "127.0.0.1") -> _PKI:
     ca = pki.make_ca(directory, "ca", f"k8sgpu-dev-{cluster}-ca")
     front = pki.make_ca(directory, "front-proxy-ca", f"k8sgpu-dev-{cluster}-front-proxy-ca")
     sa_key, sa_pub = pki.make_service_account_key(directory)
@@ -178,7 +187,7 @@ def _cluster_pki(directory: Path, cluster: str) -> _PKI:
         front_proxy_ca=front,
         apiserver=pki.issue(
             ca, directory, "apiserver", "kube-apiserver", server=True,
-            ips=("127.0.0.1", str(ipaddress.ip_network(SERVICE_CIDR[cluster])[1])),
+            ips=tuple(dict.fromkeys(("127.0.0.1", address, str(ipaddress.ip_network(SERVICE_CIDR[cluster])[1])))),
             dns=("localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
                  "kubernetes.default.svc.cluster.local"),
         ),
@@ -198,12 +207,20 @@ def _cluster_pki(directory: Path, cluster: str) -> _PKI:
 
 
 class Ground:
-    """Start, inspect and stop the dev ground kept under ``root`` (``.k8sgpu/dev``)."""
+    """Start, inspect and stop the dev ground kept under ``root`` (``.k8sgpu/dev``).
 
-    def __init__(self, root: Path, pools: tuple[GPUPool, ...] = DEFAULT_POOLS, progress: Progress = print):
+    The ground is the table of `components()`: `up` walks it in dependency order, starting what is
+    not running; `down` walks it backwards, stopping processes by PID and undoing what each row made.
+    """
+
+    def __init__(self, root: Path, pools: tuple[GPUPool, ...] = DEFAULT_POOLS, progress: Progress = print,
+                 worker: bool = True, runtime_image: Callable[[], Path | None] | None = None):
         self.root = root.resolve()
         self.pools = pools
         self.progress = progress
+        self.with_worker = worker
+        self.runtime_image = runtime_image
+        """Returns the runtime's OCI archive to import into the worker (None: none built)."""
         self.state_file = self.root / "state.json"
 
     # -- inspection -------------------------------------------------------
@@ -218,20 +235,34 @@ class Ground:
     # -- up ------------------------------------------------------------------
 
     def up(self, binaries: Binaries) -> tuple[State, bool]:
-        """Bring the ground up; returns the state and whether it was already running."""
+        """Bring the ground up; returns the state and whether it was already running.
+
+        On a ground where some components died, only those start again: etcd's data and every
+        object in both clusters are kept."""
         state = self.state()
         if state is not None:
-            dead = [p.name for p in state.processes if not p.alive()]
-            if not dead:
+            table = self.components(state)
+            dead = [c.name for c in table if c.argv and not self._alive(state, c.name)]
+            unfinished = [c.name for c in table if c.name not in state.initialized]
+            if not dead and not unfinished:
                 return state, True
-            self.progress(f"ground is partly down ({', '.join(dead)} not running): restarting it")
-            self.down()
+            self.progress(f"ground is partly down ({', '.join(dead or unfinished)}): starting only that")
+            self._walk(state, table)
+            self._wait_ready(state)
+            return state, False
         missing = binaries.missing()
         if missing:
             raise GroundError(f"binaries missing: {', '.join(map(str, missing))}; run `k8sgpu dev build`")
+        if self.with_worker and os.geteuid() == 0:
+            lacking = worker_parts.missing_tools()
+            if lacking:
+                raise GroundError("the worker node needs: " + "; ".join(lacking)
+                                  + " (or start the ground without it: `k8sgpu dev up --no-worker`)")
         started = time.monotonic()
         try:
-            state = self._start(binaries)
+            state = self._plan(binaries)
+            self._walk(state, self.components(state))
+            self._wait_ready(state)
         except BaseException:
             self.progress("start failed: stopping what was started")
             self.down()
@@ -245,21 +276,15 @@ class Ground:
         digest = hashlib.sha256(str(self.root).encode()).hexdigest()[:12]
         return base / f"k8sgpu-etcd-{digest}"
 
-    def _start(self, binaries: Binaries) -> State:
+    def _plan(self, binaries: Binaries) -> State:
+        """Ports, addresses, certificates and kubeconfigs: everything the table is made from, saved."""
         root = self.root
-        logs = root / "logs"
-        logs.mkdir(parents=True, exist_ok=True)
+        (root / "logs").mkdir(parents=True, exist_ok=True)
         data = self._etcd_data_dir()
         shutil.rmtree(data, ignore_errors=True)
-        local_pki = _cluster_pki(root / "pki" / "local", "local")
-        provider_pki = _cluster_pki(root / "pki" / "provider", "provider")
-        # The cluster CA of the local cluster sits beside the kubeconfigs, for users and the runtime.
-        shutil.copyfile(local_pki.ca.cert, root / "local-ca.crt")
-
-        processes: list[Process] = []
         state = State(
             root=str(root),
-            processes=processes,
+            processes=[],
             local=ClusterInfo("local", "", str(root / "local.kubeconfig")),
             provider=ClusterInfo("provider", "", str(root / "provider.kubeconfig")),
             node_kubeconfig=str(root / "node.kubeconfig"),
@@ -267,119 +292,39 @@ class Ground:
             tenant_namespace=TENANT_NAMESPACE,
             etcd_data=str(data),
             created=time.time(),
+            binaries={k: str(v) for k, v in dataclasses.asdict(binaries).items()},
         )
+        state.save(self.state_file)  # from here on, `down` can undo what follows
         state.node_address = self._claim_node_address()
         state.save(self.state_file)
+        if self.with_worker and state.node_address != "127.0.0.1":
+            state.worker = dataclasses.asdict(worker_parts.plan(root))
+        elif self.with_worker:
+            self.progress("no worker node: it needs root and an address outside 127.0.0.0/8")
+        # The API servers listen where pods on the worker reach them: the node address, not loopback.
+        api_address = state.node_address if state.worker else "127.0.0.1"
+        names = ["etcd-client", "etcd-peer", "moto", "eks-authenticator", "local-kube-apiserver",
+                 "provider-kube-apiserver", "local-metrics-server", "provider-metrics-server"]
+        names += [f"provider-kwok-{pool.name}" for pool in self.pools]
+        state.ports = {name: free_port() for name in names}
+        state.aws_endpoint = f"http://127.0.0.1:{state.ports['moto']}"
+        state.eks_authenticator_settings = str(root / "eks-authenticator.json")
+        Path(state.eks_authenticator_settings).write_text("{}\n")
 
-        def launch(proc: Process, env: dict[str, str] | None = None) -> Process:
-            proc.env, proc.cwd = env or {}, str(root)
-            proc.launch()
-            processes.append(proc)
-            state.save(self.state_file)
-            return proc
-
-        # etcd
-        client_port, peer_port = free_port(), free_port()
-        etcd_url = f"http://127.0.0.1:{client_port}"
-        self.progress(f"starting etcd on {etcd_url}")
-        etcd = launch(Process(
-            "etcd",
-            [str(binaries.etcd), "--name=dev", f"--data-dir={data}",
-             f"--listen-client-urls={etcd_url}", f"--advertise-client-urls={etcd_url}",
-             f"--listen-peer-urls=http://127.0.0.1:{peer_port}",
-             f"--initial-advertise-peer-urls=http://127.0.0.1:{peer_port}",
-             f"--initial-cluster=dev=http://127.0.0.1:{peer_port}",
-             "--logger=zap", "--log-level=warn", "--quota-backend-bytes=4294967296"],
-            str(logs / "etcd.log"), ports=[client_port, peer_port],
-        ))
-        self._wait(etcd, lambda: _http_ok(f"{etcd_url}/health"), "etcd /health", 30)
-
-        webhook, authenticator = self._start_aws(state, local_pki, launch)
-
-        clusters = {"local": local_pki, "provider": provider_pki}
-        apiservers: dict[str, Process] = {}
-        for cluster, cp in clusters.items():
-            port = free_port()
-            server = f"https://127.0.0.1:{port}"
-            getattr(state, cluster).server = server
-            admission = "NodeRestriction,RuntimeClass" if cluster == "local" else "RuntimeClass"
-            authz = "Node,RBAC" if cluster == "local" else "RBAC"
-            # A short cache, so that a token the authenticator starts refusing is refused within seconds.
-            token_webhook = [f"--authentication-token-webhook-config-file={webhook}",
-                             "--authentication-token-webhook-version=v1",
-                             "--authentication-token-webhook-cache-ttl=5s"] if cluster == "local" else []
-            self.progress(f"starting {cluster} kube-apiserver on {server}")
-            apiservers[cluster] = launch(Process(
-                f"{cluster}-kube-apiserver",
-                [str(binaries.kube_apiserver),
-                 f"--etcd-servers={etcd_url}", f"--etcd-prefix=/{cluster}",
-                 "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", f"--secure-port={port}",
-                 f"--tls-cert-file={cp.apiserver.cert}", f"--tls-private-key-file={cp.apiserver.key}",
-                 f"--client-ca-file={cp.ca.cert}",
-                 f"--service-account-key-file={cp.sa_pub}",
-                 f"--service-account-signing-key-file={cp.sa_key}",
-                 "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-                 f"--service-cluster-ip-range={SERVICE_CIDR[cluster]}",
-                 f"--authorization-mode={authz}",
-                 f"--enable-admission-plugins={admission}",
-                 "--allow-privileged=true",
-                 "--endpoint-reconciler-type=none",
-                 f"--kubelet-client-certificate={cp.kubelet_client.cert}",
-                 f"--kubelet-client-key={cp.kubelet_client.key}",
-                 f"--kubelet-certificate-authority={cp.ca.cert}",
-                 "--kubelet-preferred-address-types=InternalIP,Hostname,ExternalIP",
-                 f"--requestheader-client-ca-file={cp.front_proxy_ca.cert}",
-                 "--requestheader-allowed-names=front-proxy-client",
-                 "--requestheader-extra-headers-prefix=X-Remote-Extra-",
-                 "--requestheader-group-headers=X-Remote-Group",
-                 "--requestheader-username-headers=X-Remote-User",
-                 f"--proxy-client-cert-file={cp.front_proxy_client.cert}",
-                 f"--proxy-client-key-file={cp.front_proxy_client.key}",
-                 # No kube-proxy here: the aggregator dials an APIService's endpoints, not its ClusterIP.
-                 "--enable-aggregator-routing=true",
-                 "--event-ttl=1h0m0s",
-                 "--profiling=false", *token_webhook],
-                str(logs / f"{cluster}-kube-apiserver.log"), ports=[port],
-            ))
-            pki.write_kubeconfig(Path(getattr(state, cluster).kubeconfig), cluster=f"k8sgpu-dev-{cluster}",
-                                 server=server, ca=cp.ca.cert, user="admin", pair=cp.admin)
+        for cluster in ("local", "provider"):
+            cp = _cluster_pki(root / "pki" / cluster, cluster, api_address)
+            info = getattr(state, cluster)
+            info.server = f"https://{api_address}:{state.ports[f'{cluster}-kube-apiserver']}"
+            pki.write_kubeconfig(Path(info.kubeconfig), cluster=f"k8sgpu-dev-{cluster}", server=info.server,
+                                 ca=cp.ca.cert, user="admin", pair=cp.admin)
             for component, pair in (("controller-manager", cp.controller_manager), ("scheduler", cp.scheduler)):
                 pki.write_kubeconfig(root / "components" / f"{cluster}-{component}.kubeconfig",
-                                     cluster=f"k8sgpu-dev-{cluster}", server=server, ca=cp.ca.cert,
+                                     cluster=f"k8sgpu-dev-{cluster}", server=info.server, ca=cp.ca.cert,
                                      user=f"system:kube-{component}", pair=pair)
-        launch(authenticator)  # it reads aws-auth with the local admin kubeconfig, written just now
-        for proc in apiservers.values():
-            self._wait_apiserver(state, proc, 60)
-        self._wait(authenticator, lambda: authenticator.ports[0] in listening_ports(), "EKS authenticator", 30)
-
-        for cluster, cp in clusters.items():
-            cm_kc = root / "components" / f"{cluster}-controller-manager.kubeconfig"
-            self.progress(f"starting {cluster} kube-controller-manager and kube-scheduler")
-            launch(Process(
-                f"{cluster}-kube-controller-manager",
-                [str(binaries.kube_controller_manager),
-                 f"--kubeconfig={cm_kc}", f"--authentication-kubeconfig={cm_kc}",
-                 f"--authorization-kubeconfig={cm_kc}",
-                 "--bind-address=127.0.0.1", "--secure-port=0", "--leader-elect=false",
-                 f"--cluster-signing-cert-file={cp.ca.cert}", f"--cluster-signing-key-file={cp.ca.key}",
-                 f"--root-ca-file={cp.ca.cert}", f"--service-account-private-key-file={cp.sa_key}",
-                 "--use-service-account-credentials=true",
-                 f"--requestheader-client-ca-file={cp.front_proxy_ca.cert}",
-                 f"--client-ca-file={cp.ca.cert}",
-                 "--controllers=*,-cloud-node-lifecycle,-service-lb-controller,-node-route-controller",
-                 "--profiling=false"],
-                str(logs / f"{cluster}-kube-controller-manager.log"),
-            ))
-            sched_kc = root / "components" / f"{cluster}-scheduler.kubeconfig"
-            launch(Process(
-                f"{cluster}-kube-scheduler",
-                [str(binaries.kube_scheduler),
-                 f"--kubeconfig={sched_kc}", f"--authentication-kubeconfig={sched_kc}",
-                 f"--authorization-kubeconfig={sched_kc}",
-                 "--bind-address=127.0.0.1", "--secure-port=0", "--leader-elect=false", "--profiling=false"],
-                str(logs / f"{cluster}-kube-scheduler.log"),
-            ))
-
+        local_pki = _cluster_pki(root / "pki" / "local", "local", api_address)
+        provider_pki = _cluster_pki(root / "pki" / "provider", "provider", api_address)
+        # The cluster CA of the local cluster sits beside the kubeconfigs, for users and the runtime.
+        shutil.copyfile(local_pki.ca.cert, root / "local-ca.crt")
         # The runtime's identity on the local cluster: a node client certificate.
         node_pair = pki.issue(local_pki.ca, root / "pki" / "local", "node-k8s.gpu", f"system:node:{NODE_NAME}",
                               ("system:nodes",), client=True)
@@ -391,102 +336,282 @@ class Ground:
         pki.write_kubeconfig(Path(state.tenant_kubeconfig), cluster="k8sgpu-dev-provider",
                              server=state.provider.server, ca=provider_pki.ca.cert,
                              user=f"tenant:{TENANT_NAMESPACE}", pair=tenant_pair)
+        if state.worker:
+            w = worker_parts.WorkerPlan(**state.worker)
+            for user, name, orgs in ((f"system:node:{worker_parts.NODE_NAME}", "kubelet", ("system:nodes",)),
+                                     ("system:kube-proxy", "kube-proxy", ())):
+                pair = pki.issue(local_pki.ca, root / "pki" / "local", f"worker-{name}", user, orgs, client=True)
+                pki.write_kubeconfig(Path(w.dir) / name / "kubeconfig", cluster="k8sgpu-dev-local",
+                                     server=state.local.server, ca=local_pki.ca.cert, user=user, pair=pair)
+            pki.issue(local_pki.ca, root / "pki" / "local", "worker-kubelet-serving",
+                      f"system:node:{worker_parts.NODE_NAME}", ("system:nodes",), server=True,
+                      ips=(w.node_ip,), dns=(worker_parts.NODE_NAME,))
+        state.save(self.state_file)
+        return state
 
-        self._bootstrap_provider(state)
-
+    def components(self, state: State) -> list[Component]:
+        """The ground as a table, made from its saved state alone (ports, addresses, binaries)."""
+        root = Path(state.root)
+        bins, ports = state.binaries, state.ports
+        api_address = state.node_address if state.worker else "127.0.0.1"
+        etcd_url = f"http://127.0.0.1:{ports['etcd-client']}"
+        peer = f"http://127.0.0.1:{ports['etcd-peer']}"
+        rows = [
+            Component("etcd", argv=(
+                bins["etcd"], "--name=dev", f"--data-dir={state.etcd_data}",
+                f"--listen-client-urls={etcd_url}", f"--advertise-client-urls={etcd_url}",
+                f"--listen-peer-urls={peer}", f"--initial-advertise-peer-urls={peer}",
+                f"--initial-cluster=dev={peer}", "--logger=zap", "--log-level=warn",
+                "--quota-backend-bytes=4294967296"),
+                ports=(ports["etcd-client"], ports["etcd-peer"]), ready=lambda: _http_ok(f"{etcd_url}/health"),
+                ready_timeout=30),
+            Component("moto", argv=(sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(ports["moto"])),
+                      ports=(ports["moto"],), ready=lambda: _http_ok(f"{state.aws_endpoint}/moto-api/"),
+                      ready_timeout=30),
+            self._eks_authenticator(state),
+        ]
+        for cluster in ("local", "provider"):
+            cp = _cluster_pki(root / "pki" / cluster, cluster, api_address)
+            rows += self._control_plane(state, cluster, cp, etcd_url, api_address)
+        provider_pki = _cluster_pki(root / "pki" / "provider", "provider", api_address)
+        rows.append(Component("provider-tenant", depends=("provider-kube-apiserver",),
+                              once=lambda: self._bootstrap_provider(state)))
         # One kwok controller per GPU pool; each serves the pool's nodes' kubelet API.
         kwok_pair = pki.issue(provider_pki.ca, root / "pki" / "provider", "kwok-serving", "kwok", server=True,
                               ips=("127.0.0.1",), dns=("localhost",))
         for pool in self.pools:
             pool_dir = root / "provider" / pool.name
-            config = write_pool_files(pool, pool_dir)
-            port = free_port()
-            self.progress(f"starting kwok for GPU pool {pool.name} ({pool.nodes} x {pool.gpus_per_node} "
-                          f"{pool.gpu_product}) on 127.0.0.1:{port}")
-            launch(Process(
-                f"provider-kwok-{pool.name}",
-                [str(binaries.kwok), f"--kubeconfig={state.provider.kubeconfig}", f"--config={config}",
-                 f"--manage-nodes-with-label-selector=dev.k8sgpu.io/pool={pool.name}",
-                 "--node-ip=127.0.0.1", f"--node-port={port}", f"--server-address=127.0.0.1:{port}",
-                 f"--tls-cert-file={kwok_pair.cert}", f"--tls-private-key-file={kwok_pair.key}",
-                 f"--cidr={pool.pod_cidr}", "--node-lease-duration-seconds=40"],
-                str(logs / f"provider-kwok-{pool.name}.log"), ports=[port],
-            ), env={"PATH": f"{pool_dir / 'bin'}:{os.environ.get('PATH', '/usr/bin:/bin')}"})
-
+            port = ports[f"provider-kwok-{pool.name}"]
+            rows.append(Component(
+                f"provider-kwok-{pool.name}", depends=("provider-tenant",),
+                argv=(bins["kwok"], f"--kubeconfig={state.provider.kubeconfig}", f"--config={pool_dir / 'kwok.yaml'}",
+                      f"--manage-nodes-with-label-selector=dev.k8sgpu.io/pool={pool.name}",
+                      "--node-ip=127.0.0.1", f"--node-port={port}", f"--server-address=127.0.0.1:{port}",
+                      f"--tls-cert-file={kwok_pair.cert}", f"--tls-private-key-file={kwok_pair.key}",
+                      f"--cidr={pool.pod_cidr}", "--node-lease-duration-seconds=40"),
+                env={"PATH": f"{pool_dir / 'bin'}:{os.environ.get('PATH', '/usr/bin:/bin')}"}, ports=(port,),
+                prepare=lambda pool=pool, pool_dir=pool_dir: write_pool_files(pool, pool_dir)))
         # The provider's load-balancer controller (a stand-in of the GPU cloud's own).
-        launch(Process(
-            "provider-lb-controller",
-            [sys.executable, "-m", "k8sgpu.cli.dev.lbcontroller", f"--kubeconfig={state.provider.kubeconfig}"],
-            str(logs / "provider-lb-controller.log"),
-        ))
-
+        rows.append(Component("provider-lb-controller", depends=("provider-kube-apiserver",), argv=(
+            sys.executable, "-m", "k8sgpu.cli.dev.lbcontroller", f"--kubeconfig={state.provider.kubeconfig}")))
         if state.node_address != "127.0.0.1":
-            kubelet_cas = {"local": local_pki.ca.cert, "provider": provider_pki.ca.cert}
-            for cluster, cp in clusters.items():
-                self._start_metrics_server(state, cluster, cp, kubelet_cas[cluster], binaries, launch)
-        else:
-            self.progress("no metrics-server: its APIService needs an endpoint outside 127.0.0.0/8")
+            kubelet_cas = {"local": root / "pki" / "local" / "ca.crt", "provider": provider_pki.ca.cert}
+            for cluster in ("local", "provider"):
+                cp = _cluster_pki(root / "pki" / cluster, cluster, api_address)
+                rows.append(self._metrics_server(state, cluster, cp, kubelet_cas[cluster]))
+        if state.worker:
+            rows += self._worker(state)
+        return rows
 
-        self._wait_ready(state)
-        state.save(self.state_file)
-        return state
+    def _control_plane(self, state: State, cluster: str, cp: _PKI, etcd_url: str,
+                       api_address: str) -> list[Component]:
+        root = Path(state.root)
+        bins, port = state.binaries, state.ports[f"{cluster}-kube-apiserver"]
+        admission = "NodeRestriction,RuntimeClass" if cluster == "local" else "RuntimeClass"
+        authz = "Node,RBAC" if cluster == "local" else "RBAC"
+        depends = ("etcd",)
+        extra: list[str] = []
+        if cluster == "local":
+            # A short cache, so that a token the authenticator starts refusing is refused within seconds.
+            webhook = root / "components" / "eks-authenticator.kubeconfig"
+            extra = [f"--authentication-token-webhook-config-file={webhook}",
+                     "--authentication-token-webhook-version=v1", "--authentication-token-webhook-cache-ttl=5s"]
+        # Pods on the worker reach the `kubernetes` Service: its Endpoints must name the address they reach.
+        reconciler = "lease" if state.worker and cluster == "local" else "none"
+        apiserver = Component(
+            f"{cluster}-kube-apiserver", depends=depends, ports=(port,), ready_timeout=60,
+            argv=(bins["kube_apiserver"],
+                  f"--etcd-servers={etcd_url}", f"--etcd-prefix=/{cluster}",
+                  f"--bind-address={api_address}", f"--advertise-address={api_address}", f"--secure-port={port}",
+                  f"--tls-cert-file={cp.apiserver.cert}", f"--tls-private-key-file={cp.apiserver.key}",
+                  f"--client-ca-file={cp.ca.cert}",
+                  f"--service-account-key-file={cp.sa_pub}",
+                  f"--service-account-signing-key-file={cp.sa_key}",
+                  "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+                  f"--service-cluster-ip-range={SERVICE_CIDR[cluster]}",
+                  f"--authorization-mode={authz}",
+                  f"--enable-admission-plugins={admission}",
+                  "--allow-privileged=true",
+                  f"--endpoint-reconciler-type={reconciler}",
+                  f"--kubelet-client-certificate={cp.kubelet_client.cert}",
+                  f"--kubelet-client-key={cp.kubelet_client.key}",
+                  f"--kubelet-certificate-authority={cp.ca.cert}",
+                  "--kubelet-preferred-address-types=InternalIP,Hostname,ExternalIP",
+                  f"--requestheader-client-ca-file={cp.front_proxy_ca.cert}",
+                  "--requestheader-allowed-names=front-proxy-client",
+                  "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+                  "--requestheader-group-headers=X-Remote-Group",
+                  "--requestheader-username-headers=X-Remote-User",
+                  f"--proxy-client-cert-file={cp.front_proxy_client.cert}",
+                  f"--proxy-client-key-file={cp.front_proxy_client.key}",
+                  # The aggregator dials an APIService's endpoints, not its ClusterIP (no kube-proxy on the host).
+                  "--enable-aggregator-routing=true",
+                  "--event-ttl=1h0m0s",
+                  "--profiling=false", *extra),
+            ready=lambda: _http_ok(f"{getattr(state, cluster).server}/readyz",
+                                   _client_context(cp.ca.cert, cp.admin)))
+        cm_kc = root / "components" / f"{cluster}-controller-manager.kubeconfig"
+        sched_kc = root / "components" / f"{cluster}-scheduler.kubeconfig"
+        up = (f"{cluster}-kube-apiserver",)
+        return [
+            apiserver,
+            Component(f"{cluster}-kube-controller-manager", depends=up, argv=(
+                bins["kube_controller_manager"],
+                f"--kubeconfig={cm_kc}", f"--authentication-kubeconfig={cm_kc}", f"--authorization-kubeconfig={cm_kc}",
+                "--bind-address=127.0.0.1", "--secure-port=0", "--leader-elect=false",
+                f"--cluster-signing-cert-file={cp.ca.cert}", f"--cluster-signing-key-file={cp.ca.key}",
+                f"--root-ca-file={cp.ca.cert}", f"--service-account-private-key-file={cp.sa_key}",
+                "--use-service-account-credentials=true",
+                f"--requestheader-client-ca-file={cp.front_proxy_ca.cert}", f"--client-ca-file={cp.ca.cert}",
+                "--controllers=*,-cloud-node-lifecycle,-service-lb-controller,-node-route-controller",
+                "--profiling=false")),
+            Component(f"{cluster}-kube-scheduler", depends=up, argv=(
+                bins["kube_scheduler"],
+                f"--kubeconfig={sched_kc}", f"--authentication-kubeconfig={sched_kc}",
+                f"--authorization-kubeconfig={sched_kc}",
+                "--bind-address=127.0.0.1", "--secure-port=0", "--leader-elect=false", "--profiling=false")),
+        ]
 
-    def _start_aws(self, state: State, cp: _PKI, launch: Callable[..., Process]) -> tuple[Path, Process]:
-        """Starts moto (IAM, STS, EKS); returns the webhook kubeconfig for kube-apiserver and the EKS
-        authenticator to launch once the local admin kubeconfig exists."""
-        root, logs = Path(state.root), Path(state.root) / "logs"
-        port = free_port()
-        state.aws_endpoint = f"http://127.0.0.1:{port}"
-        self.progress(f"starting moto (IAM, STS, EKS) on {state.aws_endpoint}")
-        moto = launch(Process("moto", [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                              str(logs / "moto.log"), ports=[port]))
-        self._wait(moto, lambda: _http_ok(f"{state.aws_endpoint}/moto-api/"), "moto", 30)
-
-        port = free_port()
+    def _eks_authenticator(self, state: State) -> Component:
+        """The local cluster's webhook token authenticator: EKS tokens checked against STS (moto), mapped
+        through kube-system/aws-auth with the local admin kubeconfig."""
+        root = Path(state.root)
+        port = state.ports["eks-authenticator"]
+        cp = _cluster_pki(root / "pki" / "local", "local", state.node_address if state.worker else "127.0.0.1")
         serving = pki.issue(cp.ca, root / "pki" / "local", "eks-authenticator", "eks-authenticator", server=True,
                             ips=("127.0.0.1",))
-        state.eks_authenticator_settings = str(root / "eks-authenticator.json")
-        Path(state.eks_authenticator_settings).write_text("{}\n")
-        self.progress(f"EKS authenticator on https://127.0.0.1:{port} for cluster {state.eks_cluster_name}")
-        authenticator = Process(
-            "eks-authenticator",
-            [sys.executable, "-m", "k8sgpu.cli.dev.eks_authenticator", f"--listen=127.0.0.1:{port}",
-             f"--cluster={state.eks_cluster_name}", f"--sts-endpoint={state.aws_endpoint}",
-             f"--kubeconfig={state.local.kubeconfig}", f"--settings={state.eks_authenticator_settings}",
-             f"--tls-cert-file={serving.cert}", f"--tls-private-key-file={serving.key}"],
-            str(logs / "eks-authenticator.log"), ports=[port])
-        webhook = root / "components" / "eks-authenticator.kubeconfig"
-        webhook.parent.mkdir(parents=True, exist_ok=True)
-        webhook.write_text(json.dumps({
-            "apiVersion": "v1", "kind": "Config",
-            "clusters": [{"name": "eks-authenticator", "cluster": {
-                "server": f"https://127.0.0.1:{port}/authenticate", "certificate-authority": str(cp.ca.cert)}}],
-            "users": [{"name": "kube-apiserver", "user": {}}],
-            "contexts": [{"name": "webhook", "context": {"cluster": "eks-authenticator", "user": "kube-apiserver"}}],
-            "current-context": "webhook"}, indent=2))
-        return webhook, authenticator
 
-    def _start_metrics_server(self, state: State, cluster: str, cp: _PKI, kubelet_ca: Path, binaries: Binaries,
-                              launch: Callable[..., Process]) -> None:
+        def webhook_config() -> None:
+            webhook = root / "components" / "eks-authenticator.kubeconfig"
+            webhook.parent.mkdir(parents=True, exist_ok=True)
+            webhook.write_text(json.dumps({
+                "apiVersion": "v1", "kind": "Config",
+                "clusters": [{"name": "eks-authenticator", "cluster": {
+                    "server": f"https://127.0.0.1:{port}/authenticate", "certificate-authority": str(cp.ca.cert)}}],
+                "users": [{"name": "kube-apiserver", "user": {}}],
+                "contexts": [{"name": "webhook",
+                              "context": {"cluster": "eks-authenticator", "user": "kube-apiserver"}}],
+                "current-context": "webhook"}, indent=2))
+
+        return Component(
+            "eks-authenticator", depends=("moto",), ports=(port,), prepare=webhook_config, ready_timeout=30,
+            argv=(sys.executable, "-m", "k8sgpu.cli.dev.eks_authenticator", f"--listen=127.0.0.1:{port}",
+                  f"--cluster={state.eks_cluster_name}", f"--sts-endpoint={state.aws_endpoint}",
+                  f"--kubeconfig={state.local.kubeconfig}", f"--settings={state.eks_authenticator_settings}",
+                  f"--tls-cert-file={serving.cert}", f"--tls-private-key-file={serving.key}"),
+            ready=lambda: port in listening_ports())
+
+    def _metrics_server(self, state: State, cluster: str, cp: _PKI, kubelet_ca: Path) -> Component:
         """metrics-server, registered as the cluster's metrics.k8s.io, scraping its kubelets: kwok's on the
-        provider, the runtime's kubelet API on the local cluster (`kubectl top`)."""
-        from kubernetes import client
-
-        port = free_port()
+        provider; on the local cluster the worker's kubelet and the runtime's kubelet API (`kubectl top`)."""
+        port = state.ports[f"{cluster}-metrics-server"]
         kubeconfig = getattr(state, cluster).kubeconfig
         serving = pki.issue(cp.ca, Path(state.root) / "pki" / cluster, "metrics-server", "metrics-server",
                             server=True, ips=(state.node_address,), dns=("metrics-server.kube-system.svc",))
-        self.progress(f"starting {cluster} metrics-server on https://{state.node_address}:{port}")
-        launch(Process(
-            f"{cluster}-metrics-server",
-            [str(binaries.metrics_server), f"--kubeconfig={kubeconfig}", f"--authentication-kubeconfig={kubeconfig}",
-             f"--authorization-kubeconfig={kubeconfig}", f"--bind-address={state.node_address}",
-             f"--secure-port={port}", f"--tls-cert-file={serving.cert}", f"--tls-private-key-file={serving.key}",
-             f"--kubelet-certificate-authority={kubelet_ca}", "--kubelet-preferred-address-types=InternalIP",
-             "--kubelet-use-node-status-port", "--metric-resolution=10s", "--kubelet-request-timeout=5s"],
-            str(Path(state.root) / "logs" / f"{cluster}-metrics-server.log"), ports=[port],
-        ))
-        api = _api_client(kubeconfig)
+        return Component(
+            f"{cluster}-metrics-server", depends=(f"{cluster}-kube-apiserver",), ports=(port,),
+            argv=(state.binaries["metrics_server"], f"--kubeconfig={kubeconfig}",
+                  f"--authentication-kubeconfig={kubeconfig}", f"--authorization-kubeconfig={kubeconfig}",
+                  f"--bind-address={state.node_address}", f"--secure-port={port}", f"--tls-cert-file={serving.cert}",
+                  f"--tls-private-key-file={serving.key}", f"--kubelet-certificate-authority={kubelet_ca}",
+                  "--kubelet-preferred-address-types=InternalIP", "--kubelet-use-node-status-port",
+                  "--metric-resolution=10s", "--kubelet-request-timeout=5s"),
+            once=lambda: self._register_metrics_api(state, cluster, cp, port))
+
+    def _worker(self, state: State) -> list[Component]:
+        """worker-0: containerd + runc, the kubelet and kube-proxy, in the worker's namespaces."""
+        w = worker_parts.WorkerPlan(**state.worker)
+        root, bins = Path(state.root), state.binaries
+        local_ca = root / "pki" / "local" / "ca.crt"
+        serving = pki.KeyPair(root / "pki" / "local" / "worker-kubelet-serving.crt",
+                              root / "pki" / "local" / "worker-kubelet-serving.key")
+
+        def namespaces() -> None:
+            self.progress(f"worker {worker_parts.NODE_NAME}: namespaces, veth {w.host_link} "
+                          f"({w.host_ip} <-> {w.node_ip}), pods {w.pod_cidr}")
+            try:
+                worker_parts.make_namespaces(w)
+            finally:
+                state.worker = dataclasses.asdict(w)  # the mount points it made, for `down`
+                state.save(self.state_file)
+
+        def undo_namespaces() -> None:
+            left = worker_parts.remove_namespaces(w, self.progress)
+            if left:
+                raise GroundError(f"could not remove: {', '.join(left)}")
+
+        def images() -> None:
+            cache = Path(state.binaries["etcd"]).parents[2]
+            archives = [worker_parts.pause_archive(cache)]
+            runtime = self.runtime_image() if self.runtime_image else None
+            if runtime is not None:
+                archives.append(runtime)
+            for archive in archives:
+                self.progress(f"worker {worker_parts.NODE_NAME}: importing {archive.name}")
+                worker_parts.import_image(w, archive)
+
+        def kubelet_ready() -> bool:
+            return _node_ready(state.local.kubeconfig, worker_parts.NODE_NAME)
+
+        kubelet_config = Path(w.dir) / "kubelet" / "config.yaml"
+        proxy_config = Path(w.dir) / "kube-proxy" / "config.yaml"
+        return [
+            Component("worker-namespaces", prepare=namespaces, undo=undo_namespaces),
+            Component("worker-containerd", depends=("worker-namespaces",),
+                      argv=tuple(w.enter("containerd", f"--config={Path(w.dir) / 'containerd' / 'config.toml'}")),
+                      prepare=lambda: worker_parts.write_containerd_config(w),
+                      ready=lambda: os.path.exists(w.containerd_socket) and _ok(
+                          w.enter("ctr", f"--address={w.containerd_socket}", "version")), ready_timeout=30),
+            Component("worker-images", depends=("worker-containerd",), prepare=images),
+            Component("worker-kubelet", depends=("worker-images", "local-kube-apiserver"),
+                      argv=tuple(w.enter(bins["kubelet"], f"--config={kubelet_config}",
+                                         f"--kubeconfig={Path(w.dir) / 'kubelet' / 'kubeconfig'}",
+                                         f"--root-dir={Path(w.dir) / 'kubelet' / 'root'}",
+                                         f"--cert-dir={Path(w.dir) / 'kubelet' / 'pki'}",
+                                         f"--hostname-override={worker_parts.NODE_NAME}",
+                                         f"--node-ip={w.node_ip}", "--v=1")),
+                      prepare=lambda: worker_parts.write_kubelet_config(w, local_ca, serving.cert, serving.key),
+                      ready=kubelet_ready, ready_timeout=90),
+            Component("worker-kube-proxy", depends=("worker-namespaces", "local-kube-apiserver"),
+                      argv=tuple(w.enter(bins["kube_proxy"], f"--config={proxy_config}")),
+                      prepare=lambda: worker_parts.write_kube_proxy_config(
+                          w, Path(w.dir) / "kube-proxy" / "kubeconfig"),
+                      ready=lambda: _http_ok(f"http://{w.node_ip}:10256/healthz"), ready_timeout=60),
+        ]
+
+    def _walk(self, state: State, table: list[Component]) -> None:
+        """Start, in dependency order, every row not running; run each row's one-time step once."""
+        root = Path(state.root)
+        for c in ordered(table):
+            if c.argv and not self._alive(state, c.name):
+                if c.prepare:
+                    c.prepare()
+                proc = next((p for p in state.processes if p.name == c.name), None)
+                if proc is None:
+                    proc = Process(c.name, list(c.argv), str(root / "logs" / f"{c.name}.log"),
+                                   ports=list(c.ports), env=dict(c.env), cwd=str(root))
+                    state.processes.append(proc)
+                self.progress(f"starting {c.name}")
+                proc.launch()
+                state.save(self.state_file)
+                if c.ready:
+                    self._wait(proc, c.ready, c.name, c.ready_timeout)
+            elif not c.argv and c.name not in state.initialized and c.prepare:
+                c.prepare()
+            if c.name not in state.initialized:
+                if c.once:
+                    c.once()
+                state.initialized.append(c.name)
+                state.save(self.state_file)
+
+    @staticmethod
+    def _alive(state: State, name: str) -> bool:
+        return any(p.name == name and p.alive() for p in state.processes)
+
+    def _register_metrics_api(self, state: State, cluster: str, cp: _PKI, port: int) -> None:
+        from kubernetes import client
+
+        api = _api_client(getattr(state, cluster).kubeconfig)
         core = client.CoreV1Api(api)
         core.create_namespaced_service("kube-system", {
             "metadata": {"name": "metrics-server"},
@@ -594,21 +719,16 @@ class Ground:
         _terminate(self._process(state, name), 20)
 
     def start_process(self, name: str, timeout: float = 60) -> None:
+        """Start one stopped component again and wait until it is ready."""
         state = self._require_state()
         proc = self._process(state, name)
         if proc.alive():
             return
+        row = next((c for c in self.components(state) if c.name == name), None)
         proc.launch()
         state.save(self.state_file)
-        if proc.name.endswith("kube-apiserver"):
-            self._wait_apiserver(state, proc, timeout)
-
-    def _wait_apiserver(self, state: State, proc: Process, timeout: float) -> None:
-        """Until a `<cluster>-kube-apiserver` answers /readyz to the cluster's admin certificate."""
-        cluster = getattr(state, proc.name.split("-")[0])
-        certs = Path(state.root) / "pki" / cluster.name
-        ctx = _client_context(certs / "ca.crt", pki.KeyPair(certs / "admin.crt", certs / "admin.key"))
-        self._wait(proc, lambda: _http_ok(f"{cluster.server}/readyz", ctx), f"{proc.name} /readyz", timeout)
+        if row is not None and row.ready is not None:
+            self._wait(proc, row.ready, name, timeout)
 
     def run_process(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Process:
         """Start one more process under the ground's care (the runtime, for the demo): recorded like the
@@ -633,20 +753,38 @@ class Ground:
     # -- down ------------------------------------------------------------
 
     def down(self, timeout: float = 20) -> list[str]:
-        """Stop every recorded process (kwok and controllers first, etcd last); returns what was stopped."""
+        """Stop every recorded process, dependents before what they depend on (etcd last), then undo
+        what each component made; returns what was stopped."""
         state = self.state()
         if state is None:
             return []
-        order = sorted(state.processes, key=_stop_rank)
+        try:
+            table = ordered(self.components(state)) if state.ports else []
+        except (OSError, KeyError, ValueError) as exc:  # a start that failed early: stop what is recorded
+            self.progress(f"ground state incomplete ({exc}): stopping the recorded processes")
+            table = []
+        rank = {c.name: i for i, c in enumerate(table)}
+        order = sorted(state.processes, key=lambda p: rank.get(p.name, len(rank)), reverse=True)
         stopped = []
         for proc in order:
             if proc.alive():
                 self.progress(f"stopping {proc.name} (pid {proc.pid})")
                 _terminate(proc, timeout)
                 stopped.append(proc.name)
+        problems = []
+        for c in reversed(table):
+            if c.undo is not None:
+                try:
+                    c.undo()
+                except (GroundError, OSError, subprocess.SubprocessError) as exc:
+                    problems.append(f"{c.name}: {exc}")
+        if state.worker and not any(c.name == "worker-namespaces" for c in table):
+            problems += worker_parts.remove_namespaces(worker_parts.WorkerPlan(**state.worker), self.progress)
         shutil.rmtree(state.etcd_data, ignore_errors=True)
         if state.node_address != "127.0.0.1":
             _ip("addr", "del", f"{state.node_address}/32", "dev", "lo")
+        if problems:
+            raise GroundError(f"down left behind: {'; '.join(map(str, problems))} (state kept in {self.state_file})")
         self.state_file.unlink(missing_ok=True)
         return stopped
 
@@ -691,14 +829,6 @@ def _ip(*args: str) -> str | None:
     except (OSError, subprocess.TimeoutExpired):
         return None
     return done.stdout if done.returncode == 0 else None
-
-
-def _stop_rank(proc: Process) -> int:
-    if proc.name == "etcd":
-        return 3
-    if proc.name.endswith("kube-apiserver"):
-        return 2
-    return 1
 
 
 def _terminate(proc: Process, timeout: float) -> None:
@@ -755,6 +885,23 @@ def _api_client(kubeconfig: str):
     cfg = client.Configuration()
     config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
     return client.ApiClient(cfg)
+
+
+def _ok(argv: list[str]) -> bool:
+    try:
+        return subprocess.run(argv, capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def _node_ready(kubeconfig: str, name: str) -> bool:
+    from kubernetes import client
+
+    try:
+        node = client.CoreV1Api(_api_client(kubeconfig)).read_node(name)
+    except (client.ApiException, OSError, ValueError):
+        return False
+    return any(c.type == "Ready" and c.status == "True" for c in node.status.conditions or [])
 
 
 def has_default_service_account(core, namespace: str) -> bool:
