@@ -27,7 +27,7 @@ def _progress(started: float):
 def _ground(args: argparse.Namespace):
     from .dev.ground import Ground
 
-    return Ground(Path(args.root), progress=_progress(time.monotonic()))
+    return Ground(Path(args.root), progress=_progress(time.monotonic()), worker=not getattr(args, "no_worker", False))
 
 
 def cmd_dev_build(args: argparse.Namespace) -> int:
@@ -62,6 +62,7 @@ def _print_ground(state, output: str) -> None:
         "node_address": state.node_address,
         "aws_endpoint": state.aws_endpoint,
         "eks_cluster_name": state.eks_cluster_name,
+        "worker": state.worker,
     }
     if output == "json":
         print(json.dumps(info, indent=2))
@@ -77,6 +78,9 @@ def _print_ground(state, output: str) -> None:
     print(f"AWS (moto)        {state.aws_endpoint}  (AWS_ENDPOINT_URL; IAM, STS, EKS)")
     print(f"  EKS login       tokens signed for {state.eks_cluster_name} are checked through STS and aws-auth "
           "(k8sgpu-runtime --eks-cluster)")
+    if state.worker:
+        print(f"worker node       worker-0 at {state.worker['node_ip']} (kubelet, containerd, kube-proxy; "
+              f"pods {state.worker['pod_cidr']})")
 
 
 def cmd_dev_status(args: argparse.Namespace) -> int:
@@ -390,6 +394,10 @@ def build_parser(aks_client=azure_aks_client, aws_session=boto3_session) -> argp
         verb = verbs.add_parser(name, help=text, description=text)
         if name in ("up", "status"):
             verb.add_argument("--output", "-o", choices=("table", "json"), default="table")
+        if name == "up":
+            verb.add_argument("--no-worker", action="store_true",
+                              help="no worker node (kubelet, containerd, kube-proxy) in the local cluster: "
+                                   "the runtime then runs only as a process, not from its image")
         verb.set_defaults(func=func)
     return parser
 

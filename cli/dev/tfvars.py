@@ -29,8 +29,9 @@ def generic_tfvars(state: State) -> dict:
         "kubeconfig_path": state.local.kubeconfig,
         "tenant_namespace": state.tenant_namespace,
         "tenant_kubeconfig": inline_kubeconfig(state.tenant_kubeconfig),
-        # No kubelet runs the Deployment's pod on the dev ground (its one node for pods is the tainted k8s.gpu).
-        "wait_for_rollout": False,
+        # With its worker node the ground runs the Deployment's pod, from the image imported there; without
+        # one, no node can (k8s.gpu is tainted), so Terraform must not wait for the rollout.
+        "wait_for_rollout": bool(state.worker),
     }
 
 

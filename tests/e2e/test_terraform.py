@@ -51,7 +51,9 @@ def generic(ground, tf_env, tmp_path_factory):
     shutil.copytree(REPO / "terraform" / "generic", work / "terraform" / "generic")
     tfvars = work / "dev.tfvars.json"
     tfvars.write_text(json.dumps({**generic_tfvars(ground), "namespace": NAMESPACE, "node_name": NODE,
-                                  "catalog": CATALOG, "image": "registry.example/k8sgpu-runtime", "image_tag": "test"}))
+                                  "catalog": CATALOG, "image": "registry.example/k8sgpu-runtime", "image_tag": "test",
+                                  # An image no node has: this module's runtime runs as a process (below).
+                                  "wait_for_rollout": False}))
     applied = k8sgpu(tf_env, "apply", "--cloud", "generic", "--dir", str(work / "terraform"), "--var-file",
                      str(tfvars), cwd=work)
     try:
