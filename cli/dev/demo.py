@@ -1,16 +1,23 @@
-"""`k8sgpu dev demo`: the product on the dev ground.
+"""`k8sgpu dev demo`: the product on the dev ground, the way users run it.
 
-The GPU catalog and the runtime's RBAC applied as an admin would, the runtime
-started as `system:node:k8s.gpu`, the guide's `nvidia-smi` pod run on the
-virtual node. Every step is a kubectl command printed before it runs.
+`terraform apply` of terraform/generic puts the runtime's namespace, RBAC, GPU
+RuntimeClasses, provider Secret and Deployment into the local cluster; the
+Deployment's pod runs `k8sgpu-runtime start` from its image on the worker node,
+with no identity but its ServiceAccount; the node k8s.gpu registers with the
+pod's IP, and the guide's `nvidia-smi` pod runs on it. Every step is printed
+before it runs. On a ground without a worker node (`dev up --no-worker`) the
+runtime runs as a process instead, as `system:node:k8s.gpu`.
 """
 
 from __future__ import annotations
 
+import json
 import shlex
+import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import yaml
 
@@ -48,15 +55,8 @@ def runtime_argv(state: State) -> list[str]:
             "--node-address", state.node_address, "--kubelet-port", str(free_port()), "-v"]
 
 
-def run_demo(ground: Ground, out=sys.stdout) -> None:
-    from k8sgpu.runtime.catalog import demo_catalog
-    from k8sgpu.runtime.rbac import extra_rbac
-
-    state = ground.state()
-    if state is None:
-        raise GroundError("the dev ground is down; run `k8sgpu dev up` (or `make demo`) first")
+def _stepper(out):
     kubectl = str(find_kubectl())
-    local, provider = state.local.kubeconfig, state.provider.kubeconfig
 
     def step(kubeconfig: str, *args: str, stdin: str | None = None, check: bool = True) -> str:
         shown = ["kubectl", f"--kubeconfig={kubeconfig}", *args]
@@ -68,7 +68,63 @@ def run_demo(ground: Ground, out=sys.stdout) -> None:
             raise GroundError(f"demo step failed: {shlex.join(shown)} exited {result.returncode}")
         return result.stdout
 
-    print("1. The GPU catalog (RuntimeClasses) and the runtime's one extra RBAC rule, as an admin applies them:",
+    return kubectl, step
+
+
+def run_demo(ground: Ground, out=sys.stdout, terraform_dir: Path = Path("terraform")) -> None:
+    state = ground.state()
+    if state is None:
+        raise GroundError("the dev ground is down; run `k8sgpu dev up` (or `make demo`) first")
+    if state.worker:
+        _start_in_cluster(state, out, terraform_dir)
+    else:
+        _start_as_process(ground, state, out)
+    _run_the_guides_pod(state, out)
+
+
+def _start_in_cluster(state: State, out, terraform_dir: Path) -> None:
+    """`terraform apply` of terraform/generic, in a copy beside the ground (its state goes with the ground)."""
+    from k8sgpu.cli.tf.runner import Runner, root_dir
+
+    from .tfvars import write_generic_tfvars
+
+    kubectl, step = _stepper(out)
+    local = state.local.kubeconfig
+    work = Path(state.root) / "demo" / "terraform" / "generic"
+    shutil.rmtree(work, ignore_errors=True)
+    shutil.copytree(root_dir("generic", terraform_dir), work,
+                    ignore=shutil.ignore_patterns(".terraform*", "*.tfstate*"))
+    tfvars = write_generic_tfvars(state)
+    print(f"1. terraform apply of terraform/generic (copied to {work}; variables {tfvars}): the runtime's "
+          "namespace, RBAC, GPU RuntimeClasses, provider Secret and Deployment; it waits for the rollout.",
+          file=out, flush=True)
+    print(f"$ terraform -chdir={work} apply -var-file={tfvars}", file=out, flush=True)
+    Runner(work, [str(tfvars)], progress=lambda m: print(f"# {m}", file=out, flush=True)).apply()
+
+    print("\n2. The runtime's pod, from its image, on the worker node:", file=out)
+    step(local, "-n", "k8sgpu", "get", "pods", "-o", "wide")
+    _wait_registered(kubectl, local)
+    step(local, "wait", "--for=condition=Ready", f"node/{NODE}", "--timeout=90s")
+    pod = json.loads(step(local, "-n", "k8sgpu", "get", "pods", "-l", "app.kubernetes.io/name=k8sgpu-runtime",
+                          "-o", "json"))["items"]
+    node = json.loads(subprocess.run([kubectl, f"--kubeconfig={local}", "get", "node", NODE, "-o", "json"],
+                                     capture_output=True, text=True, check=True).stdout)
+    internal = [a["address"] for a in node["status"]["addresses"] if a["type"] == "InternalIP"]
+    pod_ips = [p["status"].get("podIP") for p in pod if p["status"].get("phase") == "Running"]
+    step(local, "get", "nodes", "-o", "wide")
+    if not set(internal) & set(pod_ips):
+        raise GroundError(f"node {NODE} advertises {internal}, not the runtime pod's IP {pod_ips}")
+    print(f"\n{NODE} is Ready at {internal[0]}, the runtime pod's IP.", file=out)
+
+
+def _start_as_process(ground: Ground, state: State, out) -> None:
+    from k8sgpu.runtime.catalog import demo_catalog
+    from k8sgpu.runtime.rbac import extra_rbac
+
+    kubectl, step = _stepper(out)
+    local = state.local.kubeconfig
+    print("No worker node on this ground: the runtime runs as a process.\n"
+          "1. The GPU catalog (RuntimeClasses) and the runtime's one extra RBAC rule, as an admin applies them:",
           file=out)
     step(local, "apply", "-f", "-", stdin=yaml.safe_dump_all([*demo_catalog(NODE), *extra_rbac(NODE)]))
 
@@ -77,6 +133,11 @@ def run_demo(ground: Ground, out=sys.stdout) -> None:
     print(f"$ {shlex.join(['k8sgpu-runtime', *runtime_argv(state)[3:]])}   # pid {proc.pid}", file=out, flush=True)
     _wait_registered(kubectl, local)
     step(local, "wait", "--for=condition=Ready", f"node/{NODE}", "--timeout=90s")
+
+
+def _run_the_guides_pod(state: State, out) -> None:
+    kubectl, step = _stepper(out)
+    local, provider = state.local.kubeconfig, state.provider.kubeconfig
 
     print("\n3. The product guide's nvidia-smi pod, naming only its RuntimeClass:", file=out)
     step(local, "delete", "pod", DEMO_POD, "--ignore-not-found", "--wait=true")
@@ -89,8 +150,8 @@ def run_demo(ground: Ground, out=sys.stdout) -> None:
          "CPU:.status.capacity.cpu,CPU-FREE:.status.allocatable.cpu,PODS-FREE:.status.allocatable.pods")
     print("\n4. Its copy on the provider, on a kwok node with an RTX A6000:", file=out)
     step(provider, "-n", state.tenant_namespace, "get", "pods", "-o", "wide", "-l", f"k8sgpu.io/node={NODE}")
-    print(f"\n5. Logs and exec through the local kube-apiserver and the node's kubelet API "
-          f"(https://{state.node_address}, certificate from the CSR API):", file=out)
+    print("\n5. Logs and exec through the local kube-apiserver and the node's kubelet API "
+          "(certificate from the CSR API):", file=out)
     step(local, "get", "csr", "-o", "custom-columns=NAME:.metadata.name,SIGNER:.spec.signerName,"
          "REQUESTOR:.spec.username,CONDITION:.status.conditions[*].type")
     step(local, "logs", DEMO_POD, "--tail=3")
