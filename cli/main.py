@@ -145,6 +145,25 @@ def cmd_dev_providers(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dev_image(args: argparse.Namespace) -> int:
+    from .dev.image import ensure_image, write_wheels
+
+    progress = _progress(time.monotonic())
+    if args.wheels:
+        for wheel in write_wheels(Path(args.wheels), progress=progress):
+            print(wheel)
+        print(f"docker build -f Containerfile {args.wheels}")
+        return 0
+    image = ensure_image(progress=progress)
+    if args.output == "json":
+        print(json.dumps({"archive": str(image.archive), "ref": image.ref, "size_bytes": image.size_bytes,
+                          "import": image.import_command()}, indent=2))
+    else:
+        print(f"{image.archive}\n  {image.ref}, {image.size_bytes / 1e6:.0f} MB uncompressed; import with: "
+              f"{' '.join(image.import_command())}")
+    return 0
+
+
 def cmd_render(args: argparse.Namespace) -> int:
     from .tf.render import render
     from .tf.runner import CLOUDS
@@ -379,6 +398,16 @@ def build_parser(aks_client=azure_aks_client, aws_session=boto3_session) -> argp
     providers.add_argument("--with", dest="with_provider", action="append", default=[], choices=("azurerm",),
                            help="also build this provider (azurerm: ~37 min and 3.4 GB on 2 cores)")
     providers.set_defaults(func=cmd_dev_providers)
+    image_text = ("build (or find in ~/.cache/k8sgpu/images) the runtime's image, docker.io/library/"
+                  "k8sgpu-runtime:<version>, as an OCI archive: a Debian base from debootstrap, the wheels of "
+                  "k8sgpu and the runtime's dependencies, buildah (vfs storage and chroot isolation under the "
+                  "cache); installs debootstrap and buildah with apt-get when missing")
+    image = verbs.add_parser("image", help="build (or find in ~/.cache/k8sgpu/images) the runtime's container "
+                                           "image as an OCI archive", description=image_text)
+    image.add_argument("--wheels", metavar="DIR", help="only write DIR/wheels/ (what the Containerfile copies), "
+                                                       "for `docker build -f Containerfile DIR` elsewhere")
+    image.add_argument("--output", "-o", choices=("table", "json"), default="table")
+    image.set_defaults(func=cmd_dev_image)
     for name, func, text in (
         ("up", cmd_dev_up, "start both clusters (building binaries on first use); exits 0 if already up"),
         ("status", cmd_dev_status, "show each component's PID and whether it runs; exit 1 if one crashed, "
