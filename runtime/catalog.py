@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from kubernetes.utils import parse_quantity
+from .quantity import parse_quantity
 
 LIMIT_CPU = "limits.k8s.gpu/cpu"
 LIMIT_MEMORY = "limits.k8s.gpu/memory"

@@ -8,13 +8,12 @@ import logging
 from collections.abc import Callable
 from decimal import Decimal
 
-from kubernetes.utils import parse_quantity
-
 from .. import __version__, errors
 from ..admission import GPU_RESOURCE, Resources
 from ..config import TAINT_KEY, TAINT_VALUE, NodeConfig
 from ..kube import Kube
 from ..provider import Capacity
+from ..quantity import parse_quantity
 
 log = logging.getLogger(__name__)
 

@@ -12,12 +12,11 @@ import logging
 from collections.abc import AsyncIterator
 from decimal import Decimal
 
-from kubernetes.utils import parse_quantity
-
 from .. import errors
 from ..admission import GPU_RESOURCE, Resources
 from ..catalog import GPUClass
 from ..kube import Kube, resource_path
+from ..quantity import parse_quantity
 from ..reflector import Reflector
 from ..translate import (
     NODE_LABEL,

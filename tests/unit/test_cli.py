@@ -1,6 +1,8 @@
 import subprocess
 import sys
 
+import pytest
+
 
 def run(*args):
     return subprocess.run([sys.executable, "-m", "k8sgpu.cli.main", *args], capture_output=True, text=True)
@@ -23,3 +25,23 @@ def test_status_of_a_ground_never_started(tmp_path):
     out = run("dev", "--root", str(tmp_path), "status")
     assert out.returncode == 3
     assert "k8sgpu dev up" in out.stdout
+
+
+def test_dev_image_has_help():
+    out = run("dev", "image", "--help")
+    assert out.returncode == 0
+    assert "OCI archive" in out.stdout and "--wheels" in out.stdout
+
+
+def test_quantities_parse_as_the_kubernetes_client_does():
+    from decimal import Decimal
+
+    from k8sgpu.runtime.quantity import parse_quantity
+
+    assert parse_quantity("500m") == Decimal("0.5")
+    assert parse_quantity("32861620Ki") == 32861620 * 1024
+    assert parse_quantity("1.5G") == Decimal("1.5E9")
+    assert parse_quantity(2) == 2
+    for bad in ("1ki", "abc", "1Zi"):
+        with pytest.raises(ValueError):
+            parse_quantity(bad)

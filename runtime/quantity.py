@@ -1,0 +1,41 @@
+"""Kubernetes resource quantities ("500m", "32861620Ki", "1.5G") as Decimals.
+
+The same rules as kubernetes.utils.parse_quantity (the Python client's reading of apimachinery's
+resource.Quantity), here so the runtime does not need the synchronous `kubernetes` client, 120 MB installed,
+for this one function.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal, InvalidOperation
+
+_EXPONENTS = {"n": -3, "u": -2, "m": -1, "K": 1, "k": 1, "M": 2, "G": 3, "T": 4, "P": 5, "E": 6}
+
+
+def parse_quantity(quantity: str | int | float | Decimal) -> Decimal:
+    """A quantity in canonical form (base 1024: Ki Mi Gi Ti Pi Ei; base 1000: n u m k M G T P E) as a Decimal;
+    ValueError names what is wrong."""
+    if isinstance(quantity, int | float | Decimal):
+        return Decimal(quantity)
+    quantity = str(quantity)
+    number, suffix = quantity, ""
+    if len(quantity) >= 2 and quantity[-1] == "i":
+        if quantity[-2] in _EXPONENTS:
+            number, suffix = quantity[:-2], quantity[-2:]
+    elif quantity and quantity[-1] in _EXPONENTS:
+        number, suffix = quantity[:-1], quantity[-1]
+    try:
+        value = Decimal(number)
+    except InvalidOperation:
+        raise ValueError(f"Invalid number format: {number}") from None
+    if not suffix:
+        return value
+    if suffix.endswith("i"):
+        base = 1024
+    elif len(suffix) == 1:
+        base = 1000
+    else:
+        raise ValueError(f"{quantity} has unknown suffix")
+    if suffix == "ki":  # SI's kilo is k, binary's Ki
+        raise ValueError(f"{quantity} has unknown suffix")
+    return value * (base ** Decimal(_EXPONENTS[suffix[0]]))
