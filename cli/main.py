@@ -28,8 +28,11 @@ def _progress(started: float):
 
 def _ground(args: argparse.Namespace):
     from .dev.ground import Ground
+    from .dev.image import ensure_image
 
-    return Ground(Path(args.root), progress=_progress(time.monotonic()), worker=not getattr(args, "no_worker", False))
+    progress = _progress(time.monotonic())
+    return Ground(Path(args.root), progress=progress, worker=not getattr(args, "no_worker", False),
+                  runtime_image=lambda: ensure_image(progress))
 
 
 def cmd_dev_build(args: argparse.Namespace) -> int:

@@ -45,7 +45,9 @@ def binaries():
 def ground(binaries, tmp_path_factory) -> State:
     """Both clusters, up for the whole test session; stopped at its end even when tests fail."""
     root = Path(os.environ.get("K8SGPU_TEST_ROOT") or tmp_path_factory.mktemp("ground"))
-    g = Ground(root, progress=_log)
+    from k8sgpu.cli.dev.image import ensure_image
+
+    g = Ground(root, progress=_log, runtime_image=lambda: ensure_image(progress=_log))
     state, _ = g.up(binaries)
     try:
         yield state

@@ -36,9 +36,10 @@ from pathlib import Path
 
 from . import pki
 from . import worker as worker_parts
-from .binaries import Binaries
+from .binaries import Binaries, cache_root
 from .catalog import DEFAULT_POOLS, TENANT_NAMESPACE, GPUPool
 from .components import Component, ordered
+from .image import Image
 from .kwok import write_pool_files
 
 Progress = Callable[[str], None]
@@ -214,13 +215,13 @@ class Ground:
     """
 
     def __init__(self, root: Path, pools: tuple[GPUPool, ...] = DEFAULT_POOLS, progress: Progress = print,
-                 worker: bool = True, runtime_image: Callable[[], Path | None] | None = None):
+                 worker: bool = True, runtime_image: Callable[[], Image] | None = None):
         self.root = root.resolve()
         self.pools = pools
         self.progress = progress
         self.with_worker = worker
         self.runtime_image = runtime_image
-        """Returns the runtime's OCI archive to import into the worker (None: none built)."""
+        """Builds (or finds) the runtime's image, which the worker's containerd gets."""
         self.state_file = self.root / "state.json"
 
     # -- inspection -------------------------------------------------------
@@ -541,14 +542,15 @@ class Ground:
                 raise GroundError(f"could not remove: {', '.join(left)}")
 
         def images() -> None:
-            cache = Path(state.binaries["etcd"]).parents[2]
-            archives = [worker_parts.pause_archive(cache)]
-            runtime = self.runtime_image() if self.runtime_image else None
-            if runtime is not None:
-                archives.append(runtime)
-            for archive in archives:
-                self.progress(f"worker {worker_parts.NODE_NAME}: importing {archive.name}")
-                worker_parts.import_image(w, archive)
+            pause = worker_parts.pause_archive(cache_root())
+            self.progress(f"worker {worker_parts.NODE_NAME}: importing {worker_parts.PAUSE_IMAGE}")
+            worker_parts.import_image(w, ["ctr", f"--address={w.containerd_socket}", "-n", "k8s.io", "images",
+                                          "import", str(pause)])
+            if self.runtime_image is not None:
+                image = self.runtime_image()
+                self.progress(f"worker {worker_parts.NODE_NAME}: importing {image.ref} "
+                              f"({image.size_bytes / 1e6:.0f} MB)")
+                worker_parts.import_image(w, image.import_command(address=w.containerd_socket))
 
         def kubelet_ready() -> bool:
             return _node_ready(state.local.kubeconfig, worker_parts.NODE_NAME)

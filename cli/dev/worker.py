@@ -367,10 +367,9 @@ def write_oci_archive(archive: Path, name: str, files: dict[str, bytes], entrypo
     os.replace(partial, archive)
 
 
-def import_image(w: WorkerPlan, archive: Path) -> None:
-    """Into containerd's `k8s.io` namespace, the one the kubelet's CRI sees, unpacked for overlayfs."""
-    _run(w.enter("ctr", f"--address={w.containerd_socket}", "-n", "k8s.io", "images", "import",
-                 str(archive)), f"importing {archive.name} into the worker's containerd")
+def import_image(w: WorkerPlan, ctr_import: list[str]) -> None:
+    """Run a `ctr images import` (into the `k8s.io` namespace the kubelet's CRI sees) in the worker."""
+    _run(w.enter(*ctr_import), f"importing an image into the worker's containerd: {' '.join(ctr_import)}")
 
 
 # -- configuration files ------------------------------------------------------------------------
