@@ -200,7 +200,8 @@ class Runtime:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "k8sgpu.runtime.main", "start", "--kubeconfig", s.node_kubeconfig,
                  "--provider-kubeconfig", s.tenant_kubeconfig, "--tenant-namespace", s.tenant_namespace,
-                 "--node-address", s.node_address, "--kubelet-port", str(self.kubelet_port)],
+                 "--node-address", s.node_address, "--kubelet-port", str(self.kubelet_port),
+                 "--health-port", "0"],
                 stdout=out, stderr=subprocess.STDOUT)
         return started
 

@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from . import errors
+from . import errors, tasks
 from .kube import Kube, resource_path
 
 log = logging.getLogger(__name__)
@@ -178,9 +178,13 @@ class ServingCertificate:
             self.on_state(True, "CertificateFromFile", f"serving certificate from {self.cert_file}")
             return
         await self._obtain()
-        self._task = asyncio.create_task(
+        self._task = tasks.spawn(
             keep_renewed(lambda: self.certificate_pem, self._obtain, "serving certificate", self._rng),
-            name="serving-certificate")
+            name="serving-certificate-renewal")
+
+    def problems(self) -> dict[str, str]:
+        """The renewal loop, if it has ended (none runs for a certificate from a file)."""
+        return tasks.problems([self._task] if self._task else [])
 
     async def stop(self) -> None:
         if self._task:

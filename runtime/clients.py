@@ -28,6 +28,7 @@ from cryptography.x509.oid import NameOID
 from kubernetes_asyncio import client as k8s_client
 from kubernetes_asyncio import config as k8s_config
 
+from . import tasks
 from .certificates import keep_renewed, pem_files, private_pem, request_certificate
 from .config import LocalClusterConfig
 from .eks import EksToken
@@ -105,10 +106,14 @@ class NodeClientCertificate:
     async def start(self) -> Kube:
         api = await self._obtain()
         self.kube = Kube(api, "local")
-        self._task = asyncio.create_task(
+        self._task = tasks.spawn(
             keep_renewed(lambda: self.certificate_pem, self._renew, "node client certificate", self._rng),
-            name="node-client-certificate")
+            name="node-client-certificate-renewal")
         return self.kube
+
+    def problems(self) -> dict[str, str]:
+        """The renewal loop, if it has ended."""
+        return tasks.problems([self._task] if self._task else [])
 
     async def stop(self) -> None:
         for task in [self._task, *self._retired]:
@@ -170,6 +175,9 @@ class EksLogin:
         await token.refresh_hook(api.configuration)
         api.configuration.refresh_api_key_hook = token.refresh_hook
         return Kube(api, "local", on_unauthorized=token.unauthorized), cls(token, ca_pem)
+
+    def problems(self) -> dict[str, str]:
+        return {}  # tokens are signed on demand: no task of its own
 
     async def stop(self) -> None:
         pass

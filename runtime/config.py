@@ -59,6 +59,12 @@ class NodeConfig:
     """How often the Lease is renewed."""
     status_update_seconds: float = 60
     """Node status is written on change and at least this often."""
+    health_port: int = 10248
+    """Plain-HTTP port of /healthz (liveness) and /readyz (readiness), apart from the kubelet API; 10248 is the
+    kubelet's healthz port; 0: no health port."""
+    health_bind_address: str = ""
+    """Address the health port listens on; empty: 0.0.0.0 in a pod ($POD_IP set: kubelet probes come to the
+    pod IP, `kubectl port-forward` to loopback), else 127.0.0.1 (a runtime on a workstation opens no port)."""
 
 
 @dataclasses.dataclass
@@ -114,6 +120,18 @@ class RuntimeConfig:
                                                     "address kube-apiserver can reach this runtime at") from None
         if not 0 < self.node.kubelet_port < 65536:
             raise ConfigError("--kubelet-port", f"{self.node.kubelet_port} is not a port (1-65535)")
+        if not 0 <= self.node.health_port < 65536:
+            raise ConfigError("--health-port", f"{self.node.health_port} is not a port (1-65535, or 0: none)")
+        if self.node.health_port == self.node.kubelet_port:
+            raise ConfigError("--health-port", f"{self.node.health_port} is the kubelet API's port "
+                                               "(--kubelet-port): give another, e.g. 10248, or 0 for none")
+        if self.node.health_bind_address:
+            try:
+                ipaddress.ip_address(self.node.health_bind_address)
+            except ValueError:
+                raise ConfigError("--health-bind-address",
+                                  f"{self.node.health_bind_address!r} is not an IP address: give 0.0.0.0 (every "
+                                  "interface), 127.0.0.1 or the pod's address") from None
         if not self.node.csr_signer or not re.match(r"^(aws|[a-z0-9.-]+/[A-Za-z0-9._/-]+)$", self.node.csr_signer):
             raise ConfigError("--csr-signer", f"{self.node.csr_signer!r} is not a signer: write aws (EKS), "
                                               "kubernetes.io/kubelet-serving, or another <domain>/<name>")
@@ -182,6 +200,9 @@ class RuntimeConfig:
     def resolved_address(self, environ: dict[str, str]) -> str:
         return self.node.address or environ.get("POD_IP", "") or "127.0.0.1"
 
+    def resolved_health_bind_address(self, environ: dict[str, str]) -> str:
+        return self.node.health_bind_address or ("0.0.0.0" if environ.get("POD_IP") else "127.0.0.1")
+
 
 # Flag name → (section, field, environment variable)
 SETTINGS: dict[str, tuple[str, str, str]] = {
@@ -192,6 +213,8 @@ SETTINGS: dict[str, tuple[str, str, str]] = {
     "node_name": ("node", "name", "K8SGPU_NODE_NAME"),
     "node_address": ("node", "address", "K8SGPU_NODE_ADDRESS"),
     "kubelet_port": ("node", "kubelet_port", "K8SGPU_KUBELET_PORT"),
+    "health_port": ("node", "health_port", "K8SGPU_HEALTH_PORT"),
+    "health_bind_address": ("node", "health_bind_address", "K8SGPU_HEALTH_BIND_ADDRESS"),
     "csr_signer": ("node", "csr_signer", "K8SGPU_CSR_SIGNER"),
     "csr_self_approve": ("node", "csr_self_approve", "K8SGPU_CSR_SELF_APPROVE"),
     "tls_cert_file": ("node", "tls_cert_file", "K8SGPU_TLS_CERT_FILE"),

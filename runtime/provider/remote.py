@@ -12,7 +12,7 @@ import logging
 from collections.abc import AsyncIterator
 from decimal import Decimal
 
-from .. import errors
+from .. import errors, tasks
 from ..admission import GPU_RESOURCE, Resources
 from ..catalog import GPUClass
 from ..kube import Kube, resource_path
@@ -65,9 +65,12 @@ class RemoteClusterProvider:
         self._events = events
         reflectors = [self._pods, self._configmaps, self._secrets, self._services, self._pod_events,
                       self._nodes, self._quotas]
-        self._tasks = [asyncio.create_task(r.run(), name=f"provider-{r.kind}") for r in reflectors]
+        self._tasks = [tasks.spawn(r.run(), name=f"provider-{r.kind}") for r in reflectors]
         await asyncio.gather(*(r.synced.wait() for r in reflectors))
         self._recompute_capacity()
+
+    def problems(self) -> dict[str, str]:
+        return tasks.problems(self._tasks)
 
     async def stop(self) -> None:
         for task in self._tasks:

@@ -86,3 +86,30 @@ variable "wait_for_rollout" {
   default     = true
 }
 
+variable "health_port" {
+  description = "Plain-HTTP port of the runtime's /healthz and /readyz (its probes' named port `health`)."
+  type        = number
+  default     = 10248
+}
+
+variable "resources" {
+  description = "CPU and memory requests and limits of the runtime container; unset: the node module's, sized from `make bench` (modules/node/README.md)."
+  type = object({
+    requests = optional(object({
+      cpu    = optional(string)
+      memory = optional(string)
+    }))
+    limits = optional(object({
+      cpu    = optional(string)
+      memory = optional(string)
+    }))
+  })
+  default = {}
+}
+
+variable "termination_grace_period_seconds" {
+  description = "Seconds the runtime has between SIGTERM and SIGKILL to stop its parts in order."
+  type        = number
+  default     = 60
+}
+

@@ -46,16 +46,19 @@ module "aws_auth" {
 }
 
 module "node" {
-  source            = "./modules/node"
-  node_name         = var.node_name
-  namespace         = var.namespace
-  tenant_namespace  = var.tenant_namespace
-  tenant_kubeconfig = var.tenant_kubeconfig
-  catalog           = var.catalog
-  image             = var.image
-  image_tag         = var.image_tag
-  wait_for_rollout  = var.wait_for_rollout
-  csr_signer        = "aws"
+  source                           = "./modules/node"
+  node_name                        = var.node_name
+  namespace                        = var.namespace
+  tenant_namespace                 = var.tenant_namespace
+  tenant_kubeconfig                = var.tenant_kubeconfig
+  catalog                          = var.catalog
+  image                            = var.image
+  image_tag                        = var.image_tag
+  wait_for_rollout                 = var.wait_for_rollout
+  health_port                      = var.health_port
+  resources                        = var.resources
+  termination_grace_period_seconds = var.termination_grace_period_seconds
+  csr_signer                       = "aws"
   # On EKS the IAM role is the node identity: no bootstrap token.
   bootstrap = false
   runtime_env = {

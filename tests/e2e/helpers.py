@@ -61,10 +61,12 @@ def remove_node(kubeconfig: str, node: str) -> None:
 
 
 class RuntimeProcess:
-    """`k8sgpu-runtime start` as a user runs it, with its log in a file."""
+    """`k8sgpu-runtime start` as a user runs it, with its log in a file. Without a --health-port in ``args`` it
+    has none: many runtimes share this machine, and the default 10248 would be taken by the first."""
 
     def __init__(self, args: list[str], log: Path, env: dict[str, str] | None = None):
-        self.args, self.log, self.env = args, log, env
+        self.args = args if "--health-port" in args else [*args, "--health-port", "0"]
+        self.log, self.env = log, env
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> RuntimeProcess:

@@ -125,10 +125,25 @@ def test_deployment_runs_the_runtime_with_the_outputs_values(generic, ground):
     assert env["K8SGPU_CSR_SIGNER"].value == "kubernetes.io/kubelet-serving"
     assert env["POD_IP"].value_from.field_ref.field_path == "status.podIP"
     assert env["K8SGPU_NODE_ADDRESS"].value_from.field_ref.field_path == "status.podIP"
-    (mount,) = container.volume_mounts
-    assert os.path.join(mount.mount_path, "kubeconfig") == env["K8SGPU_PROVIDER_KUBECONFIG"].value
-    (volume,) = spec.volumes
-    assert volume.name == mount.name and volume.secret.secret_name == "k8sgpu-runtime-provider"
+    mounts = {m.mount_path: m for m in container.volume_mounts}
+    mount = mounts[os.path.dirname(env["K8SGPU_PROVIDER_KUBECONFIG"].value)]
+    volumes = {v.name: v for v in spec.volumes}
+    assert volumes[mount.name].secret.secret_name == "k8sgpu-runtime-provider"
+    # A read-only root filesystem, and /tmp in memory for the certificates TLS libraries read from files.
+    assert container.security_context.read_only_root_filesystem is True
+    assert volumes[mounts["/tmp"].name].empty_dir.medium == "Memory"
+    # The probes and the runtime name one port: K8SGPU_HEALTH_PORT is the container port `health`.
+    ports = {p.name: p.container_port for p in container.ports}
+    assert ports == {"kubelet": 10250, "health": 10248} and env["K8SGPU_HEALTH_PORT"].value == "10248"
+    probes = {kind: (probe.http_get.path, probe.http_get.port) for kind, probe in (
+        ("startup", container.startup_probe), ("liveness", container.liveness_probe),
+        ("readiness", container.readiness_probe))}
+    assert probes == {"startup": ("/healthz", "health"), "liveness": ("/healthz", "health"),
+                      "readiness": ("/readyz", "health")}
+    assert container.startup_probe.period_seconds * container.startup_probe.failure_threshold >= 60
+    assert container.resources.requests == {"cpu": "250m", "memory": "256Mi"}
+    assert container.resources.limits == {"cpu": "1", "memory": "512Mi"}
+    assert spec.termination_grace_period_seconds == 60
 
 
 def test_outputs_give_the_runtime_what_it_needs(generic, ground, tf_env):

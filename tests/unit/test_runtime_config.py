@@ -34,6 +34,10 @@ def test_flags_beat_environment_beat_file(tmp_path, kubeconfig):
     ({"tls_private_key_file": "/etc/hostname"}, "--tls-cert-file"),
     ({"tls_cert_file": "/nonexistent", "tls_private_key_file": "/etc/hostname"}, "--tls-cert-file"),
     ({"client_ca_file": "/nonexistent"}, "--client-ca-file"),
+    ({"health_port": 65536}, "--health-port"),
+    ({"health_port": -1}, "--health-port"),
+    ({"health_port": 10250}, "--health-port"),
+    ({"health_bind_address": "localhost"}, "--health-bind-address"),
 ])
 def test_wrong_values_name_the_field(flags, field, kubeconfig):
     base = {"provider_kubeconfig": kubeconfig, "tenant_namespace": "t"}
@@ -134,3 +138,45 @@ def test_shortened_lifetimes_are_bounded(tmp_path, kubeconfig):
         build({"provider_kubeconfig": kubeconfig, "tenant_namespace": "t", "config": str(config_file),
                "eks_cluster": "prod", "eks_role_arn": ROLE}, {})
     assert err.value.field == "local.eks_token_lifetime_seconds"
+
+
+def test_health_port_from_flag_environment_and_file(tmp_path, kubeconfig):
+    base = {"provider_kubeconfig": kubeconfig, "tenant_namespace": "t"}
+    default = build(base, {})
+    assert default.node.health_port == 10248
+    # In a pod the kubelet probes the pod IP and `kubectl port-forward` dials loopback: every interface.
+    assert default.resolved_health_bind_address({"POD_IP": "10.1.2.3"}) == "0.0.0.0"
+    assert default.resolved_health_bind_address({}) == "127.0.0.1"
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("node: {health_port: 18080, health_bind_address: 127.0.0.2}\n")
+    from_file = build({**base, "config": str(cfg_file)}, {})
+    assert (from_file.node.health_port, from_file.resolved_health_bind_address({"POD_IP": "10.1.2.3"})) == \
+        (18080, "127.0.0.2")
+    from_env = build({**base, "config": str(cfg_file)}, {"K8SGPU_HEALTH_PORT": "0",
+                                                         "K8SGPU_HEALTH_BIND_ADDRESS": "::"})
+    assert (from_env.node.health_port, from_env.node.health_bind_address) == (0, "::")
+    assert build({**base, "health_port": 9000}, {"K8SGPU_HEALTH_PORT": "0"}).node.health_port == 9000
+    with pytest.raises(ConfigError) as err:
+        build(base, {"K8SGPU_HEALTH_PORT": "ten"})
+    assert err.value.field == "K8SGPU_HEALTH_PORT"
+
+
+@pytest.mark.parametrize("args, env, message", [
+    (["--health-port", "ten"], {}, "argument --health-port: invalid int value"),
+    (["--health-port", "70000"], {}, "--health-port: 70000 is not a port"),
+    ([], {"K8SGPU_HEALTH_BIND_ADDRESS": "everywhere"}, "--health-bind-address: 'everywhere' is not an IP address"),
+])
+def test_cli_exits_2_naming_a_bad_health_setting(args, env, message, kubeconfig):
+    out = subprocess.run([sys.executable, "-m", "k8sgpu.runtime.main", "start", "--provider-kubeconfig", kubeconfig,
+                          "--tenant-namespace", "t", *args], capture_output=True, text=True,
+                         env={"PATH": "/usr/bin:/bin", **env})
+    assert out.returncode == 2
+    assert message in out.stderr
+
+
+def test_help_names_the_health_flags_and_their_environment():
+    out = subprocess.run([sys.executable, "-m", "k8sgpu.runtime.main", "start", "--help"], capture_output=True,
+                         text=True, env={"PATH": "/usr/bin:/bin", "COLUMNS": "200"})
+    assert out.returncode == 0
+    for text in ("--health-port", "K8SGPU_HEALTH_PORT", "--health-bind-address", "K8SGPU_HEALTH_BIND_ADDRESS"):
+        assert text in out.stdout

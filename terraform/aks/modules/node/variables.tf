@@ -125,3 +125,52 @@ variable "runtime_env" {
   type        = map(string)
   default     = {}
 }
+
+variable "health_port" {
+  description = "Plain-HTTP port of the runtime's /healthz and /readyz (the probes' named port `health`; the runtime reads it from K8SGPU_HEALTH_PORT). 10248 is the kubelet's healthz port."
+  type        = number
+  default     = 10248
+  validation {
+    condition     = var.health_port >= 1 && var.health_port <= 65535 && floor(var.health_port) == var.health_port && var.health_port != 10250
+    error_message = "health_port must be a whole port number 1-65535 other than 10250 (the kubelet API's), e.g. 10248."
+  }
+}
+
+variable "resources" {
+  description = "CPU and memory of the runtime container. Sized from `make bench` (bench/results/latest.md): RSS 110 MB with 100 pods and 173 MB with 1000; creating 1000 pods took 10.35 CPU-s in 38.6 s (0.27 of a core), idle 0.15 %. One event loop uses at most about one core. Raise memory for many more pods (about 70 KB per pod). A quantity left out keeps its default; \"\" removes it (limits = { cpu = \"\" }: no CPU limit)."
+  type = object({
+    requests = optional(object({
+      cpu    = optional(string, "250m")
+      memory = optional(string, "256Mi")
+    }), {})
+    limits = optional(object({
+      cpu    = optional(string, "1")
+      memory = optional(string, "512Mi")
+    }), {})
+  })
+  default = {}
+  validation {
+    condition = alltrue([
+      for q in compact(flatten([for v in [var.resources.requests, var.resources.limits] : v == null ? [] : [v.cpu]])) :
+      can(regex("^([0-9]+m|[0-9]+(\\.[0-9]+)?)$", q))
+    ])
+    error_message = "resources: cpu must be a Kubernetes CPU quantity, e.g. \"250m\" or \"1\"."
+  }
+  validation {
+    condition = alltrue([
+      for q in compact(flatten([for v in [var.resources.requests, var.resources.limits] : v == null ? [] : [v.memory]])) :
+      can(regex("^[0-9]+(\\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$", q))
+    ])
+    error_message = "resources: memory must be a Kubernetes memory quantity, e.g. \"256Mi\" or \"1Gi\"."
+  }
+}
+
+variable "termination_grace_period_seconds" {
+  description = "Seconds between SIGTERM and SIGKILL: the runtime stops its parts in reverse order (kubelet API, certificates, Services, pods, Lease) and closes its clients."
+  type        = number
+  default     = 60
+  validation {
+    condition     = var.termination_grace_period_seconds >= 1 && floor(var.termination_grace_period_seconds) == var.termination_grace_period_seconds
+    error_message = "termination_grace_period_seconds must be a whole number of seconds >= 1, e.g. 60."
+  }
+}

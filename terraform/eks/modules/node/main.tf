@@ -40,7 +40,15 @@ locals {
     K8SGPU_TENANT_NAMESPACE    = var.tenant_namespace
     K8SGPU_PROVIDER_KUBECONFIG = local.provider_kubeconfig_path
     K8SGPU_CSR_SIGNER          = var.csr_signer
+    # The probes below and the runtime's listener name the same port: this variable, nothing else.
+    K8SGPU_HEALTH_PORT = tostring(var.health_port)
   })
+
+  # Requests and limits as given, without the quantities set to "" (and without a block left empty).
+  resources = {
+    for k, v in var.resources : k => { for r, q in v : r => q if q != "" }
+    if length([for q in values(v) : q if q != ""]) > 0
+  }
 
   node_taint_toleration = {
     key      = "virtual-kubelet.io/provider"
@@ -177,8 +185,11 @@ resource "kubectl_manifest" "deployment" {
         metadata = { labels = local.labels }
         spec = {
           serviceAccountName = var.name
-          nodeSelector       = { "kubernetes.io/os" = "linux" }
-          securityContext    = { runAsNonRoot = true, runAsUser = 65532, seccompProfile = { type = "RuntimeDefault" } }
+          # SIGTERM stops the parts in reverse order (kubelet API, certificates, Services, pods, Lease and status,
+          # clients); the grace period lets that finish before SIGKILL.
+          terminationGracePeriodSeconds = var.termination_grace_period_seconds
+          nodeSelector                  = { "kubernetes.io/os" = "linux" }
+          securityContext               = { runAsNonRoot = true, runAsUser = 65532, seccompProfile = { type = "RuntimeDefault" } }
           containers = [{
             name    = "runtime"
             image   = "${var.image}:${var.image_tag}"
@@ -190,15 +201,44 @@ resource "kubectl_manifest" "deployment" {
                 { name = "K8SGPU_NODE_ADDRESS", valueFrom = { fieldRef = { fieldPath = "status.podIP" } } },
               ]
             )
-            ports = [{ name = "kubelet", containerPort = 10250, protocol = "TCP" }]
+            ports = [
+              { name = "kubelet", containerPort = 10250, protocol = "TCP" },
+              { name = "health", containerPort = var.health_port, protocol = "TCP" },
+            ]
+            # The health port listens as soon as the interpreter has imported the runtime, and /healthz stays 200
+            # while the start waits (a CSR awaiting approval): a long start is not killed, only not ready. The
+            # startup probe gives the import up to 60 s on a slow node; after it, three missed /healthz in a row
+            # (a stopped part, a stuck event loop) restart the container. /readyz gates the rollout
+            # (wait_for_rollout) on the node being registered.
+            startupProbe = {
+              httpGet       = { path = "/healthz", port = "health", scheme = "HTTP" }
+              periodSeconds = 2, timeoutSeconds = 2, failureThreshold = 30
+            }
+            livenessProbe = {
+              httpGet       = { path = "/healthz", port = "health", scheme = "HTTP" }
+              periodSeconds = 10, timeoutSeconds = 5, failureThreshold = 3
+            }
+            readinessProbe = {
+              httpGet       = { path = "/readyz", port = "health", scheme = "HTTP" }
+              periodSeconds = 5, timeoutSeconds = 5, failureThreshold = 3
+            }
+            resources = local.resources
             securityContext = {
               allowPrivilegeEscalation = false
               readOnlyRootFilesystem   = true
               capabilities             = { drop = ["ALL"] }
             }
-            volumeMounts = [{ name = "provider-kubeconfig", mountPath = local.provider_kubeconfig_dir, readOnly = true }]
+            volumeMounts = [
+              { name = "provider-kubeconfig", mountPath = local.provider_kubeconfig_dir, readOnly = true },
+              { name = "tmp", mountPath = "/tmp" },
+            ]
           }]
-          volumes = [{ name = "provider-kubeconfig", secret = { secretName = local.provider_secret } }]
+          volumes = [
+            { name = "provider-kubeconfig", secret = { secretName = local.provider_secret } },
+            # The root filesystem is read-only; certificates and keys the TLS libraries read only from files
+            # (the node's client and serving certificates, the kubeconfig's inline CA) pass through /tmp, in memory.
+            { name = "tmp", emptyDir = { medium = "Memory", sizeLimit = "16Mi" } },
+          ]
         }
       }
     }

@@ -1,0 +1,64 @@
+"""The health port: plain HTTP, apart from the kubelet API (which refuses anonymous callers).
+
+`/healthz` (liveness): 200 while the event loop answers and no long-running part has ended; 500 naming
+each part that has, one per line. It answers from the moment the process listens, so a start that waits
+(a CSR awaiting approval) is alive, merely not ready.
+`/readyz` (readiness): 200 once the node is registered (informers synced, provider listed); 503 saying
+what the runtime still waits for, and again while it stops.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from aiohttp import web
+
+log = logging.getLogger(__name__)
+
+
+class HealthServer:
+    """``problems()``: part name → why it is not alive (empty: alive). ``waiting()``: what readiness waits
+    for ("" once ready)."""
+
+    def __init__(self, problems: Callable[[], dict[str, str]], waiting: Callable[[], str]):
+        self.problems, self.waiting = problems, waiting
+        self.port = 0
+        self._runner: web.AppRunner | None = None
+        app = web.Application()
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        self._app = app
+
+    async def start(self, host: str, port: int) -> None:
+        """Listen on ``host``:``port`` (0: a free port, then in ``self.port``); a taken port fails here."""
+        self._runner = web.AppRunner(self._app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port, reuse_address=True)
+        try:
+            await site.start()
+        except OSError as exc:
+            await self._runner.cleanup()
+            self._runner = None
+            raise RuntimeError(f"cannot listen on the health port {host}:{port}: {exc.strerror or exc}; give "
+                               "--health-port another port, or 0 to turn the health port off") from None
+        self.port = self._runner.addresses[0][1]
+        log.info("health port listening on http://%s:%d (/healthz, /readyz)", host, self.port)
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        problems = self.problems()
+        if not problems:
+            return web.Response(text="ok\n")
+        lines = "".join(f"{name}: {why}\n" for name, why in sorted(problems.items()))
+        return web.Response(status=500, text=f"not alive: {len(problems)} part(s) stopped\n{lines}")
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        waiting = self.waiting()
+        if not waiting:
+            return web.Response(text="ok\n")
+        return web.Response(status=503, text=f"not ready: {waiting}\n")

@@ -1,0 +1,100 @@
+"""The health port's answers, and how a stopped long-running part reaches /healthz: real asyncio tasks and a real
+HTTP listener; the only stand-in is the cluster under the service controller, whose watch fails like a bug would."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+import pytest
+
+from k8sgpu.runtime import tasks
+from k8sgpu.runtime.controllers.services import ServiceController
+from k8sgpu.runtime.health import HealthServer
+
+
+class _BrokenWatchKube:
+    """Lists fine; its watch raises what no Reflector handles (not a KubeError), as a bug in decoding would."""
+
+    name = "local"
+
+    async def list(self, kind, namespace, **selectors):
+        return {"items": [], "metadata": {"resourceVersion": "1"}}
+
+    async def watch(self, kind, namespace, resource_version, **options):
+        await asyncio.sleep(0.05)
+        raise RuntimeError("cannot decode the watch event")
+        yield  # an async generator, like Kube.watch
+
+
+async def _get(port: int, path: str) -> tuple[int, str]:
+    async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{port}{path}") as response:
+        return response.status, await response.text()
+
+
+def test_tasks_that_ended_are_named_with_how():
+    async def scenario():
+        async def forever():
+            await asyncio.Event().wait()
+
+        async def fails():
+            raise ValueError("bad quantity")
+
+        async def returns():
+            return None
+
+        running = tasks.spawn(forever(), "running")
+        failed, returned = tasks.spawn(fails(), "failed"), tasks.spawn(returns(), "returned")
+        cancelled = tasks.spawn(forever(), "cancelled")
+        await asyncio.sleep(0)
+        cancelled.cancel()
+        await asyncio.gather(failed, returned, cancelled, return_exceptions=True)
+        found = tasks.problems([running, failed, returned, cancelled])
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+        return found
+
+    assert asyncio.run(scenario()) == {"failed": "failed: ValueError: bad quantity", "returned": "ended",
+                                       "cancelled": "cancelled"}
+
+
+def test_healthz_turns_500_naming_the_part_whose_task_died():
+    async def scenario():
+        services = ServiceController(_BrokenWatchKube(), provider=None, load_balancer_class="k8s.gpu")
+        ready = asyncio.Event()
+        health = HealthServer(services.problems, lambda: "" if ready.is_set() else "listing the local Services")
+        await health.start("127.0.0.1", 0)
+        try:
+            before = await _get(health.port, "/healthz"), await _get(health.port, "/readyz")
+            await services.start([])
+            ready.set()
+            after_start = await _get(health.port, "/healthz"), await _get(health.port, "/readyz")
+            for _ in range(100):  # the watch fails 50 ms in
+                if services.problems():
+                    break
+                await asyncio.sleep(0.01)
+            after_death = await _get(health.port, "/healthz")
+        finally:
+            await services.stop()
+            await health.stop()
+        return before, after_start, after_death
+
+    before, after_start, (status, body) = asyncio.run(scenario())
+    assert before == ((200, "ok\n"), (503, "not ready: listing the local Services\n"))
+    assert after_start == ((200, "ok\n"), (200, "ok\n"))
+    assert status == 500
+    assert body.splitlines() == ["not alive: 1 part(s) stopped",
+                                 "local-services: failed: RuntimeError: cannot decode the watch event"]
+
+
+def test_a_taken_health_port_fails_naming_the_flag():
+    async def scenario():
+        first = HealthServer(dict, str)
+        await first.start("127.0.0.1", 0)
+        try:
+            with pytest.raises(RuntimeError, match=f"health port 127.0.0.1:{first.port}.*--health-port"):
+                await HealthServer(dict, str).start("127.0.0.1", first.port)
+        finally:
+            await first.stop()
+
+    asyncio.run(scenario())
