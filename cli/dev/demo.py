@@ -106,16 +106,20 @@ def _start_in_cluster(state: State, out, terraform_dir: Path) -> None:
     step(local, "-n", "k8sgpu", "get", "pods", "-o", "wide")
     _wait_registered(kubectl, local)
     step(local, "wait", "--for=condition=Ready", f"node/{NODE}", "--timeout=90s")
-    pod = json.loads(step(local, "-n", "k8sgpu", "get", "pods", "-l", "app.kubernetes.io/name=k8sgpu-runtime",
-                          "-o", "json"))["items"]
-    node = json.loads(subprocess.run([kubectl, f"--kubeconfig={local}", "get", "node", NODE, "-o", "json"],
-                                     capture_output=True, text=True, check=True).stdout)
+    def read(*args: str) -> dict:
+        return json.loads(subprocess.run([kubectl, f"--kubeconfig={local}", *args, "-o", "json"],
+                                         capture_output=True, text=True, check=True).stdout)
+
+    pod = read("-n", "k8sgpu", "get", "pods", "-l", "app.kubernetes.io/name=k8sgpu-runtime")["items"]
+    node = read("get", "node", NODE)
     internal = [a["address"] for a in node["status"]["addresses"] if a["type"] == "InternalIP"]
     pod_ips = [p["status"].get("podIP") for p in pod if p["status"].get("phase") == "Running"]
     step(local, "get", "nodes", "-o", "wide")
     if not set(internal) & set(pod_ips):
         raise GroundError(f"node {NODE} advertises {internal}, not the runtime pod's IP {pod_ips}")
-    print(f"\n{NODE} is Ready at {internal[0]}, the runtime pod's IP.", file=out)
+    print(f"\n{NODE} is Ready at {internal[0]}, the runtime pod's IP. Its log, through worker-0's kubelet:",
+          file=out)
+    step(local, "-n", "k8sgpu", "logs", "deploy/k8sgpu-runtime", "--tail=3")
 
 
 def _start_as_process(ground: Ground, state: State, out) -> None:

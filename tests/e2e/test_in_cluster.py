@@ -1,0 +1,174 @@
+"""The user's path: `terraform apply` of terraform/generic runs the runtime from its image on the ground's worker
+node (real kubelet, containerd, kube-proxy), with no identity but its ServiceAccount; Kubernetes restarts it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from k8sgpu.cli.dev.tfvars import generic_tfvars
+from k8sgpu.runtime.translate import ORIGIN_UID_LABEL
+
+from .helpers import api, kubectl, wait_for
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parents[2]
+NODE = "ic.gpu"
+NAMESPACE = "k8sgpu-ic"
+CATALOG = {
+    "ic-nvidia-1xa6000": {"gpu_product": "NVIDIA-RTX-A6000", "gpu_count": 1, "cpu": "8000m", "memory": "32861620Ki"},
+    "ic-nvidia-1xa100": {"gpu_product": "NVIDIA-A100-PCIE-80GB", "gpu_count": 1, "cpu": "16", "memory": "64Gi"},
+}
+SELECTOR = "app.kubernetes.io/name=k8sgpu-runtime"
+
+
+def k8sgpu(env: dict, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, "-m", "k8sgpu.cli.main", *args], cwd=cwd, env=env, text=True,
+                            capture_output=True, timeout=600)
+    print(result.stdout[-4000:], result.stderr[-4000:], sep="\n")
+    return result
+
+
+@pytest.fixture(scope="module")
+def deployed(ground, tf_env, tmp_path_factory):
+    """terraform/generic as committed, applied with the image the ground's worker has, waiting for the rollout."""
+    if not ground.worker:
+        pytest.fail("the ground has no worker node (it needs root): the in-cluster path cannot run")
+    work = tmp_path_factory.mktemp("tf-ic")
+    shutil.copytree(REPO / "terraform" / "generic", work / "terraform" / "generic",
+                    ignore=shutil.ignore_patterns(".terraform*", "*.tfstate*"))
+    tfvars = work / "dev.tfvars.json"
+    tfvars.write_text(json.dumps({**generic_tfvars(ground), "namespace": NAMESPACE, "node_name": NODE,
+                                  "catalog": CATALOG}))
+    assert json.loads(tfvars.read_text())["wait_for_rollout"] is True
+    state = {"work": work, "tfvars": tfvars, "destroyed": False}
+    applied = k8sgpu(tf_env, "apply", "--cloud", "generic", "--dir", str(work / "terraform"), "--var-file",
+                     str(tfvars), cwd=work)
+    try:
+        assert applied.returncode == 0, applied.stderr[-3000:]
+        yield state
+    finally:
+        if not state["destroyed"]:
+            k8sgpu(tf_env, "destroy", "--cloud", "generic", "--dir", str(work / "terraform"), "--var-file",
+                   str(tfvars), cwd=work)
+
+
+def runtime_pods(core: client.CoreV1Api) -> list:
+    return [p for p in core.list_namespaced_pod(NAMESPACE, label_selector=SELECTOR).items
+            if p.metadata.deletion_timestamp is None]
+
+
+def ready(pod) -> bool:
+    return pod.status.phase == "Running" and any(
+        c.type == "Ready" and c.status == "True" for c in pod.status.conditions or [])
+
+
+def node_ready(core: client.CoreV1Api):
+    try:
+        node = core.read_node(NODE)
+    except ApiException:
+        return None
+    return node if any(c.type == "Ready" and c.status == "True" for c in node.status.conditions or []) else None
+
+
+def gpu_pod(name: str, runtime_class: str) -> dict:
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "default"},
+            "spec": {"runtimeClassName": runtime_class, "restartPolicy": "Never",
+                     "containers": [{"name": "main", "image": "nvidia/cuda:12.6.0-base-ubuntu20.04",
+                                     "command": ["sleep", "3600"]}]}}
+
+
+def running_on_node(core: client.CoreV1Api, name: str):
+    pod = core.read_namespaced_pod(name, "default")
+    return pod if pod.spec.node_name == NODE and pod.status.phase == "Running" else None
+
+
+def test_the_runtime_runs_from_its_image_on_the_worker_and_registers_with_its_pod_ip(deployed, ground):
+    core = client.CoreV1Api(api(ground.local.kubeconfig))
+    (pod,) = wait_for(lambda: [p for p in runtime_pods(core) if ready(p)], 60, "the runtime pod Ready")
+    assert pod.spec.node_name == "worker-0"
+    assert pod.spec.containers[0].image == "k8sgpu-runtime:0.1.0"
+    # Its only credential is its ServiceAccount: no kubeconfig file is mounted but the provider's.
+    mounted = {m.mount_path for m in pod.spec.containers[0].volume_mounts}
+    assert "/var/run/secrets/kubernetes.io/serviceaccount" in mounted
+    assert not any("kubeconfig" in v.name and v.name != "provider-kubeconfig" for v in pod.spec.volumes)
+    node = wait_for(lambda: node_ready(core), 60, f"node {NODE} Ready")
+    assert {(a.type, a.address) for a in node.status.addresses} >= {("InternalIP", pod.status.pod_ip)}
+    # The node identity was bootstrapped by the ServiceAccount, as kubelet TLS bootstrapping does.
+    certificates = client.CertificatesV1Api(api(ground.local.kubeconfig))
+    requestors = {c.spec.username for c in certificates.list_certificate_signing_request().items
+                  if c.spec.signer_name == "kubernetes.io/kube-apiserver-client-kubelet"}
+    assert f"system:serviceaccount:{NAMESPACE}:k8sgpu-runtime" in requestors
+    # The worker's real kubelet serves the runtime's own logs.
+    logs = kubectl(ground.local.kubeconfig, "-n", NAMESPACE, "logs", pod.metadata.name).stdout
+    assert f"node {NODE} ready at {pod.status.pod_ip}" in logs
+
+
+def test_a_pod_of_each_catalog_class_runs_with_logs_and_exec(deployed, ground):
+    core = client.CoreV1Api(api(ground.local.kubeconfig))
+    for runtime_class in CATALOG:
+        core.create_namespaced_pod("default", gpu_pod(runtime_class, runtime_class))
+    for runtime_class, spec in CATALOG.items():
+        wait_for(lambda rc=runtime_class: running_on_node(core, rc), 90, f"{runtime_class} Running on {NODE}")
+        listed = kubectl(ground.local.kubeconfig, "exec", runtime_class, "--", "nvidia-smi", "-L").stdout
+        assert listed.startswith("GPU 0: ") and spec["gpu_product"] in listed
+        assert kubectl(ground.local.kubeconfig, "logs", runtime_class).returncode == 0
+
+
+def test_a_deleted_runtime_pod_is_recreated_and_the_node_and_its_pods_carry_on(deployed, ground):
+    core = client.CoreV1Api(api(ground.local.kubeconfig))
+    provider = client.CoreV1Api(api(ground.provider.kubeconfig))
+
+    def mirrors() -> dict[str, str]:
+        listed = provider.list_namespaced_pod(ground.tenant_namespace, label_selector=f"k8sgpu.io/node={NODE}")
+        return {p.metadata.labels[ORIGIN_UID_LABEL]: p.metadata.uid for p in listed.items}
+
+    node_uid = core.read_node(NODE).metadata.uid
+    workloads = {name: core.read_namespaced_pod(name, "default").metadata.uid for name in CATALOG}
+    before = mirrors()
+    assert set(workloads.values()) <= set(before)
+    (old,) = runtime_pods(core)
+    core.delete_namespaced_pod(old.metadata.name, NAMESPACE)
+
+    # While Kubernetes replaces the runtime, the workloads stay Running and keep their mirrors.
+    deadline = time.monotonic() + 120
+    new = []
+    while time.monotonic() < deadline and not new:
+        for name in CATALOG:
+            assert core.read_namespaced_pod(name, "default").status.phase == "Running"
+        new = [p for p in runtime_pods(core) if p.metadata.uid != old.metadata.uid and ready(p)]
+        time.sleep(0.5)
+    assert new, "no new runtime pod became Ready within 120 s"
+    node = wait_for(lambda: node_ready(core), 60, f"node {NODE} Ready again")
+    assert node.metadata.uid == node_uid
+    assert {(a.type, a.address) for a in node.status.addresses} >= {("InternalIP", new[0].status.pod_ip)}
+    assert {k: v for k, v in mirrors().items() if k in workloads.values()} == {
+        uid: before[uid] for uid in workloads.values()}
+    # Resynced: the new runtime serves the old pods and runs new ones.
+    assert kubectl(ground.local.kubeconfig, "exec", "ic-nvidia-1xa6000", "--", "nvidia-smi", "-L").returncode == 0
+    core.create_namespaced_pod("default", gpu_pod("after-restart", "ic-nvidia-1xa6000"))
+    wait_for(lambda: running_on_node(core, "after-restart"), 90, "a pod created after the restart Running")
+    for name in [*CATALOG, "after-restart"]:
+        core.delete_namespaced_pod(name, "default", grace_period_seconds=0)
+    wait_for(lambda: not (set(mirrors()) & set(workloads.values())), 60, "the workloads' mirrors deleted")
+
+
+def test_destroy_removes_the_runtime_and_its_objects(deployed, ground, tf_env):
+    core = client.CoreV1Api(api(ground.local.kubeconfig))
+    work, tfvars = deployed["work"], deployed["tfvars"]
+    destroyed = k8sgpu(tf_env, "destroy", "--cloud", "generic", "--dir", str(work / "terraform"), "--var-file",
+                       str(tfvars), cwd=work)
+    deployed["destroyed"] = True
+    assert destroyed.returncode == 0, destroyed.stderr[-3000:]
+    wait_for(lambda: not runtime_pods(core), 90, "the runtime pod gone")
+    node_api = client.NodeV1Api(api(ground.local.kubeconfig))
+    assert not {rc.metadata.name for rc in node_api.list_runtime_class().items} & set(CATALOG)
