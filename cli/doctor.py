@@ -72,7 +72,7 @@ def check_extra_rbac(api: client.ApiClient, node: str, signer: str) -> Finding:
     authz = client.AuthorizationV1Api(api)
     user = f"system:node:{node}"
     denied = []
-    for rule in extra_rules(signer):
+    for rule in extra_rules(signer, node):
         for resource in rule["resources"]:
             for verb in rule["verbs"]:
                 names = rule.get("resourceNames") or [""]

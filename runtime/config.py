@@ -62,6 +62,11 @@ class NodeConfig:
     health_port: int = 10248
     """Plain-HTTP port of /healthz (liveness) and /readyz (readiness), apart from the kubelet API; 10248 is the
     kubelet's healthz port; 0: no health port."""
+    deployment: str = ""
+    """NAMESPACE/NAME of the Deployment running this runtime (the node module sets it). When the runtime stops
+    because that Deployment is being deleted (`terraform destroy`), it first removes what the node made: its
+    pods, ConfigMap/Secret copies and Services on the provider, then the Node. Any other stop (a restart, a
+    drain, a rollout) leaves everything for the next runtime. Empty: never."""
     health_bind_address: str = ""
     """Address the health port listens on; empty: 0.0.0.0 in a pod ($POD_IP set: kubelet probes come to the
     pod IP, `kubectl port-forward` to loopback), else 127.0.0.1 (a runtime on a workstation opens no port)."""
@@ -125,6 +130,8 @@ class RuntimeConfig:
         if self.node.health_port == self.node.kubelet_port:
             raise ConfigError("--health-port", f"{self.node.health_port} is the kubelet API's port "
                                                "(--kubelet-port): give another, e.g. 10248, or 0 for none")
+        if self.node.deployment and not re.match(r"^[a-z0-9-]+/[a-z0-9.-]+$", self.node.deployment):
+            raise ConfigError("--deployment", f"{self.node.deployment!r} is not NAMESPACE/NAME of a Deployment")
         if self.node.health_bind_address:
             try:
                 ipaddress.ip_address(self.node.health_bind_address)
@@ -215,6 +222,7 @@ SETTINGS: dict[str, tuple[str, str, str]] = {
     "kubelet_port": ("node", "kubelet_port", "K8SGPU_KUBELET_PORT"),
     "health_port": ("node", "health_port", "K8SGPU_HEALTH_PORT"),
     "health_bind_address": ("node", "health_bind_address", "K8SGPU_HEALTH_BIND_ADDRESS"),
+    "deployment": ("node", "deployment", "K8SGPU_DEPLOYMENT"),
     "csr_signer": ("node", "csr_signer", "K8SGPU_CSR_SIGNER"),
     "csr_self_approve": ("node", "csr_self_approve", "K8SGPU_CSR_SELF_APPROVE"),
     "tls_cert_file": ("node", "tls_cert_file", "K8SGPU_TLS_CERT_FILE"),

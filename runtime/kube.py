@@ -33,6 +33,7 @@ _RESOURCES: dict[str, tuple[str, str, bool]] = {
     "Event": ("/api/v1", "events", True),
     "ResourceQuota": ("/api/v1", "resourcequotas", True),
     "Lease": ("/apis/coordination.k8s.io/v1", "leases", True),
+    "Deployment": ("/apis/apps/v1", "deployments", True),
     "RuntimeClass": ("/apis/node.k8s.io/v1", "runtimeclasses", False),
     "CertificateSigningRequest": ("/apis/certificates.k8s.io/v1", "certificatesigningrequests", False),
 }

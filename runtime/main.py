@@ -53,6 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--health-bind-address", help="address the health port listens on (default: 0.0.0.0 in a "
                                                      "pod, where $POD_IP is set, else 127.0.0.1) "
                                                      "[env K8SGPU_HEALTH_BIND_ADDRESS]")
+    start.add_argument("--deployment", metavar="NAMESPACE/NAME",
+                       help="the Deployment running this runtime: when it stops because that Deployment is being "
+                            "deleted (terraform destroy), it first deletes its pods, copies and Services on the "
+                            "provider and its Node; other stops leave them [env K8SGPU_DEPLOYMENT]")
     start.add_argument("--csr-signer", help="signer of the kubelet API's serving certificate: "
                                             "kubernetes.io/kubelet-serving (default), aws (EKS: "
                                             "beta.eks.amazonaws.com/app-serving) or any signer name "

@@ -5,8 +5,9 @@ and write its pods' status, delete its pods, read the Secrets and ConfigMaps its
 pods use, read RuntimeClasses and Services, and record Events. Publishing a
 LoadBalancer Service's address is not a kubelet's job, and nothing lets a node
 approve its own serving certificate (kube-controller-manager never auto-approves
-kubernetes.io/kubelet-serving), so those are the extra rules. The Terraform node
-module grants exactly these rules.
+kubernetes.io/kubelet-serving), and a node may not delete its own Node (the
+runtime does when its Deployment is deleted: `terraform destroy`), so those are
+the extra rules. The Terraform node module grants exactly these rules.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 KUBELET_SERVING = "kubernetes.io/kubelet-serving"
 
 
-def extra_rules(signer: str = KUBELET_SERVING) -> list[dict]:
+def extra_rules(signer: str = KUBELET_SERVING, node: str = "k8s.gpu") -> list[dict]:
     """The rules beyond the node identity; ``signer`` is the serving certificate's signer name."""
     return [
         {
@@ -36,6 +37,13 @@ def extra_rules(signer: str = KUBELET_SERVING) -> list[dict]:
             "resourceNames": [signer],
             "verbs": ["approve"],
         },
+        {
+            # Delete its own Node when decommissioned (its Deployment deleted), after releasing the provider.
+            "apiGroups": [""],
+            "resources": ["nodes"],
+            "resourceNames": [node],
+            "verbs": ["delete"],
+        },
     ]
 
 
@@ -46,7 +54,7 @@ def extra_rbac(node_name: str = "k8s.gpu", name: str = "k8sgpu-runtime", signer:
     """A ClusterRole with the extra rules and its binding to the node's user."""
     return [
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
-         "metadata": {"name": name}, "rules": extra_rules(signer)},
+         "metadata": {"name": name}, "rules": extra_rules(signer, node_name)},
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
          "metadata": {"name": name},
          "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},

@@ -9,7 +9,7 @@ import logging
 import os
 from pathlib import Path
 
-from . import tasks
+from . import errors, tasks
 from .certificates import ServingCertificate
 from .clients import EksLogin, NodeClientCertificate, local_cluster
 from .config import RuntimeConfig
@@ -138,6 +138,7 @@ class VirtualNode:
         for part in (self.kubelet, self.certificate):
             if part is not None:
                 await part.stop()
+        decommission = await self._being_removed()
         for part in (self.services, self.pods):
             if part is not None:
                 await part.stop()
@@ -145,6 +146,8 @@ class VirtualNode:
         for task in running:
             task.cancel()
         await asyncio.gather(*running, return_exceptions=True)
+        if decommission:
+            await self._decommission()
         if self.identity is not None:
             await self.identity.stop()
         for kube in (self.remote, self.local):
@@ -152,6 +155,44 @@ class VirtualNode:
                 await kube.close()
         if self.health is not None:
             await self.health.stop()
+
+    async def _being_removed(self) -> bool:
+        """Whether this runtime stops because its Deployment is being deleted (gone, or deleting in the
+        foreground as the node module's destroy does), asked with the pod's ServiceAccount."""
+        namespace, _, name = self.config.node.deployment.partition("/")
+        if not name or self.pods is None:
+            return False
+        try:
+            account = Kube(await api_client(None), "local")
+        except Exception as exc:  # noqa: BLE001 - outside a pod there is no ServiceAccount to ask with
+            log.warning("cannot tell whether Deployment %s is being deleted (%s): leaving the node", name, exc)
+            return False
+        try:
+            deployment = await account.get("Deployment", namespace, name)
+        except errors.NotFound:
+            return True
+        except errors.KubeError as exc:
+            log.warning("cannot read Deployment %s/%s (%s): leaving the node as it is", namespace, name, exc)
+            return False
+        finally:
+            await account.close()
+        return bool(deployment["metadata"].get("deletionTimestamp"))
+
+    async def _decommission(self) -> None:
+        """Remove what the node made: its pods, copies and Services on the provider, then its Node (whose
+        Lease the garbage collector follows). Pods still bound to it are then collected as on any deleted node."""
+        name = self.config.node.name
+        log.info("Deployment %s is being deleted: removing node %s and everything it holds on the provider",
+                 self.config.node.deployment, name)
+        try:
+            await self.pods.provider.release_all()
+            await self.local.delete("Node", None, name)
+        except errors.NotFound:
+            pass
+        except errors.KubeError as exc:
+            log.error("removing node %s: %s", name, exc)
+            return
+        log.info("node %s removed", name)
 
     async def run_until(self, stop: asyncio.Event) -> None:
         """Start, then run until ``stop``; a stop during the start (a CSR awaiting approval) ends it too."""

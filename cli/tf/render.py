@@ -235,6 +235,7 @@ def hcl(value: Any, expressions: dict[str, str] | None = None, indent: int = 0) 
 
 
 _SIGNER = "<serving signer>"
+_NODE = "<node name>"
 
 
 def node_rules_hcl() -> str:
@@ -243,10 +244,10 @@ def node_rules_hcl() -> str:
     kubernetes.io/kubelet-serving and EKS's beta.eks.amazonaws.com/app-serving."""
     from k8sgpu.runtime import rbac
 
-    rules = rbac.extra_rules(_SIGNER)
+    rules = rbac.extra_rules(_SIGNER, _NODE)
     if rbac.extra_rules() != rbac.EXTRA_RULES:
         raise RenderError("k8sgpu.runtime.rbac: EXTRA_RULES differs from extra_rules(); render needs them equal")
-    return hcl(rules, {_SIGNER: "local.csr_signer_name"}, indent=1)
+    return hcl(rules, {_SIGNER: "local.csr_signer_name", _NODE: "var.node_name"}, indent=1)
 
 
 # ---------------------------------------------------------------------------------------------- rendering

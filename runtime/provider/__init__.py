@@ -133,6 +133,10 @@ class PodProvider(Protocol):
 
     async def put_service(self, service: dict) -> None: ...
 
+    async def release_all(self) -> None:
+        """Delete every pod, ConfigMap/Secret copy and Service the provider holds for this node (from its cache:
+        call after `stop`, when nothing creates more)."""
+
     async def delete_service(self, namespace: str, name: str) -> None: ...
 
     def capacity(self) -> Capacity: ...

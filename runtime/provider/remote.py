@@ -243,6 +243,18 @@ class RemoteClusterProvider:
         except errors.NotFound:
             pass
 
+    async def release_all(self) -> None:
+        for kind, reflector in (("Pod", self._pods), ("ConfigMap", self._configmaps), ("Secret", self._secrets),
+                                ("Service", self._services)):
+            for obj in list(reflector.store.values()):
+                meta = obj["metadata"]
+                try:
+                    await self.kube.delete(kind, self.namespace, meta["name"], uid=meta["uid"],
+                                           grace_seconds=0 if kind == "Pod" else None)
+                except (errors.NotFound, errors.Conflict):
+                    pass
+                log.info("released %s %s/%s on the provider", kind, self.namespace, meta["name"])
+
     def services(self) -> list[tuple[str, str]]:
         out = []
         for obj in self._services.store.values():

@@ -162,13 +162,43 @@ def test_a_deleted_runtime_pod_is_recreated_and_the_node_and_its_pods_carry_on(d
     wait_for(lambda: not (set(mirrors()) & set(workloads.values())), 60, "the workloads' mirrors deleted")
 
 
-def test_destroy_removes_the_runtime_and_its_objects(deployed, ground, tf_env):
+def test_destroy_removes_the_node_and_leaves_nothing_on_the_provider(deployed, ground, tf_env):
     core = client.CoreV1Api(api(ground.local.kubeconfig))
+    provider = client.CoreV1Api(api(ground.provider.kubeconfig))
+    on_provider = {
+        "pods": provider.list_namespaced_pod, "configmaps": provider.list_namespaced_config_map,
+        "secrets": provider.list_namespaced_secret, "services": provider.list_namespaced_service}
+
+    def held() -> dict[str, list[str]]:
+        return {kind: [o.metadata.name for o in list_(ground.tenant_namespace,
+                                                      label_selector=f"k8sgpu.io/node={NODE}").items]
+                for kind, list_ in on_provider.items()}
+
+    # Something of each kind on the provider first: a pod using a ConfigMap and a Secret.
+    core.create_namespaced_config_map("default", {"metadata": {"name": "ic-settings"}, "data": {"a": "1"}})
+    core.create_namespaced_secret("default", {"metadata": {"name": "ic-token"}, "stringData": {"t": "x"}})
+    pod = gpu_pod("ic-with-objects", "ic-nvidia-1xa6000")
+    pod["spec"]["volumes"] = [{"name": "settings", "configMap": {"name": "ic-settings"}},
+                              {"name": "token", "secret": {"secretName": "ic-token"}}]
+    pod["spec"]["containers"][0]["volumeMounts"] = [{"name": "settings", "mountPath": "/etc/settings"},
+                                                    {"name": "token", "mountPath": "/etc/token"}]
+    core.create_namespaced_pod("default", pod)
+    wait_for(lambda: running_on_node(core, "ic-with-objects"), 90, "a pod with a ConfigMap and a Secret Running")
+    wait_for(lambda: all(held()[kind] for kind in ("pods", "configmaps", "secrets")), 30,
+             "its mirror and copies on the provider")
+
     work, tfvars = deployed["work"], deployed["tfvars"]
     destroyed = k8sgpu(tf_env, "destroy", "--cloud", "generic", "--dir", str(work / "terraform"), "--var-file",
                        str(tfvars), cwd=work)
     deployed["destroyed"] = True
     assert destroyed.returncode == 0, destroyed.stderr[-3000:]
-    wait_for(lambda: not runtime_pods(core), 90, "the runtime pod gone")
+    # The Deployment was deleted in the foreground, so its pod has already stopped, having removed its node.
+    assert not runtime_pods(core)
+    with pytest.raises(ApiException) as gone:
+        core.read_node(NODE)
+    assert gone.value.status == 404
+    assert held() == {kind: [] for kind in on_provider}
     node_api = client.NodeV1Api(api(ground.local.kubeconfig))
     assert not {rc.metadata.name for rc in node_api.list_runtime_class().items} & set(CATALOG)
+    core.delete_namespaced_config_map("ic-settings", "default")
+    core.delete_namespaced_secret("ic-token", "default")

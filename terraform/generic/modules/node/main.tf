@@ -32,6 +32,12 @@ locals {
       resourceNames = [local.csr_signer_name]
       verbs         = ["approve"]
     },
+    {
+      apiGroups     = [""]
+      resources     = ["nodes"]
+      resourceNames = [var.node_name]
+      verbs         = ["delete"]
+    },
   ]
 
   # The runtime's configuration: the same values the root's outputs give `k8sgpu-runtime start --terraform-outputs`.
@@ -42,6 +48,8 @@ locals {
     K8SGPU_CSR_SIGNER          = var.csr_signer
     # The probes below and the runtime's listener name the same port: this variable, nothing else.
     K8SGPU_HEALTH_PORT = tostring(var.health_port)
+    # Stopping because this Deployment is deleted (terraform destroy), the runtime removes its node first.
+    K8SGPU_DEPLOYMENT = "${var.namespace}/${var.name}"
   })
 
   # Requests and limits as given, without the quantities set to "" (and without a block left empty).
@@ -244,7 +252,33 @@ resource "kubectl_manifest" "deployment" {
     }
   })
   wait_for_rollout = var.wait_for_rollout
-  depends_on       = [kubectl_manifest.service_account, kubectl_manifest.provider_kubeconfig, kubectl_manifest.node_role_binding]
+  # Deleted in the foreground and waited for: the runtime's pod is gone, so it has removed its node and what the
+  # node held on the provider (it reads this Deployment's deletion with the rule below), before the ServiceAccount,
+  # the RBAC and the provider Secret go.
+  wait       = true
+  depends_on = [kubectl_manifest.service_account, kubectl_manifest.provider_kubeconfig, kubectl_manifest.node_role_binding, kubectl_manifest.deployment_reader_binding]
+}
+
+# The runtime's ServiceAccount may read its own Deployment: a stop while it is being deleted is a decommission.
+resource "kubectl_manifest" "deployment_reader" {
+  yaml_body = yamlencode({
+    apiVersion = "rbac.authorization.k8s.io/v1"
+    kind       = "Role"
+    metadata   = { name = "${var.name}-own-deployment", namespace = var.namespace, labels = local.labels }
+    rules      = [{ apiGroups = ["apps"], resources = ["deployments"], resourceNames = [var.name], verbs = ["get"] }]
+  })
+  depends_on = [kubectl_manifest.namespace]
+}
+
+resource "kubectl_manifest" "deployment_reader_binding" {
+  yaml_body = yamlencode({
+    apiVersion = "rbac.authorization.k8s.io/v1"
+    kind       = "RoleBinding"
+    metadata   = { name = "${var.name}-own-deployment", namespace = var.namespace, labels = local.labels }
+    roleRef    = { apiGroup = "rbac.authorization.k8s.io", kind = "Role", name = "${var.name}-own-deployment" }
+    subjects   = [{ kind = "ServiceAccount", name = var.name, namespace = var.namespace }]
+  })
+  depends_on = [kubectl_manifest.deployment_reader]
 }
 
 # The token the controller wrote into the bootstrap Secret (read after everything else is applied, which gives
