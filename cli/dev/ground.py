@@ -562,13 +562,15 @@ class Ground:
             Component("worker-containerd", depends=("worker-namespaces",),
                       argv=tuple(w.enter("containerd", f"--config={Path(w.dir) / 'containerd' / 'config.toml'}")),
                       prepare=lambda: worker_parts.write_containerd_config(w),
-                      ready=lambda: os.path.exists(w.containerd_socket) and _ok(
-                          w.enter("ctr", f"--address={w.containerd_socket}", "version")), ready_timeout=30),
+                      ready=lambda: _ok(w.enter("ctr", f"--address={w.containerd_socket}", "version")),
+                      ready_timeout=30),
             Component("worker-images", depends=("worker-containerd",), prepare=images),
             Component("worker-kubelet", depends=("worker-images", "local-kube-apiserver"),
                       argv=tuple(w.enter(bins["kubelet"], f"--config={kubelet_config}",
                                          f"--kubeconfig={Path(w.dir) / 'kubelet' / 'kubeconfig'}",
-                                         f"--root-dir={Path(w.dir) / 'kubelet' / 'root'}",
+                                         # In the worker's /run: it holds unix sockets, and a path under
+                                         # the ground's root can be too long for one.
+                                         "--root-dir=/run/kubelet",
                                          f"--cert-dir={Path(w.dir) / 'kubelet' / 'pki'}",
                                          f"--hostname-override={worker_parts.NODE_NAME}",
                                          f"--node-ip={w.node_ip}", "--v=1")),

@@ -103,7 +103,9 @@ class WorkerPlan:
 
     @property
     def containerd_socket(self) -> str:
-        return f"{self.dir}/containerd/containerd.sock"
+        # In the worker's own /run (a tmpfs of its mount namespace): a socket path under the ground's root can be
+        # longer than a unix socket's 108 bytes.
+        return "/run/containerd/containerd.sock"
 
     def enter(self, *argv: str) -> list[str]:
         """``argv`` run inside the worker's mount and network namespaces."""
