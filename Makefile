@@ -4,13 +4,24 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install binaries providers image render plan apply validate-aks dev-tfvars bench demo up down status test test-unit test-e2e lint clean
+.PHONY: packages install binaries providers image render plan apply validate-aks dev-tfvars bench demo up down status test test-unit test-e2e lint clean
 
 CLOUD ?= generic
 # Extra .tfvars for plan/apply: make plan CLOUD=eks VAR_FILE=my.tfvars
 VAR_FILE ?=
 
 install: $(STAMP)
+
+# Debian's packages of the dev ground's worker node (containerd, runc, CNI plugins, iptables), of its pause image
+# (gcc, a static libc) and of the runtime's image (debootstrap, buildah); installed with apt-get when missing.
+DEBIAN_PACKAGES := containerd runc containernetworking-plugins iptables iproute2 util-linux gcc libc6-dev debootstrap buildah
+packages:
+	@missing=$$(for p in $(DEBIAN_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" != 0 ]; then echo "make: the dev ground needs Debian packages: $$missing; run: sudo apt-get install $$missing" >&2; exit 1; fi; \
+	  echo "installing Debian packages: $$missing"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null) || { echo "make: apt-get install $$missing failed" >&2; exit 1; }; \
+	fi
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +31,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 # etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok and metrics-server, built with Go into ~/.cache/k8sgpu.
-binaries: install
+binaries: install packages
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/k8sgpu dev build
 
 # hashicorp/kubernetes and gavinbunney/kubectl, built with Go into a Terraform filesystem mirror in ~/.cache/k8sgpu.
@@ -29,7 +40,7 @@ providers: install
 
 # The runtime's container image as an OCI archive in ~/.cache/k8sgpu/images (debootstrap + buildah, no registry;
 # apt-get installs debootstrap and buildah when missing). Prints the archive; a no-op when nothing changed.
-image: install
+image: install packages
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/k8sgpu dev image
 
 # terraform/eks, terraform/aks, terraform/generic from the templates in modules/ (commit the result).
