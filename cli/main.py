@@ -416,14 +416,16 @@ def build_parser(aks_client=azure_aks_client, aws_session=boto3_session) -> argp
     image.add_argument("--output", "-o", choices=("table", "json"), default="table")
     image.set_defaults(func=cmd_dev_image)
     for name, func, text in (
-        ("up", cmd_dev_up, "start both clusters (building binaries on first use); exits 0 if already up"),
+        ("up", cmd_dev_up, "start both clusters and the worker node (building binaries and the runtime's image "
+                           "on first use); exits 0 if already up; starts only what died on a partly-down ground"),
         ("status", cmd_dev_status, "show each component's PID and whether it runs; exit 1 if one crashed, "
                                    "3 if the ground is down"),
         ("down", cmd_dev_down, "stop every process the ground started, by PID"),
         ("tfvars", cmd_dev_tfvars, "write <root>/generic.tfvars.json: terraform/generic's variables for the local "
                                    "cluster (make apply CLOUD=generic uses it)"),
-        ("demo", cmd_dev_demo, "apply the GPU catalog, start the runtime and run the guide's nvidia-smi pod "
-                               "on k8s.gpu (the ground must be up)"),
+        ("demo", cmd_dev_demo, "terraform apply of terraform/generic (the runtime's pod on the worker node "
+                               "registers k8s.gpu), then the guide's nvidia-smi pod on k8s.gpu; without a worker "
+                               "the runtime runs as a process (the ground must be up)"),
     ):
         verb = verbs.add_parser(name, help=text, description=text)
         if name in ("up", "status"):

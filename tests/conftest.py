@@ -48,24 +48,44 @@ def ground(binaries, tmp_path_factory) -> State:
     from k8sgpu.cli.dev.image import ensure_image
 
     g = Ground(root, progress=_log, runtime_image=lambda: ensure_image(progress=_log))
+    kernel = machine_settings()
     state, _ = g.up(binaries)
     try:
         yield state
     finally:
         g.down()
         _assert_gone(state)
+        assert machine_settings() == kernel, "the ground changed machine-wide kernel settings"
+
+
+def machine_settings() -> dict[str, str]:
+    """The machine-wide settings a kubelet writes by default, and the host's iptables rules."""
+    from k8sgpu.cli.dev.worker import KUBELET_SYSCTLS
+
+    values = {key: Path("/proc/sys", key).read_text().strip() for key in KUBELET_SYSCTLS}
+    for table in ("filter", "nat"):
+        done = subprocess.run(["iptables", "-t", table, "-S"], capture_output=True, text=True)
+        values[f"iptables {table}"] = done.stdout
+    return values
 
 
 def _assert_gone(state: State) -> None:
-    """Nothing of the ground may outlive it: no process, no listener on its ports."""
+    """Nothing of the ground may outlive it: no process, no listener on its ports, nothing of its worker node
+    (processes, mounts, link, route, cgroups), no address on lo."""
+    from k8sgpu.cli.dev.worker import WorkerPlan, leftovers
+
     deadline = time.monotonic() + 10
     while True:
         alive = [p.name for p in state.processes if p.alive()]
         ports = sorted(listening_ports() & {port for p in state.processes for port in p.ports})
-        if not alive and not ports:
+        left = leftovers(WorkerPlan(**state.worker)) if state.worker else []
+        on_lo = subprocess.run(["ip", "-o", "addr", "show", "dev", "lo"], capture_output=True, text=True).stdout
+        if state.node_address != "127.0.0.1" and f" {state.node_address}/" in on_lo:
+            left.append(f"address {state.node_address} on lo")
+        if not alive and not ports and not left:
             return
         if time.monotonic() > deadline:
-            raise AssertionError(f"ground left behind: processes {alive}, listening ports {ports}")
+            raise AssertionError(f"ground left behind: processes {alive}, listening ports {ports}, {left}")
         time.sleep(0.2)
 
 

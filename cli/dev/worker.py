@@ -181,7 +181,6 @@ def make_namespaces(w: WorkerPlan) -> None:
 def remove_namespaces(w: WorkerPlan, progress=print) -> list[str]:
     """Ends every process left in the worker's namespaces (pods, shims), then the namespaces, link and
     cgroups. Returns what could not be removed."""
-    left = []
     # The pods' processes first, so that their shims (their parents) reap them; then the shims.
     ended = 0
     for find in (_pod_processes, _processes_in):
@@ -195,8 +194,7 @@ def remove_namespaces(w: WorkerPlan, progress=print) -> list[str]:
         progress("worker: ended the processes left in its cgroups and namespaces (containers, shims)")
     for ns in (w.mount_ns, w.net_ns):
         if _is_mount(ns):
-            if subprocess.run(["umount", ns], capture_output=True).returncode != 0:
-                left.append(f"mount {ns}")
+            subprocess.run(["umount", ns], capture_output=True)
     if _run_out(["ip", "-o", "link", "show", w.host_link]):
         subprocess.run(["ip", "link", "del", w.host_link], capture_output=True)
     for hierarchy in _cgroup_hierarchies():
@@ -204,15 +202,27 @@ def remove_namespaces(w: WorkerPlan, progress=print) -> list[str]:
         if top.is_dir():
             for sub in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
                 _rmdir(sub)
-            if not _rmdir(top):
-                left.append(f"cgroup {top}")
+            _rmdir(top)
     for path in reversed(w.created_dirs):
         try:
             os.rmdir(path)
-        except FileNotFoundError:
-            pass
         except OSError:
-            left.append(f"directory {path}")
+            pass
+    return leftovers(w)
+
+
+def leftovers(w: WorkerPlan) -> list[str]:
+    """What of the worker is still on the machine: processes, mounts, the link, the route, cgroups, directories."""
+    left = [f"process {pid}" for pid in _processes_in(w)]
+    left += [f"mount {line.split()[1]}" for line in Path("/proc/self/mounts").read_text().splitlines()
+             if line.split()[1].startswith(w.dir)]
+    if _run_out(["ip", "-o", "link", "show", w.host_link]):
+        left.append(f"link {w.host_link}")
+    if w.pod_cidr in _run_out(["ip", "-4", "route"]):
+        left.append(f"route {w.pod_cidr}")
+    left += [f"cgroup {h / w.cgroup_root.lstrip('/')}" for h in _cgroup_hierarchies()
+             if (h / w.cgroup_root.lstrip("/")).exists()]
+    left += [f"directory {path}" for path in w.created_dirs if os.path.exists(path)]
     return left
 
 

@@ -14,6 +14,8 @@ import pytest
 from k8sgpu.cli.dev.catalog import DEFAULT_POOLS
 from k8sgpu.cli.dev.ground import listening_ports
 
+from .helpers import kubectl
+
 pytestmark = pytest.mark.e2e
 
 
@@ -52,6 +54,25 @@ def test_up_status_down_lifecycle(binaries, tmp_path):
             time.sleep(0.2)
         assert crashed.returncode == 1
         assert "local-kube-scheduler" in crashed.stdout and "EXITED" in crashed.stdout
+
+        # `up` again starts only what died, on the same ground: etcd's data, so both clusters' objects, stay.
+        for cluster in ("local", "provider"):
+            kubectl(info[cluster]["kubeconfig"], "create", "configmap", "kept", "--from-literal=k=v")
+        apiserver = next(p for p in procs if p["name"] == "provider-kube-apiserver")
+        os.kill(apiserver["pid"], signal.SIGKILL)
+        restarted = k8sgpu("dev", "--root", root, "up")
+        assert restarted.returncode == 0, restarted.stderr
+        assert "starting only that" in restarted.stderr
+        after = {p["name"]: p["pid"] for p in json.loads(k8sgpu("dev", "--root", root, "status", "-o", "json").stdout)[
+            "processes"]}
+        dead = {"local-kube-scheduler", "provider-kube-apiserver"}
+        assert {n: pid for n, pid in after.items() if n not in dead} == {
+            p["name"]: p["pid"] for p in procs if p["name"] not in dead}
+        assert all(after[n] != next(p["pid"] for p in procs if p["name"] == n) for n in dead)
+        assert k8sgpu("dev", "--root", root, "status").returncode == 0
+        for cluster in ("local", "provider"):
+            kept = kubectl(info[cluster]["kubeconfig"], "get", "configmap", "kept", "-o", "jsonpath={.data.k}")
+            assert kept.stdout == "v"
     finally:
         down = k8sgpu("dev", "--root", root, "down")
     assert down.returncode == 0, down.stderr

@@ -31,3 +31,14 @@ def test_a_cycle_is_refused_naming_a_member():
 def test_an_unknown_dependency_is_refused_naming_both():
     with pytest.raises(ValueError, match="kubelet depends on unknown containerd"):
         ordered([Component("kubelet", depends=("containerd",))])
+
+
+def test_a_missing_tool_is_named_with_the_package_that_has_it(monkeypatch, tmp_path):
+    from k8sgpu.cli.dev import worker
+
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setattr(worker, "CNI_BIN_DIR", str(tmp_path))
+    monkeypatch.setattr(worker, "TOOLS", {"containerd": "containerd", "runc": "runc",
+                                          f"{tmp_path}/bridge": "containernetworking-plugins"})
+    assert worker.missing_tools() == ["containerd (apt-get install containerd)", "runc (apt-get install runc)",
+                                      f"{tmp_path}/bridge (apt-get install containernetworking-plugins)"]
