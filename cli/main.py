@@ -471,13 +471,14 @@ def _known_errors() -> tuple[type[Exception], ...]:
 
     from .dev.binaries import BuildError
     from .dev.ground import GroundError
+    from .dev.worker import WorkerError
     from .doctor_aks import AzureLoginError
     from .doctor_eks import AwsLoginError
     from .tf.render import RenderError
     from .tf.runner import TerraformError
 
-    return (BuildError, GroundError, RenderError, TerraformError, OSError, ApiException, ConfigException,
-            AzureLoginError, AzureError, AwsLoginError, BotoCoreError, ClientError)
+    return (BuildError, GroundError, WorkerError, RenderError, TerraformError, OSError, ApiException,
+            ConfigException, AzureLoginError, AzureError, AwsLoginError, BotoCoreError, ClientError)
 
 
 if __name__ == "__main__":

@@ -297,7 +297,9 @@ def _run(argv: list[str], step: str) -> None:
     except FileNotFoundError as exc:
         raise WorkerError(f"{step}: {argv[0]} is not installed ({exc})") from exc
     if done.returncode != 0:
-        raise WorkerError(f"{step}: `{' '.join(argv)}` exited {done.returncode}: {done.stderr.strip()[-500:]}")
+        raise WorkerError(f"{step}: `{' '.join(argv)}` exited {done.returncode}: {done.stderr.strip()[-500:]} "
+                          "(the worker node needs root and a kernel with network and mount namespaces, veth and "
+                          "overlayfs; or start the ground without it: k8sgpu dev up --no-worker)")
 
 
 def _run_out(argv: list[str]) -> str:
