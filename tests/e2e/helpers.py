@@ -28,6 +28,14 @@ def kubectl(kubeconfig: str, *args: str, check: bool = True, stdin: str | None =
                           capture_output=True, timeout=timeout, check=check)
 
 
+def k8sgpu(env: dict, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """The `k8sgpu` command in ``cwd`` with ``env``; its output is printed for the test's report."""
+    result = subprocess.run([sys.executable, "-m", "k8sgpu.cli.main", *args], cwd=cwd, env=env, text=True,
+                            capture_output=True, timeout=600)
+    print(result.stdout[-4000:], result.stderr[-4000:], sep="\n")
+    return result
+
+
 def wait_for(predicate, timeout: float = 60, what: str = "condition", interval: float = 0.2):
     deadline = time.monotonic() + timeout
     while True:

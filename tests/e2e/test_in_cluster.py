@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,7 +15,7 @@ from kubernetes.client.rest import ApiException
 from k8sgpu.cli.dev.tfvars import generic_tfvars
 from k8sgpu.runtime.translate import ORIGIN_UID_LABEL
 
-from .helpers import api, kubectl, wait_for
+from .helpers import api, k8sgpu, kubectl, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -29,13 +27,6 @@ CATALOG = {
     "ic-nvidia-1xa100": {"gpu_product": "NVIDIA-A100-PCIE-80GB", "gpu_count": 1, "cpu": "16", "memory": "64Gi"},
 }
 SELECTOR = "app.kubernetes.io/name=k8sgpu-runtime"
-
-
-def k8sgpu(env: dict, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, "-m", "k8sgpu.cli.main", *args], cwd=cwd, env=env, text=True,
-                            capture_output=True, timeout=600)
-    print(result.stdout[-4000:], result.stderr[-4000:], sep="\n")
-    return result
 
 
 @pytest.fixture(scope="module")

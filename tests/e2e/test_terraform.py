@@ -9,7 +9,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -23,7 +22,17 @@ from k8sgpu.runtime.catalog import runtime_class_manifest
 from k8sgpu.runtime.rbac import EXTRA_RULES
 from k8sgpu.runtime.translate import ORIGIN_UID_LABEL
 
-from .helpers import RuntimeProcess, api, aws_auth_root, kubectl, node_on_port, remove_node, run_terraform, wait_for
+from .helpers import (
+    RuntimeProcess,
+    api,
+    aws_auth_root,
+    k8sgpu,
+    kubectl,
+    node_on_port,
+    remove_node,
+    run_terraform,
+    wait_for,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -35,13 +44,6 @@ CATALOG = {
     "tf-nvidia-2xa100": {"gpu_product": "NVIDIA-A100-PCIE-80GB", "gpu_count": 2, "cpu": "16", "memory": "64Gi",
                          "default_limits": False},
 }
-
-
-def k8sgpu(env: dict, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, "-m", "k8sgpu.cli.main", *args], cwd=cwd, env=env, text=True,
-                            capture_output=True, timeout=600)
-    print(result.stdout[-4000:], result.stderr[-4000:], sep="\n")
-    return result
 
 
 @pytest.fixture(scope="module")
