@@ -314,8 +314,9 @@ def ensure_image(progress: Progress = print, source: Path = SOURCE, version: str
     ensure_tools(progress)
     ref = image_ref(version or package_version(source))
     base_id = ensure_base(progress)
-    context = image_dir() / "context"
-    shutil.rmtree(context, ignore_errors=True)
+    # A context of its own: two grounds (a test session and the demo) may build at once.
+    image_dir().mkdir(parents=True, exist_ok=True)
+    context = Path(tempfile.mkdtemp(prefix="context-", dir=image_dir()))
     wheels = build_wheels(context / "wheels", progress, source)
     key = content_hash(containerfile.read_bytes(), {w.name: wheel_digest(w) for w in wheels}, base_id, ref)
     archive = image_dir() / f"k8sgpu-runtime-{key}.tar"
@@ -324,8 +325,7 @@ def ensure_image(progress: Progress = print, source: Path = SOURCE, version: str
         _run("buildah bud", _buildah("bud", "--isolation", "chroot", "--format", "oci", "--build-arg",
                                      f"BASE={BASE_REF}", "-f", str(containerfile), "-t", ref, str(context)),
              context, progress)
-        partial = archive.with_suffix(".partial")
-        partial.unlink(missing_ok=True)
+        partial = context / "archive.partial"
         _run("buildah push", _buildah("push", "--quiet", ref,
                                       f"oci-archive:{partial}:{ref}"), context, progress)
         partial.rename(archive)
