@@ -757,8 +757,9 @@ class Ground:
     # -- down ------------------------------------------------------------
 
     def down(self, timeout: float = 20) -> list[str]:
-        """Stop every recorded process, dependents before what they depend on (etcd last), then undo
-        what each component made; returns what was stopped."""
+        """Walk the table backwards: stop each component's process and undo what it made, dependents before
+        what they depend on (the worker's pods before the API servers they talk to, etcd last); returns what
+        was stopped."""
         state = self.state()
         if state is None:
             return []
@@ -767,16 +768,23 @@ class Ground:
         except (OSError, KeyError, ValueError) as exc:  # a start that failed early: stop what is recorded
             self.progress(f"ground state incomplete ({exc}): stopping the recorded processes")
             table = []
-        rank = {c.name: i for i, c in enumerate(table)}
-        order = sorted(state.processes, key=lambda p: rank.get(p.name, len(rank)), reverse=True)
-        stopped = []
-        for proc in order:
+        stopped: list[str] = []
+        problems: list[str] = []
+
+        def stop(proc: Process) -> None:
             if proc.alive():
                 self.progress(f"stopping {proc.name} (pid {proc.pid})")
                 _terminate(proc, timeout)
                 stopped.append(proc.name)
-        problems = []
+
+        rows = {c.name for c in table}
+        for proc in state.processes:
+            if proc.name not in rows:  # started beside the table (the demo's runtime without a worker)
+                stop(proc)
         for c in reversed(table):
+            for proc in state.processes:
+                if proc.name == c.name:
+                    stop(proc)
             if c.undo is not None:
                 try:
                     c.undo()
