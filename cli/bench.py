@@ -234,7 +234,8 @@ def run(scale: str, out_dir: Path, say: Say, idle_seconds: int = 60, outage_seco
     recovery_at = 1000 if 1000 in sizes else sizes[-1]
     binaries = ensure_binaries(progress=say)
     root = Path(os.environ.get("K8SGPU_BENCH_ROOT") or f"/tmp/k8sgpu-bench-{os.getpid()}")
-    ground = Ground(root, pools=BENCH_POOLS, progress=say)
+    # No worker node: the benchmark runs its runtimes as processes, and an idle kubelet would only add noise.
+    ground = Ground(root, pools=BENCH_POOLS, progress=say, worker=False)
     state, _ = ground.up(binaries)
     runtime = Runtime(state, root / "logs" / "bench-runtime.log")
     results: dict = {"when": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
