@@ -101,10 +101,12 @@ class PodController:
                 self.catalog[name] = GPUClass.from_runtime_class(obj)
             except CatalogError as exc:
                 self.catalog[name] = exc
-        # Pods waiting on a class are retried when the catalog changes.
+        # Pods waiting on a class are retried when the catalog changes, and what they take is counted again.
         for key, pod in self.pods.store.items():
             if pod["spec"].get("runtimeClassName") == name:
+                self._resources.pop(pod["metadata"]["uid"], None)
                 self.queue.add(key)
+        self.on_node_change()
 
     # -- ProviderEvents -----------------------------------------------------------------------
 
@@ -139,6 +141,7 @@ class PodController:
     # -- what the node reports ------------------------------------------------------------------
 
     def used(self) -> tuple[Resources, int]:
+        """What the node's admitted, unfinished pods take, and how many they are."""
         total, count = Resources(), 0
         live = set()
         for pod in self.pods.store.values():
@@ -147,11 +150,7 @@ class PodController:
             uid = pod["metadata"]["uid"]
             live.add(uid)
             if uid not in self._resources:
-                offer = self.catalog.get(pod["spec"].get("runtimeClassName") or "")
-                try:
-                    self._resources[uid] = pod_resources(pod, offer) if isinstance(offer, GPUClass) else None
-                except ValueError:
-                    self._resources[uid] = None
+                self._resources[uid] = self._takes(pod)
             taken = self._resources[uid]
             if taken is not None:
                 total = total + taken
@@ -159,6 +158,25 @@ class PodController:
         if len(self._resources) > len(live):
             self._resources = {uid: r for uid, r in self._resources.items() if uid in live}
         return total, count
+
+    def _admitted(self, pod: dict) -> bool:
+        """Whether the pod runs or may run here: its mirror exists, or admission accepts it under its class."""
+        remote = self._remote.get(key_of(pod))
+        if remote is not None and remote.uid == pod["metadata"]["uid"]:
+            return True
+        offer = self.catalog.get(pod["spec"].get("runtimeClassName") or "")
+        return isinstance(offer, GPUClass) and admit(pod, offer) is None
+
+    def _takes(self, pod: dict) -> Resources | None:
+        """What the pod takes from the node; None for a pod admission refuses (it never runs) or whose
+        resources cannot be computed."""
+        offer = self.catalog.get(pod["spec"].get("runtimeClassName") or "")
+        if not isinstance(offer, GPUClass) or not self._admitted(pod):
+            return None
+        try:
+            return pod_resources(pod, offer)
+        except ValueError:
+            return None
 
     # -- the sync ------------------------------------------------------------------------
 
