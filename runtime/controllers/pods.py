@@ -454,16 +454,14 @@ class ObjectReflection:
             # sees this user and leaves the copy.
             self._users.setdefault(ref, set()).add(key)
             reflector = await self._watch(ref)
-            if reflector.store.get(f"{namespace}/{name}") is None:
-                await report(pod, kind, name, optional)
-                ready = ready and optional
-                continue
             async with self._serialised(ref):
                 obj = reflector.store.get(f"{namespace}/{name}")
-                if obj is None:
-                    continue  # deleted meanwhile: the pod is synced again (the watch requeues it)
-                await self.provider.put_object(obj, self._user_uids(ref))
-                self._mirrored.add(ref)
+                if obj is not None:
+                    await self.provider.put_object(obj, self._user_uids(ref))
+                    self._mirrored.add(ref)
+            if obj is None:
+                await report(pod, kind, name, optional)
+                ready = ready and optional
         return ready
 
     def _user_uids(self, ref: Ref) -> list[str]:
