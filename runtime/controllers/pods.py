@@ -9,6 +9,7 @@ finds where things stand.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import hashlib
 import logging
@@ -66,8 +67,10 @@ class PodController:
         await self.provider.start(self)
         for remote in self.provider.pods():
             self._remote[f"{remote.namespace}/{remote.name}"] = remote
-        await self._objects.adopt(self.provider.object_users(),
-                                  {p["metadata"]["uid"] for p in self.pods.store.values()})
+        # Who uses which ConfigMap or Secret, from the local pods that run or may run here.
+        self._objects.resync([p for p in self.pods.store.values()
+                              if (p.get("status") or {}).get("phase") not in TERMINAL and self._admitted(p)],
+                             set(self.provider.object_users()))
         # The start-up sweep: every local pod and every mirror gets one sync.
         for key in set(self.pods.store) | set(self._remote):
             self.queue.add(key)
@@ -101,10 +104,12 @@ class PodController:
                 self.catalog[name] = GPUClass.from_runtime_class(obj)
             except CatalogError as exc:
                 self.catalog[name] = exc
-        # Pods waiting on a class are retried when the catalog changes.
+        # Pods waiting on a class are retried when the catalog changes, and what they take is counted again.
         for key, pod in self.pods.store.items():
             if pod["spec"].get("runtimeClassName") == name:
+                self._resources.pop(pod["metadata"]["uid"], None)
                 self.queue.add(key)
+        self.on_node_change()
 
     # -- ProviderEvents -----------------------------------------------------------------------
 
@@ -139,6 +144,7 @@ class PodController:
     # -- what the node reports ------------------------------------------------------------------
 
     def used(self) -> tuple[Resources, int]:
+        """What the node's admitted, unfinished pods take, and how many they are."""
         total, count = Resources(), 0
         live = set()
         for pod in self.pods.store.values():
@@ -147,11 +153,7 @@ class PodController:
             uid = pod["metadata"]["uid"]
             live.add(uid)
             if uid not in self._resources:
-                offer = self.catalog.get(pod["spec"].get("runtimeClassName") or "")
-                try:
-                    self._resources[uid] = pod_resources(pod, offer) if isinstance(offer, GPUClass) else None
-                except ValueError:
-                    self._resources[uid] = None
+                self._resources[uid] = self._takes(pod)
             taken = self._resources[uid]
             if taken is not None:
                 total = total + taken
@@ -159,6 +161,25 @@ class PodController:
         if len(self._resources) > len(live):
             self._resources = {uid: r for uid, r in self._resources.items() if uid in live}
         return total, count
+
+    def _admitted(self, pod: dict) -> bool:
+        """Whether the pod runs or may run here: its mirror exists, or admission accepts it under its class."""
+        remote = self._remote.get(key_of(pod))
+        if remote is not None and remote.uid == pod["metadata"]["uid"]:
+            return True
+        offer = self.catalog.get(pod["spec"].get("runtimeClassName") or "")
+        return isinstance(offer, GPUClass) and admit(pod, offer) is None
+
+    def _takes(self, pod: dict) -> Resources | None:
+        """What the pod takes from the node; None for a pod admission refuses (it never runs) or whose
+        resources cannot be computed."""
+        offer = self.catalog.get(pod["spec"].get("runtimeClassName") or "")
+        if not isinstance(offer, GPUClass) or not self._admitted(pod):
+            return None
+        try:
+            return pod_resources(pod, offer)
+        except ValueError:
+            return None
 
     # -- the sync ------------------------------------------------------------------------
 
@@ -191,6 +212,8 @@ class PodController:
                 self._reported.pop(key, None)
             return
         meta, status = pod["metadata"], pod.get("status") or {}
+        if status.get("phase") in TERMINAL:
+            self._objects.release(key)  # a finished pod uses its ConfigMaps and Secrets no more
         if remote is not None and remote.uid != meta["uid"]:
             # A mirror of an earlier pod of the same name: remove it, then carry on.
             if not remote.deleting:
@@ -375,28 +398,50 @@ def _only_scheduled(status: dict) -> bool:
             and all(c.get("status") == "True" for c in status.get("conditions") or []))
 
 
+Ref = tuple[str, str, str]  # (kind, namespace, name) of a ConfigMap or Secret
+
+
+class _RefLock:
+    """A lock for one object, kept while anyone holds or awaits it."""
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.holders = 0
+
+
 class ObjectReflection:
     """ConfigMaps and Secrets used by the node's pods, mirrored to the provider and kept current.
 
     Each object in use has a watch of its own (field selector on its name), which is what the
     Node authorizer lets a node do for objects its pods reference. A change is copied; an object
     appearing requeues the pods waiting for it; when no pod uses it any more its mirror is deleted.
+    Writing and deleting one object's copy is serialised per object, and a deletion re-checks under
+    that lock that nobody claimed the object meanwhile. The copy's used-by annotation lists its users.
     """
 
     def __init__(self, kube: Kube, provider: PodProvider, queue: WorkQueue):
         self.kube, self.provider, self.queue = kube, provider, queue
-        self._users: dict[tuple[str, str, str], set[str]] = {}  # (kind, ns, name) → pod keys
+        self._users: dict[Ref, set[str]] = {}  # (kind, ns, name) → pod keys
         self._uids: dict[str, str] = {}  # pod key → uid
-        self._watches: dict[tuple[str, str, str], tuple[Reflector, asyncio.Task]] = {}
-        self._mirrored: set[tuple[str, str, str]] = set()
+        self._watches: dict[Ref, tuple[Reflector, asyncio.Task]] = {}
+        self._mirrored: set[Ref] = set()
+        self._locks: dict[Ref, _RefLock] = {}
+        self._pending: set[asyncio.Task] = set()  # copies being brought up to date or deleted, and ended watches
 
-    async def adopt(self, remote_users: dict[tuple[str, str, str], list[str]], live_uids: set[str]) -> None:
-        """After a restart: take over what the provider holds; mirrors that no live local pod uses
-        (by the UIDs recorded on them) are deleted now, the rest when their last pod goes."""
-        self._mirrored = set(remote_users)
-        for ref, uids in remote_users.items():
-            if not set(uids) & live_uids:
-                await self._delete_mirror(ref)
+    def resync(self, pods: list[dict], mirrored: set[Ref]) -> None:
+        """At start: the users of every object, from the live local pods themselves (nothing of an earlier
+        process is remembered); a watch resumed for each object in use, whose first list brings its copy up
+        to date; copies that no live pod uses deleted."""
+        self._mirrored = set(mirrored)
+        for pod in pods:
+            key, namespace = key_of(pod), pod["metadata"]["namespace"]
+            self._uids[key] = pod["metadata"]["uid"]
+            for kind, name, _ in referenced_objects(pod):
+                self._users.setdefault((kind, namespace, name), set()).add(key)
+        for ref in self._users:
+            self._start_watch(ref)
+        for ref in self._mirrored - set(self._users):
+            self._settle_later(ref)
 
     async def reflect(self, key: str, pod: dict, report) -> bool:
         """Mirror what the pod uses; False while a mandatory object is missing."""
@@ -405,69 +450,104 @@ class ObjectReflection:
         ready = True
         for kind, name, optional in referenced_objects(pod):
             ref = (kind, namespace, name)
+            # Claimed before anything is awaited: a deletion of the copy that has not yet taken the lock
+            # sees this user and leaves the copy.
             self._users.setdefault(ref, set()).add(key)
             reflector = await self._watch(ref)
-            obj = reflector.store.get(f"{namespace}/{name}")
+            async with self._serialised(ref):
+                obj = reflector.store.get(f"{namespace}/{name}")
+                if obj is not None:
+                    await self.provider.put_object(obj, self._user_uids(ref))
+                    self._mirrored.add(ref)
             if obj is None:
                 await report(pod, kind, name, optional)
                 ready = ready and optional
-                continue
-            await self.provider.put_object(obj, self._user_uids(ref))
-            self._mirrored.add(ref)
         return ready
 
-    def _user_uids(self, ref: tuple[str, str, str]) -> list[str]:
+    def _user_uids(self, ref: Ref) -> list[str]:
         return sorted(self._uids[k] for k in self._users.get(ref, ()) if k in self._uids)
 
-    async def _watch(self, ref: tuple[str, str, str]) -> Reflector:
+    def _start_watch(self, ref: Ref) -> Reflector:
         if ref not in self._watches:
             kind, namespace, name = ref
             reflector = Reflector(self.kube, kind, namespace, field_selector=f"metadata.name={name}",
                                   on_event=lambda event, obj, r=ref: self._changed(r, event, obj))
             task = tasks.spawn(reflector.run(), name=f"watch-{kind}-{namespace}-{name}")
             self._watches[ref] = (reflector, task)
-        reflector = self._watches[ref][0]
+        return self._watches[ref][0]
+
+    async def _watch(self, ref: Ref) -> Reflector:
+        reflector = self._start_watch(ref)
         try:
             await asyncio.wait_for(reflector.synced.wait(), timeout=30)
         except TimeoutError:
             raise errors.Unavailable(f"listing {ref[0]} {ref[1]}/{ref[2]} timed out") from None
         return reflector
 
-    def _changed(self, ref: tuple[str, str, str], event: str, obj: dict) -> None:
+    def _changed(self, ref: Ref, event: str, obj: dict) -> None:
         if event == "DELETED":
             return  # a running pod keeps the last value, as on a kubelet
         if ref in self._mirrored:
-            obj.setdefault("kind", ref[0])
-            asyncio.get_running_loop().create_task(self._update(ref, obj))
+            self._settle_later(ref)
         for key in self._users.get(ref, ()):
             self.queue.add(key)
 
-    async def _update(self, ref: tuple[str, str, str], obj: dict) -> None:
-        try:
-            await self.provider.put_object(obj, self._user_uids(ref))
-        except errors.KubeError as exc:
-            log.warning("updating mirror of %s %s/%s failed: %s", *ref, exc)
-
     def release(self, key: str) -> None:
-        """The pod is gone on both sides: objects only it used lose their mirror and watch."""
-        self._uids.pop(key, None)
+        """The pod is gone (or finished): objects only it used lose their copy and watch; the copies of the
+        others stop listing it."""
+        if self._uids.pop(key, None) is None:
+            return
         for ref in [r for r, users in self._users.items() if key in users]:
             users = self._users[ref]
             users.discard(key)
             if not users:
                 del self._users[ref]
-                asyncio.get_running_loop().create_task(self._delete_mirror(ref))
+            self._settle_later(ref)
 
-    async def _delete_mirror(self, ref: tuple[str, str, str]) -> None:
+    def _settle_later(self, ref: Ref) -> None:
+        task = asyncio.get_running_loop().create_task(self._settle(ref), name=f"copy-{ref[0]}-{ref[1]}-{ref[2]}")
+        self._own(task)
+
+    def _own(self, task: asyncio.Task) -> None:
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _settle(self, ref: Ref) -> None:
+        """Bring the copy of ``ref`` to what its users need now: deleted when it has none, else the object's
+        current content with their UIDs."""
+        try:
+            async with self._serialised(ref):
+                if not self._users.get(ref):
+                    await self._delete_mirror(ref)
+                    return
+                watch = self._watches.get(ref)
+                obj = watch[0].store.get(f"{ref[1]}/{ref[2]}") if watch else None
+                if ref in self._mirrored and obj is not None:
+                    await self.provider.put_object(obj, self._user_uids(ref))
+        except errors.KubeError as exc:
+            log.warning("bringing the copy of %s %s/%s up to date failed: %s", *ref, exc)
+
+    @contextlib.asynccontextmanager
+    async def _serialised(self, ref: Ref):
+        entry = self._locks.setdefault(ref, _RefLock())
+        entry.holders += 1
+        try:
+            async with entry.lock:
+                yield
+        finally:
+            entry.holders -= 1
+            if not entry.holders:
+                del self._locks[ref]
+
+    async def _delete_mirror(self, ref: Ref) -> None:
+        """Under the object's lock, with no user left."""
         watch = self._watches.pop(ref, None)
         if watch is not None:
             watch[1].cancel()
+            self._own(watch[1])
         if ref in self._mirrored:
+            await self.provider.delete_object(*ref)
             self._mirrored.discard(ref)
-            try:
-                await self.provider.delete_object(*ref)
-            except errors.KubeError as exc:
-                log.warning("deleting mirror of %s %s/%s failed: %s", *ref, exc)
 
     def problems(self) -> dict[str, str]:
         """Watches of objects still in use that have ended (a released object's watch is cancelled on purpose
@@ -475,7 +555,7 @@ class ObjectReflection:
         return tasks.problems(task for _, task in self._watches.values())
 
     async def stop(self) -> None:
-        watches = [task for _, task in self._watches.values()]
-        for task in watches:
+        owned = [task for _, task in self._watches.values()] + list(self._pending)
+        for task in owned:
             task.cancel()
-        await asyncio.gather(*watches, return_exceptions=True)
+        await asyncio.gather(*owned, return_exceptions=True)
