@@ -179,7 +179,7 @@ class Kube:
                       subresource: str | None = None) -> dict:
         return await self.request("PUT", resource_path(kind, namespace, name, subresource), body=body)
 
-    async def patch(self, kind: str, namespace: str | None, name: str, body: dict, *,
+    async def patch(self, kind: str, namespace: str | None, name: str, body: dict | list, *,
                     subresource: str | None = None, patch_type: str = "merge") -> dict:
         content_type = {"merge": "application/merge-patch+json",
                         "strategic": "application/strategic-merge-patch+json",

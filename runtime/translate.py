@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import re
 
 from .admission import GPU_RESOURCE, Resources
@@ -21,6 +22,15 @@ ORIGIN_NAME = "k8sgpu.io/origin-name"
 KIND_LABEL = "k8sgpu.io/kind"
 # Which pods use a reflected object: a comma-separated list of origin UIDs.
 USED_BY = "k8sgpu.io/used-by"
+# On a mirror pod: the label and annotation keys copied from the local pod (JSON), so that a key the user
+# removes is removed from the mirror too, and keys others put on the mirror (the provider's) are left alone.
+COPIED_KEYS = "k8sgpu.io/copied-keys"
+_OWN_LABELS = (NODE_LABEL, ORIGIN_UID_LABEL, KIND_LABEL)
+_OWN_ANNOTATIONS = (ORIGIN_NAMESPACE, ORIGIN_NAME, COPIED_KEYS)
+# The pod conditions a kubelet owns; the others belong to other writers (PodScheduled to the scheduler,
+# DisruptionTarget to the API server and controllers, readiness gates' to their controllers).
+KUBELET_CONDITIONS = ("PodReadyToStartContainers", "Initialized", "ContainersReady", "Ready")
+READINESS_GATES_NOT_READY = "ReadinessGatesNotReady"
 
 _SA_VOLUME = re.compile(r"^kube-api-access-")
 _DROPPED_ANNOTATIONS = ("kubectl.kubernetes.io/last-applied-configuration",)
@@ -113,10 +123,7 @@ def remote_pod(pod: dict, gpu_class: GPUClass, node_name: str, wanted: Resources
             volumes.append(mirrored)
     containers = [_container(c, namespace, dropped) for c in spec.get("containers") or []]
     _apply_gpu_resources(containers, gpu_class, wanted)
-    labels = {k: v for k, v in (meta.get("labels") or {}).items()}
-    labels.update({NODE_LABEL: node_name, ORIGIN_UID_LABEL: meta["uid"], KIND_LABEL: "pod"})
-    annotations = {k: v for k, v in (meta.get("annotations") or {}).items() if k not in _DROPPED_ANNOTATIONS}
-    annotations.update({ORIGIN_NAMESPACE: namespace, ORIGIN_NAME: meta["name"]})
+    labels, annotations = mirror_metadata(meta, node_name)
     remote_spec = {
         "containers": containers,
         "restartPolicy": spec.get("restartPolicy", "Always"),
@@ -143,6 +150,39 @@ def remote_pod(pod: dict, gpu_class: GPUClass, node_name: str, wanted: Resources
                      "annotations": annotations},
         "spec": remote_spec,
     }
+
+
+def mirror_metadata(meta: dict, node_name: str) -> tuple[dict, dict]:
+    """The labels and annotations of a local pod's mirror: the pod's own, then the runtime's, which no key of
+    the user's overrides (origin namespace, name and UID, the node, the keys copied)."""
+    labels = {k: v for k, v in (meta.get("labels") or {}).items() if k not in _OWN_LABELS}
+    annotations = {k: v for k, v in (meta.get("annotations") or {}).items()
+                   if k not in _DROPPED_ANNOTATIONS and k not in _OWN_ANNOTATIONS}
+    copied = json.dumps({"labels": sorted(labels), "annotations": sorted(annotations)}, separators=(",", ":"))
+    labels.update({NODE_LABEL: node_name, ORIGIN_UID_LABEL: meta["uid"], KIND_LABEL: "pod"})
+    annotations.update({ORIGIN_NAMESPACE: meta["namespace"], ORIGIN_NAME: meta["name"], COPIED_KEYS: copied})
+    return labels, annotations
+
+
+def mirror_metadata_patch(meta: dict, mirror_meta: dict, node_name: str) -> dict | None:
+    """A merge patch of the mirror's metadata that brings its labels and annotations in line with the local
+    pod's (``meta``); None when they are. Keys copied earlier and since removed locally are removed; keys
+    the runtime never copied (the provider's own) stay."""
+    labels, annotations = mirror_metadata(meta, node_name)
+    current_annotations = mirror_meta.get("annotations") or {}
+    try:
+        before = json.loads(current_annotations.get(COPIED_KEYS) or "{}")
+    except ValueError:
+        before = {}
+    patch: dict = {}
+    for field, wanted in (("labels", labels), ("annotations", annotations)):
+        current = mirror_meta.get(field) or {}
+        change: dict = {k: v for k, v in wanted.items() if current.get(k) != v}
+        earlier = before.get(field) if isinstance(before, dict) else None
+        change.update({k: None for k in earlier or () if k in current and k not in wanted})
+        if change:
+            patch[field] = change
+    return patch or None
 
 
 def _apply_gpu_resources(containers: list[dict], gpu_class: GPUClass, wanted: Resources) -> None:
@@ -174,6 +214,83 @@ def local_status(remote: dict, node_address: str) -> dict:
         out["hostIP"] = node_address
         out["hostIPs"] = [{"ip": node_address}]
     return out
+
+
+def ready_condition(mirror_ready: dict | None, readiness_gates: list[dict],
+                    local_conditions: list[dict]) -> dict | None:
+    """The local pod's Ready, as a kubelet decides it: the mirror's (which has no readiness gates), unless the
+    mirror is ready and a condition named in the local pod's ``spec.readinessGates`` is not True on the local
+    pod; then False with the kubelet's reason and message naming them."""
+    if mirror_ready is None or not readiness_gates or mirror_ready.get("status") != "True":
+        return mirror_ready
+    by_type = {c.get("type"): c for c in local_conditions}
+    unready = []
+    for gate in readiness_gates:
+        kind = gate.get("conditionType", "")
+        found = by_type.get(kind)
+        if found is None:
+            unready.append(f"corresponding condition of pod readiness gate {json.dumps(kind)} does not exist.")
+        elif found.get("status") != "True":
+            unready.append(f'the status of pod readiness gate {json.dumps(kind)} is not "True", but '
+                           f'{found.get("status")}')
+    if not unready:
+        return mirror_ready
+    return {"type": "Ready", "status": "False", "reason": READINESS_GATES_NOT_READY, "message": ", ".join(unready),
+            "lastTransitionTime": mirror_ready.get("lastTransitionTime")}
+
+
+def kubelet_conditions(mirror_conditions: list[dict], local_conditions: list[dict], readiness_gates: list[dict],
+                       now: str) -> list[dict]:
+    """The conditions a kubelet owns, as the local pod should carry them: the mirror's, Ready decided with the
+    local readiness gates. A condition whose status does not change keeps its local lastTransitionTime; one
+    that changes takes the mirror's time, or ``now`` for a Ready the readiness gates decide."""
+    local = {c.get("type"): c for c in local_conditions}
+    out = []
+    for condition in mirror_conditions:
+        kind = condition.get("type")
+        if kind not in KUBELET_CONDITIONS:
+            continue
+        decided = ready_condition(condition, readiness_gates, local_conditions) if kind == "Ready" else condition
+        assert decided is not None
+        decided = {k: v for k, v in decided.items() if v is not None}
+        before = local.get(kind)
+        if before is not None and before.get("status") == decided.get("status") and before.get("lastTransitionTime"):
+            decided["lastTransitionTime"] = before["lastTransitionTime"]
+        elif (kind == "Ready" and readiness_gates) or not decided.get("lastTransitionTime"):
+            decided["lastTransitionTime"] = now
+        out.append(decided)
+    return out
+
+
+def _same_condition(a: dict | None, b: dict | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    return all(a.get(k) == b.get(k) for k in ("status", "reason", "message"))
+
+
+def status_patch(local: dict, mirror: dict, readiness_gates: list[dict], now: str,
+                 dropped_conditions: tuple[str, ...] = ()) -> dict | None:
+    """A strategic merge patch of the local pod's status from the mirror's (in local terms), or None when
+    nothing changes. Conditions merge by type: only those a kubelet owns are written (and any type named in
+    ``dropped_conditions`` the local pod carries is deleted), so other writers' conditions are kept."""
+    patch: dict = {}
+    for field, value in mirror.items():
+        if field == "conditions" or local.get(field) == value:
+            continue
+        patch[field] = value
+        if field in ("podIPs", "hostIPs"):
+            patch[field] = [*value, {"$patch": "replace"}]  # these lists merge by ip otherwise
+    if local.get("reason") and "reason" not in mirror:
+        patch["reason"] = None
+        patch["message"] = None
+    local_conditions = local.get("conditions") or []
+    by_type = {c.get("type"): c for c in local_conditions}
+    conditions = [c for c in kubelet_conditions(mirror.get("conditions") or [], local_conditions, readiness_gates,
+                                                now) if not _same_condition(by_type.get(c["type"]), c)]
+    conditions += [{"type": kind, "$patch": "delete"} for kind in dropped_conditions if kind in by_type]
+    if conditions:
+        patch["conditions"] = conditions
+    return patch or None
 
 
 def reflected_object(kind: str, obj: dict, users: list[str], node_name: str) -> dict:

@@ -21,7 +21,7 @@ from ..catalog import CatalogError, GPUClass
 from ..kube import Kube
 from ..provider import Capacity, PodProvider, RemoteEvent, RemotePod
 from ..reflector import Reflector, WorkQueue, key_of
-from ..translate import referenced_objects
+from ..translate import referenced_objects, status_patch
 
 log = logging.getLogger(__name__)
 
@@ -224,6 +224,8 @@ class PodController:
             await self._sync_deleting(key, pod, remote)
             return
         if remote is not None:
+            if not remote.deleting:
+                await self.provider.update_pod_metadata(pod)
             await self._push_status(pod, remote.status)
             return
         if status.get("phase") in TERMINAL:
@@ -293,8 +295,8 @@ class PodController:
         if status.get("reason") == reason and status.get("message") == message:
             return
         now = _now()
-        conditions = [c for c in status.get("conditions") or [] if c.get("type") not in ("Ready", REFUSED_CONDITION)]
-        conditions += [
+        # Merged by type: the conditions other writers own stay as they are.
+        conditions = [
             {"type": REFUSED_CONDITION, "status": "False", "reason": reason, "message": message,
              "lastTransitionTime": now},
             {"type": "Ready", "status": "False", "reason": reason, "message": message, "lastTransitionTime": now},
@@ -324,20 +326,18 @@ class PodController:
             # The mirror was scheduled and nothing more: the local pod says as much already. Skipping this
             # write halves the status patches each pod costs the user's API server.
             return
-        if all(local.get(k) == v for k, v in remote_status.items()) and not (
-                local.get("reason") and "reason" not in remote_status):
-            return
-        patch = dict(remote_status)
-        if local.get("reason") and "reason" not in patch:
-            patch["reason"] = None
-            patch["message"] = None
-        await self._patch_status(pod, patch)
+        patch = status_patch(local, remote_status, pod["spec"].get("readinessGates") or [], _now(),
+                             dropped_conditions=(REFUSED_CONDITION,))
+        if patch is not None:
+            await self._patch_status(pod, patch)
 
     async def _patch_status(self, pod: dict, status: dict) -> None:
+        """A strategic merge patch, as a kubelet writes status: conditions merge by type, so the ones other
+        writers own (PodScheduled, DisruptionTarget, readiness gates') are never overwritten."""
         meta = pod["metadata"]
         try:
             updated = await self.kube.patch("Pod", meta["namespace"], meta["name"], {"status": status},
-                                            subresource="status")
+                                            subresource="status", patch_type="strategic")
         except errors.NotFound:
             return
         # Keep the cache ahead of the watch, so the next sync does not patch the same thing again.
@@ -360,20 +360,10 @@ class PodController:
                    name_seed: str = "") -> None:
         """An Event on a local pod; the same seed updates one Event instead of creating another."""
         now = _now()
-        seed = hashlib.sha256((name_seed or f"{reason}:{message}").encode()).hexdigest()[:16]
-        name = f"{meta['name']}.{seed}"
-        body = {
-            "apiVersion": "v1", "kind": "Event",
-            "metadata": {"name": name, "namespace": meta["namespace"]},
-            "involvedObject": {"apiVersion": "v1", "kind": "Pod", "namespace": meta["namespace"],
-                               "name": meta["name"], "uid": meta.get("uid")},
-            "reason": reason, "message": message, "type": kind, "count": count,
-            "firstTimestamp": now, "lastTimestamp": now,
-            "source": {"component": "k8sgpu", "host": self.node_name},
-            "reportingComponent": "k8sgpu", "reportingInstance": self.node_name,
-        }
+        name = _event_name(meta, name_seed or f"{reason}:{message}")
         try:
-            await self.kube.create("Event", meta["namespace"], body)
+            await self.kube.create("Event", meta["namespace"],
+                                   self._event(meta, name, reason, message, kind, count, now, now))
         except errors.AlreadyExists:
             try:
                 await self.kube.patch("Event", meta["namespace"], name, {"count": count, "lastTimestamp": now})
@@ -382,13 +372,63 @@ class PodController:
         except errors.KubeError as exc:
             log.warning("recording event %s on %s/%s failed: %s", reason, meta["namespace"], meta["name"], exc)
 
+    def _event(self, meta: dict, name: str, reason: str, message: str, kind: str, count: int, first: str,
+               last: str) -> dict:
+        return {
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"name": name, "namespace": meta["namespace"]},
+            "involvedObject": {"apiVersion": "v1", "kind": "Pod", "namespace": meta["namespace"],
+                               "name": meta["name"], "uid": meta.get("uid")},
+            "reason": reason, "message": message, "type": kind, "count": count,
+            "firstTimestamp": first, "lastTimestamp": last,
+            "source": {"component": "k8sgpu", "host": self.node_name},
+            "reportingComponent": "k8sgpu", "reportingInstance": self.node_name,
+        }
+
     async def _copy_event(self, event: RemoteEvent) -> None:
+        """One local copy per provider Event, named after that Event's UID, with its times. Whether a copy is
+        news is decided by the local cluster, not this process's memory (a re-list after a watch restart or a
+        runtime restart replays every provider Event): an existing copy with the same count is left as it is;
+        a different count (the provider's series went on) is written with the provider's last time."""
         pod = self.pods.store.get(f"{event.namespace}/{event.name}")
         if pod is None or pod["metadata"]["uid"] != event.uid:
             return
+        meta = pod["metadata"]
+        seed = f"provider:{event.event_uid}" if event.event_uid else \
+            f"provider:{event.uid}:{event.reason}:{event.message}"
+        name = _event_name(meta, seed)
+        first = event.first_timestamp or _now()
+        last = event.last_timestamp or first
         async with self._event_slots:
-            await self.emit(pod["metadata"], event.reason, event.message, event.type, event.count,
-                            name_seed=f"provider:{event.uid}:{event.reason}:{event.message}")
+            try:
+                await self.kube.create("Event", meta["namespace"], self._event(
+                    meta, name, event.reason, event.message, event.type, event.count, first, last))
+                return
+            except errors.AlreadyExists:
+                pass
+            except errors.KubeError as exc:
+                log.warning("copying event %s on %s/%s failed: %s", event.reason, meta["namespace"], meta["name"],
+                            exc)
+                return
+            try:
+                # A node may patch Events but not read them: a JSON patch that only tests the count is a no-op
+                # when the copy holds this count already, and refused (422) when it does not.
+                await self.kube.patch("Event", meta["namespace"], name,
+                                      [{"op": "test", "path": "/count", "value": event.count}], patch_type="json")
+                return
+            except errors.Invalid:
+                pass
+            except errors.KubeError as exc:
+                log.debug("checking event %s failed: %s", name, exc)
+                return
+            try:
+                await self.kube.patch("Event", meta["namespace"], name, {"count": event.count, "lastTimestamp": last})
+            except errors.KubeError as exc:
+                log.debug("updating event %s failed: %s", name, exc)
+
+
+def _event_name(meta: dict, seed: str) -> str:
+    return f"{meta['name']}.{hashlib.sha256(seed.encode()).hexdigest()[:16]}"
 
 
 def _only_scheduled(status: dict) -> bool:

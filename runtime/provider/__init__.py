@@ -81,13 +81,18 @@ class RemotePod:
 
 @dataclasses.dataclass(frozen=True)
 class RemoteEvent:
-    namespace: str
+    """An Event the provider recorded about a mirror, named by the local pod it mirrors."""
+
+    namespace: str  # the local pod's
     name: str
     uid: str
     reason: str
     message: str
     type: str
     count: int
+    event_uid: str = ""  # the provider Event's own UID: one local copy per provider Event
+    first_timestamp: str = ""  # when it happened on the provider (RFC 3339, seconds); empty if unknown
+    last_timestamp: str = ""
 
 
 class ProviderEvents(Protocol):
@@ -122,6 +127,10 @@ class PodProvider(Protocol):
     async def create_pod(self, pod: dict, offer: GPUClass, resources: Resources) -> None: ...
 
     async def delete_pod(self, namespace: str, name: str, grace_seconds: int | None) -> None: ...
+
+    async def update_pod_metadata(self, pod: dict) -> None:
+        """Bring the labels and annotations of the local pod's mirror in line with the pod's (the provider's
+        Services select mirrors by them); nothing when they already are."""
 
     async def put_object(self, obj: dict, users: list[str]) -> None:
         """Create or update the mirror of a local ConfigMap or Secret used by the pods with UIDs ``users``."""

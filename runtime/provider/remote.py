@@ -25,6 +25,7 @@ from ..translate import (
     ORIGIN_UID_LABEL,
     USED_BY,
     local_status,
+    mirror_metadata_patch,
     reflected_object,
     remote_name,
     remote_pod,
@@ -63,9 +64,12 @@ class RemoteClusterProvider:
 
     async def start(self, events: ProviderEvents) -> None:
         self._events = events
-        reflectors = [self._pods, self._configmaps, self._secrets, self._services, self._pod_events,
-                      self._nodes, self._quotas]
-        self._tasks = [tasks.spawn(r.run(), name=f"provider-{r.kind}") for r in reflectors]
+        # The mirrors first: an Event is placed by the mirror it involves, so the Events' first listing
+        # (every Event, after a restart) must find them all known.
+        self._tasks = [tasks.spawn(self._pods.run(), name="provider-Pod")]
+        await self._pods.synced.wait()
+        reflectors = [self._configmaps, self._secrets, self._services, self._pod_events, self._nodes, self._quotas]
+        self._tasks += [tasks.spawn(r.run(), name=f"provider-{r.kind}") for r in reflectors]
         await asyncio.gather(*(r.synced.wait() for r in reflectors))
         self._recompute_capacity()
 
@@ -114,6 +118,23 @@ class RemoteClusterProvider:
             await self.kube.create("Pod", self.namespace, manifest)
         except errors.AlreadyExists:
             pass  # created before a restart; the reflector carries its status
+
+    async def update_pod_metadata(self, pod: dict) -> None:
+        meta = pod["metadata"]
+        key = f"{self.namespace}/{remote_name(meta['namespace'], meta['name'], meta['uid'])}"
+        mirror = self._pods.store.get(key)
+        if mirror is None or mirror["metadata"].get("deletionTimestamp"):
+            return
+        patch = mirror_metadata_patch(meta, mirror["metadata"], self.node_name)
+        if patch is None:
+            return
+        try:
+            updated = await self.kube.patch("Pod", self.namespace, mirror["metadata"]["name"],
+                                            {"metadata": {**patch, "uid": mirror["metadata"]["uid"]}})
+        except errors.NotFound:
+            return  # gone meanwhile: its deletion event tells the controller
+        if key in self._pods.store:
+            self._pods.store[key] = updated  # ahead of the watch: the next sync finds nothing to patch
 
     async def delete_pod(self, namespace: str, name: str, grace_seconds: int | None) -> None:
         mirrors = [remote["metadata"] for remote in self._pods.store.values()
@@ -279,10 +300,13 @@ class RemoteClusterProvider:
         if remote is None:
             return
         pod = self._remote_pod(remote)
+        last = obj.get("lastTimestamp") or (obj.get("series") or {}).get("lastObservedTime") or obj.get("eventTime")
+        first = obj.get("firstTimestamp") or obj.get("eventTime") or last
         self._events.pod_event(RemoteEvent(
             namespace=pod.namespace, name=pod.name, uid=pod.uid, reason=obj.get("reason", ""),
             message=obj.get("message", ""), type=obj.get("type", "Normal"),
-            count=obj.get("count") or 1,
+            count=obj.get("count") or (obj.get("series") or {}).get("count") or 1,
+            event_uid=obj["metadata"].get("uid", ""), first_timestamp=_seconds(first), last_timestamp=_seconds(last),
         ))
 
     # -- capacity ----------------------------------------------------------------
@@ -330,6 +354,13 @@ CHANNEL_PROTOCOLS = ("v5.channel.k8s.io", "v4.channel.k8s.io")
 
 def _flags(**flags: bool) -> list[tuple[str, str]]:
     return [(name, "true") for name, on in flags.items() if on]
+
+
+def _seconds(timestamp: str | None) -> str:
+    """An RFC 3339 time (MicroTime too) to the seconds an Event's first/lastTimestamp carry; empty if none."""
+    if not timestamp or len(timestamp) < 19:
+        return ""
+    return timestamp[:19] + "Z"
 
 
 def _fmt(cpu: Decimal) -> str:
