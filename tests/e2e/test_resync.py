@@ -186,9 +186,13 @@ def test_a_refused_pod_takes_nothing_from_allocatable(runtime, local, provider, 
         status = local.read_node(NODE).status
         return int(status.allocatable["nvidia.com/gpu"]), parse_quantity(status.allocatable["cpu"])
 
-    idle = wait_for(lambda: (n := local.read_node(NODE)).status.allocatable["nvidia.com/gpu"] ==
-                    n.status.capacity["nvidia.com/gpu"], 30, "an idle node")
-    assert idle
+    def idle() -> bool:
+        status = local.read_node(NODE).status
+        return all(parse_quantity(status.allocatable[r]) == parse_quantity(status.capacity[r])
+                   for r in ("nvidia.com/gpu", "cpu"))
+
+    # The earlier test's pods (one without GPUs, taking cpu) must be gone first.
+    wait_for(idle, 60, "an idle node: allocatable gpu and cpu equal to capacity")
     before = allocatable()
     greedy = {"resources": {"requests": {"cpu": "12"}, "limits": {"cpu": "12"}}}
     local.create_namespaced_pod(NAMESPACE, pod("greedy", ONE_GPU, greedy))
