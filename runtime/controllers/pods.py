@@ -20,13 +20,16 @@ from ..admission import Resources, admit, pod_resources
 from ..catalog import CatalogError, GPUClass
 from ..kube import Kube
 from ..provider import Capacity, PodProvider, RemoteEvent, RemotePod
-from ..reflector import Reflector, WorkQueue, key_of
+from ..reflector import DONE, RETRY, Reflector, Result, WorkQueue, key_of
 from ..translate import referenced_objects, status_patch
 
 log = logging.getLogger(__name__)
 
 TERMINAL = ("Succeeded", "Failed")
 REFUSED_CONDITION = "k8sgpu.io/Admitted"
+# The longest a pod waits between two tries of its create, once the provider keeps refusing it (a full quota):
+# raising the quota starts it within a minute, and a pod refused for days costs the provider one create a minute.
+MAX_RETRY_DELAY = 60.0
 
 
 def _now() -> str:
@@ -47,7 +50,7 @@ class PodController:
         self.pods = Reflector(kube, "Pod", None, field_selector=f"spec.nodeName={node_name}",
                               on_event=self._on_local_pod)
         self.runtime_classes = Reflector(kube, "RuntimeClass", None, on_event=self._on_runtime_class)
-        self.queue = WorkQueue(self.sync, workers=workers, name="pods")
+        self.queue = WorkQueue(self.sync, workers=workers, name="pods", max_delay=MAX_RETRY_DELAY)
         self.catalog: dict[str, GPUClass | CatalogError] = {}
         self._remote: dict[str, RemotePod] = {}
         self._reported: dict[str, dict[str, str]] = {}  # pod key → reason → the last event recorded for it
@@ -183,24 +186,25 @@ class PodController:
 
     # -- the sync ------------------------------------------------------------------------
 
-    async def sync(self, key: str) -> None:
+    async def sync(self, key: str) -> Result:
+        """One step for ``key``. What comes next is the return value, which the queue carries out: its backoff
+        grows with each retry and is forgotten only once a sync is done. Nothing here schedules the key."""
         pod = self.pods.store.get(key)
         remote = self._remote.get(key)
         try:
-            await self._sync(key, pod, remote)
-            self.queue.forget(key)
+            return await self._sync(key, pod, remote)
         except errors.Unavailable as exc:
             log.info("%s: provider or cluster unavailable, will retry: %s", key, exc)
-            self.queue.retry(key)
+            return RETRY
         except (errors.Conflict, errors.Unauthorized) as exc:
             log.info("%s: retrying after %s", key, exc)
-            self.queue.retry(key)
+            return RETRY
         except (errors.Invalid, errors.Forbidden) as exc:
             # Permanent for this state of the pod: retrying cannot help; its next change requeues it.
             log.warning("%s: %s", key, exc)
-            self.queue.forget(key)
+            return DONE
 
-    async def _sync(self, key: str, pod: dict | None, remote: RemotePod | None) -> None:
+    async def _sync(self, key: str, pod: dict | None, remote: RemotePod | None) -> Result:
         namespace, name = key.split("/", 1)
         if pod is None:
             # The local pod is gone: its mirror must go too (an orphan after a restart, or a force delete).
@@ -210,7 +214,7 @@ class PodController:
             if remote is None:
                 self._objects.release(key)
                 self._reported.pop(key, None)
-            return
+            return DONE
         meta, status = pod["metadata"], pod.get("status") or {}
         if status.get("phase") in TERMINAL:
             self._objects.release(key)  # a finished pod uses its ConfigMaps and Secrets no more
@@ -218,28 +222,26 @@ class PodController:
             # A mirror of an earlier pod of the same name: remove it, then carry on.
             if not remote.deleting:
                 await self.provider.delete_pod(namespace, name, 0)
-            self.queue.retry(key)
-            return
+            return RETRY
         if meta.get("deletionTimestamp"):
             await self._sync_deleting(key, pod, remote)
-            return
+            return DONE
         if remote is not None:
             if not remote.deleting:
                 await self.provider.update_pod_metadata(pod)
             await self._push_status(pod, remote.status)
-            return
+            return DONE
         if status.get("phase") in TERMINAL:
-            return
+            return DONE
         if status.get("startTime") or status.get("phase") == "Running":
             # It ran on the provider and its mirror vanished without our asking.
             if not self.provider_reachable:
-                return  # keep the last status until the provider answers again
+                return DONE  # keep the last status until the provider answers again
             await self._fail_lost(pod)
-            return
+            return DONE
         if not self.provider_reachable:
-            self.queue.retry(key)
-            return
-        await self._admit_and_create(key, pod)
+            return RETRY
+        return await self._admit_and_create(key, pod)
 
     async def _sync_deleting(self, key: str, pod: dict, remote: RemotePod | None) -> None:
         namespace, name = key.split("/", 1)
@@ -258,24 +260,25 @@ class PodController:
             pass
         self._objects.release(key)
 
-    async def _admit_and_create(self, key: str, pod: dict) -> None:
+    async def _admit_and_create(self, key: str, pod: dict) -> Result:
         rc_name = pod["spec"].get("runtimeClassName") or ""
         offer = self.catalog.get(rc_name)
         if isinstance(offer, CatalogError):
             await self._refuse(pod, "InvalidRuntimeClass", str(offer))
-            return
+            return DONE  # the RuntimeClass's next change requeues the pod
         refusal = admit(pod, offer)
         if refusal is not None:
             await self._refuse(pod, refusal.reason, refusal.message)
-            return
+            return DONE
         assert offer is not None
         resources = pod_resources(pod, offer)
         ready = await self._objects.reflect(key, pod, self._report_object)
         if not ready:
-            return  # a mandatory object is missing; its watch requeues the pod when it appears
+            return DONE  # a mandatory object is missing; its watch requeues the pod when it appears
         log.info("%s: creating mirror on the provider (%s)", key, offer.name)
         await self.provider.create_pod(pod, offer, resources)
         self._reported.pop(key, None)
+        return DONE
 
     async def _report_object(self, pod: dict, kind: str, name: str, optional: bool) -> None:
         reason = f"{'Optional' if optional else 'Mandatory'}{kind}NotFound"

@@ -8,7 +8,7 @@ import logging
 from .. import errors, tasks
 from ..kube import Kube
 from ..provider import PodProvider
-from ..reflector import Reflector, WorkQueue, key_of
+from ..reflector import DONE, RETRY, Reflector, Result, WorkQueue, key_of
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ class ServiceController:
         self._ingress[key] = ingress
         self.queue.add(key)
 
-    async def sync(self, key: str) -> None:
+    async def sync(self, key: str) -> Result:
         namespace, name = key.split("/", 1)
         service = self.services.store.get(key)
         try:
@@ -63,7 +63,7 @@ class ServiceController:
                     await self.provider.delete_service(namespace, name)
                     self._published.discard(key)
                     self._ingress.pop(key, None)
-                return
+                return DONE
             assert service is not None
             await self.provider.put_service(service)
             self._published.add(key)
@@ -74,7 +74,7 @@ class ServiceController:
                                       subresource="status")
                 log.info("service %s published at %s", key, ", ".join(i.get("hostname") or i.get("ip", "")
                                                                     for i in ingress))
-            self.queue.forget(key)
+            return DONE
         except (errors.Unavailable, errors.Conflict) as exc:
             log.info("service %s: retrying after %s", key, exc)
-            self.queue.retry(key)
+            return RETRY
