@@ -276,7 +276,20 @@ class PodController:
         if not ready:
             return DONE  # a mandatory object is missing; its watch requeues the pod when it appears
         log.info("%s: creating mirror on the provider (%s)", key, offer.name)
-        await self.provider.create_pod(pod, offer, resources)
+        try:
+            await self.provider.create_pod(pod, offer, resources)
+        except errors.Forbidden as exc:
+            # A full quota, a policy of the provider's: what forbids the pod may change on the provider's side,
+            # and nothing tells us when. So the create is retried with the key's backoff, to once a minute.
+            await self._refuse(pod, "ProviderRefused", f"the GPU provider refused the pod: {exc.message or exc}",
+                               once_per_reason=True)
+            return RETRY
+        except errors.Invalid as exc:
+            # The provider's validation of the mirror built from this pod's spec, which is immutable: the same
+            # create gets the same answer, so it is not retried; a change of the pod or of its class requeues it.
+            await self._refuse(pod, "ProviderInvalid", "the GPU provider rejected the pod as invalid: "
+                                                       f"{exc.message or exc}", once_per_reason=True)
+            return DONE
         self._reported.pop(key, None)
         return DONE
 
@@ -288,9 +301,11 @@ class PodController:
         if not optional:
             await self._set_pending(pod, reason, message)
 
-    async def _refuse(self, pod: dict, reason: str, message: str) -> None:
+    async def _refuse(self, pod: dict, reason: str, message: str, once_per_reason: bool = False) -> None:
+        """The pod waits, saying why, with one Warning Event per reason and message; with ``once_per_reason``
+        one per reason (what a provider says changes with its quota's usage, retry after retry)."""
         log.info("%s/%s refused: %s: %s", pod["metadata"]["namespace"], pod["metadata"]["name"], reason, message)
-        await self._event_once(pod, reason, message, "Warning")
+        await self._event_once(pod, reason, message, "Warning", per_reason=once_per_reason)
         await self._set_pending(pod, reason, message)
 
     async def _set_pending(self, pod: dict, reason: str, message: str) -> None:
@@ -351,8 +366,8 @@ class PodController:
 
     # -- events -------------------------------------------------------------------------
 
-    async def _event_once(self, pod: dict, reason: str, message: str, kind: str) -> None:
-        marker = f"{pod['metadata']['uid']}:{reason}:{message}"
+    async def _event_once(self, pod: dict, reason: str, message: str, kind: str, per_reason: bool = False) -> None:
+        marker = f"{pod['metadata']['uid']}:{reason}" + ("" if per_reason else f":{message}")
         seen = self._reported.setdefault(key_of(pod), {})
         if seen.get(reason) == marker:
             return
