@@ -21,6 +21,7 @@ from ..catalog import CatalogError, GPUClass
 from ..kube import Kube
 from ..provider import Capacity, PodProvider, RemoteEvent, RemotePod
 from ..reflector import DONE, RETRY, Reflector, Result, WorkQueue, key_of
+from ..supervisor import Supervisor
 from ..translate import referenced_objects, status_patch
 
 log = logging.getLogger(__name__)
@@ -41,9 +42,11 @@ class PodController:
                  on_node_change: Callable[[], None] = lambda: None,
                  on_capacity: Callable[[Capacity], None] = lambda c: None,
                  on_reachability: Callable[[bool, str], None] = lambda ok, why: None,
-                 on_service: Callable[[str, str, list[dict]], None] = lambda ns, name, ingress: None):
+                 on_service: Callable[[str, str, list[dict]], None] = lambda ns, name, ingress: None,
+                 supervisor: Supervisor | None = None):
         """The callbacks tell the node (capacity, reachability, pods changed) and the service controller
-        (a published address) what the provider reports."""
+        (a published address) what the provider reports. Its informers and workers run under ``supervisor``
+        (the node's; absent, one of its own)."""
         self.kube, self.provider, self.node_name = kube, provider, node_name
         self.on_node_change = on_node_change
         self._on_capacity, self._on_reachability, self._on_service = on_capacity, on_reachability, on_service
@@ -56,7 +59,9 @@ class PodController:
         self._reported: dict[str, dict[str, str]] = {}  # pod key → reason → the last event recorded for it
         self._objects = ObjectReflection(kube, provider, self.queue)
         self.provider_reachable = True
-        self._tasks: list[asyncio.Task] = []
+        self._own_supervisor = supervisor is None
+        self.supervisor = supervisor or Supervisor()
+        self._parts = ("local-RuntimeClass", "local-Pod", "pod-workers")
         self._resources: dict[str, Resources | None] = {}  # pod UID → what it takes (specs are immutable)
         self._event_slots = asyncio.Semaphore(8)  # copies of provider events never crowd out pod syncs
 
@@ -64,7 +69,7 @@ class PodController:
 
     async def start(self) -> None:
         for reflector in (self.runtime_classes, self.pods):
-            self._tasks.append(tasks.spawn(reflector.run(), name=f"local-{reflector.kind}"))
+            self.supervisor.start(f"local-{reflector.kind}", reflector.run)
         await self.runtime_classes.synced.wait()
         await self.pods.synced.wait()
         await self.provider.start(self)
@@ -77,17 +82,16 @@ class PodController:
         # The start-up sweep: every local pod and every mirror gets one sync.
         for key in set(self.pods.store) | set(self._remote):
             self.queue.add(key)
-        self._tasks.append(tasks.spawn(self.queue.run(), name="pod-workers"))
+        self.supervisor.start("pod-workers", self.queue.run)
 
     def problems(self) -> dict[str, str]:
-        """Its long-running parts that have ended (informers, workers, the provider's, the object watches):
-        name → how; empty while all run."""
-        return {**tasks.problems(self._tasks), **self.provider.problems(), **self._objects.problems()}
+        """Its long-running parts that have ended (the provider's, the object watches; its informers and workers
+        when it has a supervisor of its own, else the node's supervisor reports them): name → how."""
+        own = self.supervisor.problems() if self._own_supervisor else {}
+        return {**own, **self.provider.problems(), **self._objects.problems()}
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.supervisor.stop(*self._parts)
         await self._objects.stop()
         self.queue.close()
         await self.provider.stop()
