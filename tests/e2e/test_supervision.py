@@ -104,6 +104,16 @@ def _quota_used(provider, namespace: str) -> int | None:
     return int(status.used["pods"])
 
 
+def _quota_refuses(provider, namespace: str) -> bool:
+    """Whether the provider refuses a pod for the quota now (a dry run: nothing is created, nothing counted)."""
+    probe = {"metadata": {"name": "quota-probe"}, "spec": {"containers": [{"name": "c", "image": "cuda"}]}}
+    try:
+        provider.create_namespaced_pod(namespace, probe, dry_run="All")
+        return False
+    except ApiException as exc:
+        return exc.status == 403 and "exceeded quota" in (exc.body or "")
+
+
 def _refusal_events(local, name: str) -> list:
     return [e for e in local.list_namespaced_event(NAMESPACE, field_selector=f"involvedObject.name={name}").items
             if e.reason == "ProviderRefused"]
@@ -121,6 +131,8 @@ def test_a_pod_refused_by_the_providers_quota_waits_with_a_reason_and_starts_whe
         provider.patch_namespaced_resource_quota(QUOTA, tenant, {"spec": {"hard": {"pods": str(used)}}})
         wait_for(lambda: provider.read_namespaced_resource_quota(QUOTA, tenant).status.hard["pods"] == str(used), 30,
                  "the quota to be lowered")
+        # The API server's admission reads quotas from its cache, which may lag: wait until it refuses.
+        wait_for(lambda: _quota_refuses(provider, tenant), 30, "the provider to refuse pods for the quota")
 
         local.create_namespaced_pod(NAMESPACE, pod("quota-bound"))
         refused = wait_for(lambda: (p := local.read_namespaced_pod("quota-bound", NAMESPACE)).status.reason and p,
