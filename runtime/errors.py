@@ -2,7 +2,8 @@
 
 Controllers act on the class, never on a status code or a backend's exception:
 NotFound and AlreadyExists are facts, Conflict and Unavailable are retried,
-Invalid and Forbidden are permanent for the object at hand.
+Invalid and Forbidden are permanent for the object at hand (but a provider's
+Forbidden on a pod's create, a full quota, is retried with backoff).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import json
 class KubeError(Exception):
     status = 0
     retry = False
+    message = ""
+    """What the API server said (its Status message), without the request; "" when unknown."""
 
 
 class NotFound(KubeError):
@@ -61,7 +64,12 @@ def from_status(cluster: str, method: str, path: str, status: int, payload: byte
         message, reason = body.get("message", ""), body.get("reason", "")
     except ValueError:
         message, reason = payload[:200].decode(errors="replace"), ""
-    text = f"{cluster}: {method} {path}: {status} {message}"
+    error = _classify(status, reason, f"{cluster}: {method} {path}: {status} {message}")
+    error.message = message
+    return error
+
+
+def _classify(status: int, reason: str, text: str) -> KubeError:
     if status == 404:
         return NotFound(text)
     if status == 409:

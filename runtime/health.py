@@ -1,7 +1,8 @@
 """The health port: plain HTTP, apart from the kubelet API (which refuses anonymous callers).
 
-`/healthz` (liveness): 200 while the event loop answers and no long-running part has ended; 500 naming
-each part that has, one per line. It answers from the moment the process listens, so a start that waits
+`/healthz` (liveness), from the supervisor's view: 200 while the event loop answers and no long-running
+part has been given up on (parts waiting for their restart are listed after "ok"); 500 naming each part
+that has stopped for good, one per line. It answers from the moment the process listens, so a start that waits
 (a CSR awaiting approval) is alive, merely not ready.
 `/readyz` (readiness): 200 once the node is registered (informers synced, provider listed); 503 saying
 what the runtime still waits for, and again while it stops.
@@ -18,11 +19,12 @@ log = logging.getLogger(__name__)
 
 
 class HealthServer:
-    """``problems()``: part name → why it is not alive (empty: alive). ``waiting()``: what readiness waits
-    for ("" once ready)."""
+    """``problems()``: part name → why it is not alive (empty: alive). ``restarting()``: parts that stopped
+    and are being restarted (alive). ``waiting()``: what readiness waits for ("" once ready)."""
 
-    def __init__(self, problems: Callable[[], dict[str, str]], waiting: Callable[[], str]):
-        self.problems, self.waiting = problems, waiting
+    def __init__(self, problems: Callable[[], dict[str, str]], waiting: Callable[[], str],
+                 restarting: Callable[[], dict[str, str]] = dict):
+        self.problems, self.waiting, self.restarting = problems, waiting, restarting
         self.port = 0
         self._runner: web.AppRunner | None = None
         app = web.Application()
@@ -53,7 +55,8 @@ class HealthServer:
     async def _healthz(self, request: web.Request) -> web.Response:
         problems = self.problems()
         if not problems:
-            return web.Response(text="ok\n")
+            notes = "".join(f"{name}: {why}\n" for name, why in sorted(self.restarting().items()))
+            return web.Response(text=f"ok\n{notes}")
         lines = "".join(f"{name}: {why}\n" for name, why in sorted(problems.items()))
         return web.Response(status=500, text=f"not alive: {len(problems)} part(s) stopped\n{lines}")
 

@@ -7,6 +7,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from . import errors
 from .kube import Kube
@@ -114,16 +115,40 @@ class Reflector:
         self.on_event(kind, obj)
 
 
-class WorkQueue:
-    """Keys processed one at a time each, by ``workers`` tasks; failed keys retried with capped backoff.
+@dataclass(frozen=True)
+class Result:
+    """What a sync decided, which the queue carries out (controller-runtime's ``Result``): done (the key's
+    backoff is forgotten), retry with the key's backoff, or requeue after ``after`` seconds (backoff forgotten).
+    A handler that raises is retried with backoff too."""
 
-    A key added while it is being processed is processed again afterwards, once.
+    retry: bool = False
+    after: float | None = None
+
+
+DONE = Result()
+RETRY = Result(retry=True)
+
+
+def requeue_after(seconds: float) -> Result:
+    return Result(after=seconds)
+
+
+class WorkQueue:
+    """Keys processed one at a time each, by ``workers`` tasks; the handler's `Result` says what comes next.
+
+    A key added while it is being processed is processed again afterwards, once. A key retried backs off per key,
+    exponentially from ``base_delay`` up to ``max_delay``, each delay shortened by up to ``jitter`` of itself at
+    random (so keys refused together do not come back together); its count of failures is forgotten only when a
+    sync of it succeeds. ``call_later`` and ``rand`` are the clock and dice (tests pass their own).
     """
 
-    def __init__(self, handler: Callable[[str], Awaitable[None]], *, workers: int = 8, name: str = "queue",
-                 base_delay: float = 0.2, max_delay: float = 30.0):
+    def __init__(self, handler: Callable[[str], Awaitable[Result | None]], *, workers: int = 8, name: str = "queue",
+                 base_delay: float = 0.2, max_delay: float = 30.0, jitter: float = 0.2,
+                 call_later: Callable[[float, Callable[[], None]], asyncio.TimerHandle] | None = None,
+                 rand: Callable[[], float] = random.random):
         self.handler, self.workers, self.name = handler, workers, name
-        self.base_delay, self.max_delay = base_delay, max_delay
+        self.base_delay, self.max_delay, self.jitter = base_delay, max_delay, jitter
+        self._call_later, self._rand = call_later, rand
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._queued: set[str] = set()
         self._active: set[str] = set()
@@ -141,22 +166,42 @@ class WorkQueue:
     def add_after(self, key: str, delay: float) -> None:
         if key in self._timers:
             return
-        loop = asyncio.get_running_loop()
-        self._timers[key] = loop.call_later(delay, self._fire, key)
+        call_later = self._call_later or asyncio.get_running_loop().call_later
+        self._timers[key] = call_later(delay, lambda: self._fire(key))
 
     def _fire(self, key: str) -> None:
         self._timers.pop(key, None)
         self.add(key)
 
+    def backoff(self, failures: int) -> float:
+        """The delay before retry number ``failures`` (1, 2, …) of a key."""
+        delay = min(self.base_delay * 2 ** min(failures - 1, 64), self.max_delay)
+        return delay * (1 - self.jitter * self._rand())
+
     def retry(self, key: str) -> float:
+        """Process ``key`` again after its next backoff delay (returned); its failures count one more."""
         n = self._failures.get(key, 0) + 1
         self._failures[key] = n
-        delay = min(self.base_delay * 2 ** (n - 1), self.max_delay)
+        delay = self.backoff(n)
         self.add_after(key, delay)
         return delay
 
     def forget(self, key: str) -> None:
         self._failures.pop(key, None)
+
+    def failures(self, key: str) -> int:
+        return self._failures.get(key, 0)
+
+    def apply(self, key: str, result: Result | None) -> float | None:
+        """Carry out a sync's decision about ``key``; the delay of a requeue, None when done."""
+        if result is None or (not result.retry and result.after is None):
+            self.forget(key)
+            return None
+        if result.retry:
+            return self.retry(key)
+        self.forget(key)
+        self.add_after(key, result.after)
+        return result.after
 
     def __len__(self) -> int:
         return len(self._queued) + len(self._active)
@@ -167,22 +212,28 @@ class WorkQueue:
     async def _worker(self) -> None:
         while True:
             key = await self._queue.get()
-            self._queued.discard(key)
-            self._active.add(key)
-            started = time.monotonic()
-            try:
-                await self.handler(key)
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # a handler bug must not stop the node; retry with backoff
-                delay = self.retry(key)
-                log.exception("%s: %s failed after %.3fs; retrying in %.1fs", self.name, key,
-                              time.monotonic() - started, delay)
-            finally:
-                self._active.discard(key)
-                if key in self._dirty:
-                    self._dirty.discard(key)
-                    self.add(key)
+            await self.process(key)
+
+    async def process(self, key: str) -> None:
+        """One sync of ``key`` (taken off the queue), and what its result says."""
+        self._queued.discard(key)
+        self._active.add(key)
+        started = time.monotonic()
+        try:
+            result = await self.handler(key)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a handler bug must not stop the node; retry with backoff
+            delay = self.retry(key)
+            log.exception("%s: %s failed after %.3fs; retrying in %.1fs", self.name, key,
+                          time.monotonic() - started, delay)
+        else:
+            self.apply(key, result)
+        finally:
+            self._active.discard(key)
+            if key in self._dirty:
+                self._dirty.discard(key)
+                self.add(key)
 
     def close(self) -> None:
         for timer in self._timers.values():

@@ -9,7 +9,7 @@ import logging
 import os
 from pathlib import Path
 
-from . import errors, tasks
+from . import errors
 from .certificates import ServingCertificate
 from .clients import EksLogin, NodeClientCertificate, local_cluster
 from .config import RuntimeConfig
@@ -21,6 +21,7 @@ from .kube import Kube, api_client
 from .kubelet.auth import Door
 from .kubelet.server import KubeletServer
 from .provider.remote import RemoteClusterProvider
+from .supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,9 @@ class VirtualNode:
         self.certificate: ServingCertificate | None = None
         self.kubelet: KubeletServer | None = None
         self.health: HealthServer | None = None
-        self._tasks: list[asyncio.Task] = []  # long-running: each runs until stop()
+        # The long-running parts of the node and its controllers: restarted when they stop, and the process
+        # stopped when one keeps failing.
+        self.supervisor = Supervisor(on_give_up=self._report_failed)
         self._certifying: asyncio.Task | None = None  # ends once the first serving certificate is loaded
         self.ready = asyncio.Event()
         self.stage = "starting"
@@ -52,7 +55,7 @@ class VirtualNode:
         problem (a start waiting for a CSR's approval is alive), nor are parts cancelled by stop()."""
         if self.stopping:
             return {}
-        found = tasks.problems(self._tasks)
+        found = self.supervisor.problems()
         for part in (self.identity, self.pods, self.services, self.certificate, self.kubelet):
             if part is not None:
                 found.update(part.problems())
@@ -69,7 +72,7 @@ class VirtualNode:
         cfg = self.config.node
         if not cfg.health_port:
             return
-        self.health = HealthServer(self.problems, self.waiting)
+        self.health = HealthServer(self.problems, self.waiting, self.supervisor.restarting)
         await self.health.start(self.config.resolved_health_bind_address(dict(os.environ)), cfg.health_port)
 
     # -- life ------------------------------------------------------------------------------
@@ -80,13 +83,14 @@ class VirtualNode:
         self.local, self.identity = await local_cluster(cfg.local, cfg.node.name)
         self.remote = Kube(await api_client(cfg.provider.kubeconfig), "provider")
         provider = RemoteClusterProvider(self.remote, cfg.provider.tenant_namespace, cfg.node.name, self.address)
-        self.services = ServiceController(self.local, provider, cfg.provider.load_balancer_class)
+        self.services = ServiceController(self.local, provider, cfg.provider.load_balancer_class,
+                                          supervisor=self.supervisor)
         # The node counts what the pod controller holds; the pod controller reports to the node.
         self.node = NodeController(self.local, cfg.node, self.address, used=lambda: self.pods.used())
         self.pods = PodController(self.local, provider, cfg.node.name, on_node_change=self.node.pods_changed,
                                   on_capacity=self.node.set_capacity,
                                   on_reachability=self.node.set_provider_reachable,
-                                  on_service=self.services.ingress_changed)
+                                  on_service=self.services.ingress_changed, supervisor=self.supervisor)
 
         # The provider is listed first, so the node registers with its real capacity.
         self.stage = "listing the local pods and RuntimeClasses and the provider's tenant namespace"
@@ -94,8 +98,8 @@ class VirtualNode:
         self.node.set_capacity(provider.capacity())
         self.stage = f"registering node {cfg.node.name}"
         await self.node.register()
-        self._tasks.append(tasks.spawn(self.node.lease_loop(), name="node-lease"))
-        self._tasks.append(tasks.spawn(self.node.status_loop(), name="node-status"))
+        self.supervisor.start("node-lease", self.node.lease_loop)
+        self.supervisor.start("node-status", self.node.status_loop)
         self.stage = "listing the local Services"
         await self.services.start(provider.services())
         self.stage = "opening the kubelet API"
@@ -142,10 +146,10 @@ class VirtualNode:
         for part in (self.services, self.pods):
             if part is not None:
                 await part.stop()
-        running = [*self._tasks, *([self._certifying] if self._certifying else [])]
-        for task in running:
-            task.cancel()
-        await asyncio.gather(*running, return_exceptions=True)
+        await self.supervisor.stop()
+        if self._certifying is not None:
+            self._certifying.cancel()
+            await asyncio.gather(self._certifying, return_exceptions=True)
         if decommission:
             await self._decommission()
         if self.identity is not None:
@@ -155,6 +159,14 @@ class VirtualNode:
                 await kube.close()
         if self.health is not None:
             await self.health.stop()
+
+    async def _report_failed(self, name: str, why: str) -> None:
+        """A part was given up on: the Node says which (if it is registered and the cluster answers) before the
+        process stops."""
+        if self.node is None or not self.node.ready.is_set():
+            return
+        self.node.set_part_failed(name, why)
+        await self.node.write_status(force=True)
 
     async def _being_removed(self) -> bool:
         """Whether this runtime stops because its Deployment is being deleted (gone, or deleting in the
@@ -195,17 +207,21 @@ class VirtualNode:
         log.info("node %s removed", name)
 
     async def run_until(self, stop: asyncio.Event) -> None:
-        """Start, then run until ``stop``; a stop during the start (a CSR awaiting approval) ends it too."""
+        """Start, then run until ``stop``; a stop during the start (a CSR awaiting approval) ends it too. A part
+        that keeps failing ends it with `PartFailed` (the process exits non-zero; its Deployment restarts it)."""
         await self.start_health()  # a taken port fails here, before anything else has started
         starting = asyncio.create_task(self.start(), name="start")
         stopping = asyncio.create_task(stop.wait(), name="stop")
+        failing = asyncio.create_task(self.supervisor.run(), name="supervisor")
         try:
-            await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
-            if starting.done():
+            await asyncio.wait({starting, stopping, failing}, return_when=asyncio.FIRST_COMPLETED)
+            if starting.done() and not failing.done():
                 starting.result()
-                await stopping
+                await asyncio.wait({stopping, failing}, return_when=asyncio.FIRST_COMPLETED)
+            if failing.done():
+                failing.result()  # raises PartFailed
         finally:
-            for task in (starting, stopping):
+            for task in (starting, stopping, failing):
                 task.cancel()
-            await asyncio.gather(starting, stopping, return_exceptions=True)
+            await asyncio.gather(starting, stopping, failing, return_exceptions=True)
             await self.stop()

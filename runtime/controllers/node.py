@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 
 PROVIDER_CONDITION = "ProviderReachable"
 CERTIFICATE_CONDITION = "KubeletServingCertificate"
+PARTS_CONDITION = "RuntimePartsRunning"
 KUBELET_VERSION = f"v1.32.13-k8sgpu-{__version__}"
 
 
@@ -70,6 +71,7 @@ class NodeController:
         self.provider_why = ""
         self.certificate: tuple[bool, str, str] = (False, "Requested", "the kubelet API's serving certificate is "
                                                                        "being requested")
+        self.failed_part: tuple[str, str] | None = None  # (name, why) of a part the runtime gave up on
         self._changed = asyncio.Event()
         self._last_status: dict | None = None
         self._transitions: dict[str, str] = {}
@@ -93,6 +95,11 @@ class NodeController:
         self._changed.set()
 
     def pods_changed(self) -> None:
+        self._changed.set()
+
+    def set_part_failed(self, name: str, why: str) -> None:
+        """A long-running part kept failing and the runtime stops: the node says which, and is not Ready."""
+        self.failed_part = (name, why)
         self._changed.set()
 
     # -- registration ----------------------------------------------------------------
@@ -142,9 +149,18 @@ class NodeController:
         now = _ts(self.clock())
         used, count = self.used()
         reachable = self.provider_reachable
+        failed = self.failed_part
+        parts = (self._condition(PARTS_CONDITION, False, "PartFailed",
+                                 f"{failed[0]} kept failing ({failed[1][:200]}); the runtime exits for its "
+                                 "Deployment to restart it", now) if failed else
+                 self._condition(PARTS_CONDITION, True, "AllPartsRunning",
+                                 "every long-running part of the runtime runs", now))
         conditions = [
+            self._condition("Ready", False, "RuntimePartFailed", f"{failed[0]} kept failing; the runtime "
+                            "restarts", now) if failed else
             self._condition("Ready", True, "KubeletReady", "k8sgpu runtime is posting ready status; pods run on "
                             "the GPU provider", now),
+            parts,
             self._condition(PROVIDER_CONDITION, reachable,
                             "ProviderAPIReachable" if reachable else "ProviderAPIUnreachable",
                             "the GPU provider's API answers" if reachable else

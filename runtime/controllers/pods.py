@@ -20,13 +20,17 @@ from ..admission import Resources, admit, pod_resources
 from ..catalog import CatalogError, GPUClass
 from ..kube import Kube
 from ..provider import Capacity, PodProvider, RemoteEvent, RemotePod
-from ..reflector import Reflector, WorkQueue, key_of
+from ..reflector import DONE, RETRY, Reflector, Result, WorkQueue, key_of
+from ..supervisor import Supervisor
 from ..translate import referenced_objects, status_patch
 
 log = logging.getLogger(__name__)
 
 TERMINAL = ("Succeeded", "Failed")
 REFUSED_CONDITION = "k8sgpu.io/Admitted"
+# The longest a pod waits between two tries of its create, once the provider keeps refusing it (a full quota):
+# raising the quota starts it within a minute, and a pod refused for days costs the provider one create a minute.
+MAX_RETRY_DELAY = 60.0
 
 
 def _now() -> str:
@@ -38,22 +42,26 @@ class PodController:
                  on_node_change: Callable[[], None] = lambda: None,
                  on_capacity: Callable[[Capacity], None] = lambda c: None,
                  on_reachability: Callable[[bool, str], None] = lambda ok, why: None,
-                 on_service: Callable[[str, str, list[dict]], None] = lambda ns, name, ingress: None):
+                 on_service: Callable[[str, str, list[dict]], None] = lambda ns, name, ingress: None,
+                 supervisor: Supervisor | None = None):
         """The callbacks tell the node (capacity, reachability, pods changed) and the service controller
-        (a published address) what the provider reports."""
+        (a published address) what the provider reports. Its informers and workers run under ``supervisor``
+        (the node's; absent, one of its own)."""
         self.kube, self.provider, self.node_name = kube, provider, node_name
         self.on_node_change = on_node_change
         self._on_capacity, self._on_reachability, self._on_service = on_capacity, on_reachability, on_service
         self.pods = Reflector(kube, "Pod", None, field_selector=f"spec.nodeName={node_name}",
                               on_event=self._on_local_pod)
         self.runtime_classes = Reflector(kube, "RuntimeClass", None, on_event=self._on_runtime_class)
-        self.queue = WorkQueue(self.sync, workers=workers, name="pods")
+        self.queue = WorkQueue(self.sync, workers=workers, name="pods", max_delay=MAX_RETRY_DELAY)
         self.catalog: dict[str, GPUClass | CatalogError] = {}
         self._remote: dict[str, RemotePod] = {}
         self._reported: dict[str, dict[str, str]] = {}  # pod key → reason → the last event recorded for it
         self._objects = ObjectReflection(kube, provider, self.queue)
         self.provider_reachable = True
-        self._tasks: list[asyncio.Task] = []
+        self._own_supervisor = supervisor is None
+        self.supervisor = supervisor or Supervisor()
+        self._parts = ("local-RuntimeClass", "local-Pod", "pod-workers")
         self._resources: dict[str, Resources | None] = {}  # pod UID → what it takes (specs are immutable)
         self._event_slots = asyncio.Semaphore(8)  # copies of provider events never crowd out pod syncs
 
@@ -61,7 +69,7 @@ class PodController:
 
     async def start(self) -> None:
         for reflector in (self.runtime_classes, self.pods):
-            self._tasks.append(tasks.spawn(reflector.run(), name=f"local-{reflector.kind}"))
+            self.supervisor.start(f"local-{reflector.kind}", reflector.run)
         await self.runtime_classes.synced.wait()
         await self.pods.synced.wait()
         await self.provider.start(self)
@@ -74,17 +82,16 @@ class PodController:
         # The start-up sweep: every local pod and every mirror gets one sync.
         for key in set(self.pods.store) | set(self._remote):
             self.queue.add(key)
-        self._tasks.append(tasks.spawn(self.queue.run(), name="pod-workers"))
+        self.supervisor.start("pod-workers", self.queue.run)
 
     def problems(self) -> dict[str, str]:
-        """Its long-running parts that have ended (informers, workers, the provider's, the object watches):
-        name → how; empty while all run."""
-        return {**tasks.problems(self._tasks), **self.provider.problems(), **self._objects.problems()}
+        """Its long-running parts that have ended (the provider's, the object watches; its informers and workers
+        when it has a supervisor of its own, else the node's supervisor reports them): name → how."""
+        own = self.supervisor.problems() if self._own_supervisor else {}
+        return {**own, **self.provider.problems(), **self._objects.problems()}
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.supervisor.stop(*self._parts)
         await self._objects.stop()
         self.queue.close()
         await self.provider.stop()
@@ -183,24 +190,25 @@ class PodController:
 
     # -- the sync ------------------------------------------------------------------------
 
-    async def sync(self, key: str) -> None:
+    async def sync(self, key: str) -> Result:
+        """One step for ``key``. What comes next is the return value, which the queue carries out: its backoff
+        grows with each retry and is forgotten only once a sync is done. Nothing here schedules the key."""
         pod = self.pods.store.get(key)
         remote = self._remote.get(key)
         try:
-            await self._sync(key, pod, remote)
-            self.queue.forget(key)
+            return await self._sync(key, pod, remote)
         except errors.Unavailable as exc:
             log.info("%s: provider or cluster unavailable, will retry: %s", key, exc)
-            self.queue.retry(key)
+            return RETRY
         except (errors.Conflict, errors.Unauthorized) as exc:
             log.info("%s: retrying after %s", key, exc)
-            self.queue.retry(key)
+            return RETRY
         except (errors.Invalid, errors.Forbidden) as exc:
             # Permanent for this state of the pod: retrying cannot help; its next change requeues it.
             log.warning("%s: %s", key, exc)
-            self.queue.forget(key)
+            return DONE
 
-    async def _sync(self, key: str, pod: dict | None, remote: RemotePod | None) -> None:
+    async def _sync(self, key: str, pod: dict | None, remote: RemotePod | None) -> Result:
         namespace, name = key.split("/", 1)
         if pod is None:
             # The local pod is gone: its mirror must go too (an orphan after a restart, or a force delete).
@@ -210,7 +218,7 @@ class PodController:
             if remote is None:
                 self._objects.release(key)
                 self._reported.pop(key, None)
-            return
+            return DONE
         meta, status = pod["metadata"], pod.get("status") or {}
         if status.get("phase") in TERMINAL:
             self._objects.release(key)  # a finished pod uses its ConfigMaps and Secrets no more
@@ -218,28 +226,26 @@ class PodController:
             # A mirror of an earlier pod of the same name: remove it, then carry on.
             if not remote.deleting:
                 await self.provider.delete_pod(namespace, name, 0)
-            self.queue.retry(key)
-            return
+            return RETRY
         if meta.get("deletionTimestamp"):
             await self._sync_deleting(key, pod, remote)
-            return
+            return DONE
         if remote is not None:
             if not remote.deleting:
                 await self.provider.update_pod_metadata(pod)
             await self._push_status(pod, remote.status)
-            return
+            return DONE
         if status.get("phase") in TERMINAL:
-            return
+            return DONE
         if status.get("startTime") or status.get("phase") == "Running":
             # It ran on the provider and its mirror vanished without our asking.
             if not self.provider_reachable:
-                return  # keep the last status until the provider answers again
+                return DONE  # keep the last status until the provider answers again
             await self._fail_lost(pod)
-            return
+            return DONE
         if not self.provider_reachable:
-            self.queue.retry(key)
-            return
-        await self._admit_and_create(key, pod)
+            return RETRY
+        return await self._admit_and_create(key, pod)
 
     async def _sync_deleting(self, key: str, pod: dict, remote: RemotePod | None) -> None:
         namespace, name = key.split("/", 1)
@@ -258,24 +264,38 @@ class PodController:
             pass
         self._objects.release(key)
 
-    async def _admit_and_create(self, key: str, pod: dict) -> None:
+    async def _admit_and_create(self, key: str, pod: dict) -> Result:
         rc_name = pod["spec"].get("runtimeClassName") or ""
         offer = self.catalog.get(rc_name)
         if isinstance(offer, CatalogError):
             await self._refuse(pod, "InvalidRuntimeClass", str(offer))
-            return
+            return DONE  # the RuntimeClass's next change requeues the pod
         refusal = admit(pod, offer)
         if refusal is not None:
             await self._refuse(pod, refusal.reason, refusal.message)
-            return
+            return DONE
         assert offer is not None
         resources = pod_resources(pod, offer)
         ready = await self._objects.reflect(key, pod, self._report_object)
         if not ready:
-            return  # a mandatory object is missing; its watch requeues the pod when it appears
+            return DONE  # a mandatory object is missing; its watch requeues the pod when it appears
         log.info("%s: creating mirror on the provider (%s)", key, offer.name)
-        await self.provider.create_pod(pod, offer, resources)
+        try:
+            await self.provider.create_pod(pod, offer, resources)
+        except errors.Forbidden as exc:
+            # A full quota, a policy of the provider's: what forbids the pod may change on the provider's side,
+            # and nothing tells us when. So the create is retried with the key's backoff, to once a minute.
+            await self._refuse(pod, "ProviderRefused", f"the GPU provider refused the pod: {exc.message or exc}",
+                               once_per_reason=True)
+            return RETRY
+        except errors.Invalid as exc:
+            # The provider's validation of the mirror built from this pod's spec, which is immutable: the same
+            # create gets the same answer, so it is not retried; a change of the pod or of its class requeues it.
+            await self._refuse(pod, "ProviderInvalid", "the GPU provider rejected the pod as invalid: "
+                                                       f"{exc.message or exc}", once_per_reason=True)
+            return DONE
         self._reported.pop(key, None)
+        return DONE
 
     async def _report_object(self, pod: dict, kind: str, name: str, optional: bool) -> None:
         reason = f"{'Optional' if optional else 'Mandatory'}{kind}NotFound"
@@ -285,9 +305,11 @@ class PodController:
         if not optional:
             await self._set_pending(pod, reason, message)
 
-    async def _refuse(self, pod: dict, reason: str, message: str) -> None:
+    async def _refuse(self, pod: dict, reason: str, message: str, once_per_reason: bool = False) -> None:
+        """The pod waits, saying why, with one Warning Event per reason and message; with ``once_per_reason``
+        one per reason (what a provider says changes with its quota's usage, retry after retry)."""
         log.info("%s/%s refused: %s: %s", pod["metadata"]["namespace"], pod["metadata"]["name"], reason, message)
-        await self._event_once(pod, reason, message, "Warning")
+        await self._event_once(pod, reason, message, "Warning", per_reason=once_per_reason)
         await self._set_pending(pod, reason, message)
 
     async def _set_pending(self, pod: dict, reason: str, message: str) -> None:
@@ -348,8 +370,8 @@ class PodController:
 
     # -- events -------------------------------------------------------------------------
 
-    async def _event_once(self, pod: dict, reason: str, message: str, kind: str) -> None:
-        marker = f"{pod['metadata']['uid']}:{reason}:{message}"
+    async def _event_once(self, pod: dict, reason: str, message: str, kind: str, per_reason: bool = False) -> None:
+        marker = f"{pod['metadata']['uid']}:{reason}" + ("" if per_reason else f":{message}")
         seen = self._reported.setdefault(key_of(pod), {})
         if seen.get(reason) == marker:
             return

@@ -2,46 +2,48 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
-from .. import errors, tasks
+from .. import errors
 from ..kube import Kube
 from ..provider import PodProvider
-from ..reflector import Reflector, WorkQueue, key_of
+from ..reflector import DONE, RETRY, Reflector, Result, WorkQueue, key_of
+from ..supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
 
 class ServiceController:
-    def __init__(self, kube: Kube, provider: PodProvider, load_balancer_class: str):
+    def __init__(self, kube: Kube, provider: PodProvider, load_balancer_class: str,
+                 supervisor: Supervisor | None = None):
+        """Its informer and workers run under ``supervisor`` (the node's; absent, one of its own)."""
         self.kube, self.provider, self.lb_class = kube, provider, load_balancer_class
         self.services = Reflector(kube, "Service", None, on_event=self._on_local)
         self.queue = WorkQueue(self.sync, workers=2, name="services")
         self._ingress: dict[str, list[dict]] = {}
         self._published: set[str] = set()
-        self._tasks: list[asyncio.Task] = []
+        self._own_supervisor = supervisor is None
+        self.supervisor = supervisor or Supervisor()
 
     def ours(self, service: dict | None) -> bool:
         spec = (service or {}).get("spec") or {}
         return spec.get("type") == "LoadBalancer" and spec.get("loadBalancerClass") == self.lb_class
 
     async def start(self, remote_services: list[tuple[str, str]]) -> None:
-        self._tasks.append(tasks.spawn(self.services.run(), name="local-services"))
+        self.supervisor.start("local-services", self.services.run)
         await self.services.synced.wait()
         self._published = {f"{ns}/{name}" for ns, name in remote_services}
         for key in self._published:
             self.queue.add(key)
-        self._tasks.append(tasks.spawn(self.queue.run(), name="service-workers"))
+        self.supervisor.start("service-workers", self.queue.run)
 
     def problems(self) -> dict[str, str]:
-        """Its informer and workers, if either has ended: name → how; empty while both run."""
-        return tasks.problems(self._tasks)
+        """Its informer and workers, if given up on (with a supervisor of its own; else the node's reports
+        them): name → how; empty while both run."""
+        return self.supervisor.problems() if self._own_supervisor else {}
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.supervisor.stop("local-services", "service-workers")
         self.queue.close()
 
     def _on_local(self, kind: str, obj: dict) -> None:
@@ -54,7 +56,7 @@ class ServiceController:
         self._ingress[key] = ingress
         self.queue.add(key)
 
-    async def sync(self, key: str) -> None:
+    async def sync(self, key: str) -> Result:
         namespace, name = key.split("/", 1)
         service = self.services.store.get(key)
         try:
@@ -63,7 +65,7 @@ class ServiceController:
                     await self.provider.delete_service(namespace, name)
                     self._published.discard(key)
                     self._ingress.pop(key, None)
-                return
+                return DONE
             assert service is not None
             await self.provider.put_service(service)
             self._published.add(key)
@@ -74,7 +76,7 @@ class ServiceController:
                                       subresource="status")
                 log.info("service %s published at %s", key, ", ".join(i.get("hostname") or i.get("ip", "")
                                                                     for i in ingress))
-            self.queue.forget(key)
+            return DONE
         except (errors.Unavailable, errors.Conflict) as exc:
             log.info("service %s: retrying after %s", key, exc)
-            self.queue.retry(key)
+            return RETRY

@@ -11,6 +11,7 @@ import pytest
 from k8sgpu.runtime import tasks
 from k8sgpu.runtime.controllers.services import ServiceController
 from k8sgpu.runtime.health import HealthServer
+from k8sgpu.runtime.supervisor import PartFailed, Supervisor
 
 
 class _BrokenWatchKube:
@@ -58,33 +59,47 @@ def test_tasks_that_ended_are_named_with_how():
                                        "cancelled": "cancelled"}
 
 
-def test_healthz_turns_500_naming_the_part_whose_task_died():
+def test_healthz_lists_a_restarting_part_and_turns_500_once_the_supervisor_gives_up_on_it():
     async def scenario():
-        services = ServiceController(_BrokenWatchKube(), provider=None, load_balancer_class="k8s.gpu")
+        released = asyncio.Event()
+
+        async def held_sleep(seconds):  # the first restart waits for the test; later ones are at once
+            await released.wait()
+
+        supervisor = Supervisor(max_failures=3, window=300, sleep=held_sleep)
+        services = ServiceController(_BrokenWatchKube(), provider=None, load_balancer_class="k8s.gpu",
+                                     supervisor=supervisor)
         ready = asyncio.Event()
-        health = HealthServer(services.problems, lambda: "" if ready.is_set() else "listing the local Services")
+        health = HealthServer(supervisor.problems, lambda: "" if ready.is_set() else "listing the local Services",
+                              supervisor.restarting)
         await health.start("127.0.0.1", 0)
+        failed = asyncio.create_task(supervisor.run())
         try:
             before = await _get(health.port, "/healthz"), await _get(health.port, "/readyz")
             await services.start([])
             ready.set()
             after_start = await _get(health.port, "/healthz"), await _get(health.port, "/readyz")
             for _ in range(100):  # the watch fails 50 ms in
-                if services.problems():
+                if supervisor.restarting():
                     break
                 await asyncio.sleep(0.01)
-            after_death = await _get(health.port, "/healthz")
+            restarting = await _get(health.port, "/healthz")
+            released.set()
+            with pytest.raises(PartFailed):
+                await asyncio.wait_for(failed, 5)
+            given_up = await _get(health.port, "/healthz")
         finally:
             await services.stop()
             await health.stop()
-        return before, after_start, after_death
+        return before, after_start, restarting, given_up
 
-    before, after_start, (status, body) = asyncio.run(scenario())
+    before, after_start, restarting, (status, body) = asyncio.run(scenario())
     assert before == ((200, "ok\n"), (503, "not ready: listing the local Services\n"))
     assert after_start == ((200, "ok\n"), (200, "ok\n"))
+    assert restarting == (200, "ok\nlocal-services: restarting after RuntimeError: cannot decode the watch event\n")
     assert status == 500
     assert body.splitlines() == ["not alive: 1 part(s) stopped",
-                                 "local-services: failed: RuntimeError: cannot decode the watch event"]
+                                 "local-services: gave up: RuntimeError: cannot decode the watch event"]
 
 
 def test_a_taken_health_port_fails_naming_the_flag():
