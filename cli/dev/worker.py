@@ -48,9 +48,11 @@ KUBELET_SYSCTLS = {
     "kernel/keys/root_maxkeys": 1000000,
     "kernel/keys/root_maxbytes": 25000000,
 }
-# Directories the kubelet and CNI use outside their configured roots; covered by a tmpfs in the mount
-# namespace. A mount point the host lacks is made for it and removed by `down`.
-TMPFS_IN_NAMESPACE = ("/run", "/var/log", "/var/lib/cni")
+# Directories the kubelet, containerd and CNI use outside their configured roots (/run/containerd, shim sockets;
+# /var/log/containers; libcni's cache in /var/lib/cni), covered by a tmpfs in the mount namespace. All exist on a
+# Debian machine, so no mount point is made on the host (one made for /var/lib/cni would be busy, and stay, while
+# another ground's worker has its tmpfs there).
+TMPFS_IN_NAMESPACE = ("/run", "/var/log", "/var/lib")
 
 TOOLS = {
     "containerd": "containerd",
@@ -122,6 +124,10 @@ def plan(root: Path) -> WorkerPlan:
             break
     else:
         raise WorkerError(f"no free {LINK_PREFIX}.N.0/24 for the worker's link; run `k8sgpu dev down` elsewhere")
+    for covered in TMPFS_IN_NAMESPACE:
+        if root.resolve().is_relative_to(covered):
+            raise WorkerError(f"the ground's root {root} is under {covered}, which the worker covers with a tmpfs of "
+                              "its own: give --root elsewhere (e.g. .k8sgpu/dev or /tmp/...), or --no-worker")
     ident = f"{digest:x}"[:8]
     return WorkerPlan(dir=str(root / "worker"), node_ip=f"{LINK_PREFIX}.{n}.2", host_ip=f"{LINK_PREFIX}.{n}.1",
                       pod_cidr=f"{POD_CIDR_PREFIX}.{n}.0/24", host_link=f"kgw{ident}",
