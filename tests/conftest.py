@@ -55,14 +55,17 @@ def ground(binaries, tmp_path_factory) -> State:
     finally:
         g.down()
         _assert_gone(state)
-        assert machine_settings() == kernel, "the ground changed machine-wide kernel settings"
+        assert machine_settings() == kernel, "the ground changed machine-wide settings or the host's directories"
 
 
 def machine_settings() -> dict[str, str]:
-    """The machine-wide settings a kubelet writes by default, and the host's iptables rules."""
-    from k8sgpu.cli.dev.worker import KUBELET_SYSCTLS
+    """The machine-wide settings a kubelet writes by default, the host's iptables rules, and what the host's
+    directories a kubelet, containerd and CNI use by default hold."""
+    from k8sgpu.cli.dev.worker import KUBELET_SYSCTLS, TMPFS_IN_NAMESPACE
 
     values = {key: Path("/proc/sys", key).read_text().strip() for key in KUBELET_SYSCTLS}
+    for directory in TMPFS_IN_NAMESPACE:
+        values[directory] = " ".join(sorted(os.listdir(directory)))
     for table in ("filter", "nat"):
         done = subprocess.run(["iptables", "-t", table, "-S"], capture_output=True, text=True)
         values[f"iptables {table}"] = done.stdout
