@@ -16,6 +16,7 @@ containerd with `Image.import_command()`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gzip
 import hashlib
@@ -305,6 +306,17 @@ def archive_size(archive: Path) -> int:
         return total
 
 
+def _remove_empty_dirs(top: Path) -> None:
+    """``top`` and the folders below it, deepest first, as far as they hold no file."""
+    if not top.is_dir():
+        return
+    for folder in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+    with contextlib.suppress(OSError):
+        top.rmdir()
+
+
 def ensure_image(progress: Progress = print, source: Path = SOURCE, version: str | None = None) -> Image:
     """The runtime's image as an OCI archive under the cache, built when its inputs changed."""
     containerfile = source / "Containerfile"
@@ -322,9 +334,16 @@ def ensure_image(progress: Progress = print, source: Path = SOURCE, version: str
     archive = image_dir() / f"k8sgpu-runtime-{key}.tar"
     if not archive.exists():
         started = time.monotonic()
-        _run("buildah bud", _buildah("bud", "--isolation", "chroot", "--format", "oci", "--build-arg",
-                                     f"BASE={BASE_REF}", "-f", str(containerfile), "-t", ref, str(context)),
-             context, progress)
+        # A RUN step under chroot isolation makes /run/containers/networks (seen): gone again if it was not there.
+        trace = Path("/run/containers")
+        had_trace = trace.exists()
+        try:
+            _run("buildah bud", _buildah("bud", "--isolation", "chroot", "--format", "oci", "--build-arg",
+                                         f"BASE={BASE_REF}", "-f", str(containerfile), "-t", ref, str(context)),
+                 context, progress)
+        finally:
+            if not had_trace:
+                _remove_empty_dirs(trace)
         partial = context / "archive.partial"
         _run("buildah push", _buildah("push", "--quiet", ref,
                                       f"oci-archive:{partial}:{ref}"), context, progress)
