@@ -64,7 +64,7 @@ def machine_settings() -> dict[str, str]:
     from k8sgpu.cli.dev.worker import KUBELET_SYSCTLS, TMPFS_IN_NAMESPACE
 
     values = {key: Path("/proc/sys", key).read_text().strip() for key in KUBELET_SYSCTLS}
-    for directory in TMPFS_IN_NAMESPACE:
+    for directory in (*TMPFS_IN_NAMESPACE, "/etc", "/usr/libexec", "/opt"):
         values[directory] = " ".join(sorted(os.listdir(directory)))
     for table in ("filter", "nat"):
         done = subprocess.run(["iptables", "-t", table, "-S"], capture_output=True, text=True)

@@ -462,6 +462,8 @@ class Ground:
                 "--bind-address=127.0.0.1", "--secure-port=0", "--leader-elect=false",
                 f"--cluster-signing-cert-file={cp.ca.cert}", f"--cluster-signing-key-file={cp.ca.key}",
                 f"--root-ca-file={cp.ca.cert}", f"--service-account-private-key-file={cp.sa_key}",
+                # Else it makes /usr/libexec/kubernetes/kubelet-plugins/volume/exec on the machine (seen).
+                f"--flex-volume-plugin-dir={root / 'components' / f'{cluster}-flexvolume'}",
                 "--use-service-account-credentials=true",
                 f"--requestheader-client-ca-file={cp.front_proxy_ca.cert}", f"--client-ca-file={cp.ca.cert}",
                 "--controllers=*,-cloud-node-lifecycle,-service-lb-controller,-node-route-controller",

@@ -16,7 +16,6 @@ containerd with `Image.import_command()`.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import gzip
 import hashlib
@@ -306,19 +305,24 @@ def archive_size(archive: Path) -> int:
         return total
 
 
-def _remove_empty_dirs(top: Path) -> None:
-    """``top`` and the folders below it, deepest first, as far as they hold no file."""
-    if not top.is_dir():
-        return
-    for folder in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
-        with contextlib.suppress(OSError):
-            folder.rmdir()
-    with contextlib.suppress(OSError):
-        top.rmdir()
+# What buildah writes outside its --root and --runroot whatever it is told (seen): a RUN step under chroot isolation
+# makes /run/containers/networks and /etc/cni/net.d (with a lock file), and containers/image keeps its blob-info
+# cache in /var/lib/containers/cache.
+BUILDAH_TRACES = (Path("/run/containers"), Path("/var/lib/containers"), Path("/etc/cni"))
 
 
 def ensure_image(progress: Progress = print, source: Path = SOURCE, version: str | None = None) -> Image:
-    """The runtime's image as an OCI archive under the cache, built when its inputs changed."""
+    """The runtime's image as an OCI archive under the cache, built when its inputs changed. What buildah leaves
+    outside the cache is removed again where it was not there before."""
+    new = [trace for trace in BUILDAH_TRACES if not trace.exists()]
+    try:
+        return _ensure_image(progress, source, version)
+    finally:
+        for trace in new:
+            shutil.rmtree(trace, ignore_errors=True)
+
+
+def _ensure_image(progress: Progress, source: Path, version: str | None) -> Image:
     containerfile = source / "Containerfile"
     if not containerfile.exists():
         raise ImageError(f"building the image: no Containerfile in {source} (needs the source tree, e.g. an "
@@ -334,16 +338,9 @@ def ensure_image(progress: Progress = print, source: Path = SOURCE, version: str
     archive = image_dir() / f"k8sgpu-runtime-{key}.tar"
     if not archive.exists():
         started = time.monotonic()
-        # A RUN step under chroot isolation makes /run/containers/networks (seen): gone again if it was not there.
-        trace = Path("/run/containers")
-        had_trace = trace.exists()
-        try:
-            _run("buildah bud", _buildah("bud", "--isolation", "chroot", "--format", "oci", "--build-arg",
-                                         f"BASE={BASE_REF}", "-f", str(containerfile), "-t", ref, str(context)),
-                 context, progress)
-        finally:
-            if not had_trace:
-                _remove_empty_dirs(trace)
+        _run("buildah bud", _buildah("bud", "--isolation", "chroot", "--format", "oci", "--build-arg",
+                                     f"BASE={BASE_REF}", "-f", str(containerfile), "-t", ref, str(context)),
+             context, progress)
         partial = context / "archive.partial"
         _run("buildah push", _buildah("push", "--quiet", ref,
                                       f"oci-archive:{partial}:{ref}"), context, progress)
