@@ -8,10 +8,13 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 from kubernetes import client, config
 
+from k8sgpu.cli.dev import pki
 from k8sgpu.cli.dev.binaries import find_kubectl
 
 REPO = Path(__file__).resolve().parents[2]
@@ -34,6 +37,25 @@ def k8sgpu(env: dict, *args: str, cwd: Path) -> subprocess.CompletedProcess:
                             capture_output=True, timeout=600)
     print(result.stdout[-4000:], result.stderr[-4000:], sep="\n")
     return result
+
+
+def node_kubeconfig(ground, node: str, directory: Path) -> str:
+    """A kubeconfig of the identity system:node:<node>, signed by the local cluster's CA as the ground signs
+    k8s.gpu's: for a module that runs a node of its own."""
+    local_pki = Path(ground.root) / "pki" / "local"
+    ca = pki.KeyPair(local_pki / "ca.crt", local_pki / "ca.key")
+    pair = pki.issue(ca, directory, "node", f"system:node:{node}", ("system:nodes",), client=True)
+    return str(pki.write_kubeconfig(directory / "node.kubeconfig", cluster="k8sgpu-dev-local",
+                                    server=ground.local.server, ca=ca.cert, user=f"system:node:{node}", pair=pair))
+
+
+def health_ready(port: int) -> bool:
+    """Whether a runtime's health port on this machine answers /readyz with 200."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as response:
+            return response.status == 200
+    except (urllib.error.HTTPError, OSError):
+        return False
 
 
 def wait_for(predicate, timeout: float = 60, what: str = "condition", interval: float = 0.2):

@@ -68,11 +68,6 @@ def _serving(local, ground, port: int) -> bool:
 
 
 @pytest.fixture(scope="module")
-def local(ground):
-    return client.CoreV1Api(api(ground.local.kubeconfig))
-
-
-@pytest.fixture(scope="module")
 def runtime(ground, local, tmp_path_factory):
     kubectl(ground.local.kubeconfig, "apply", "-f", "-", stdin=yaml.safe_dump_all([*demo_catalog(NODE),
                                                                                    *extra_rbac()]))

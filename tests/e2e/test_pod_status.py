@@ -6,20 +6,18 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 import pytest
 import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from k8sgpu.cli.dev import pki
 from k8sgpu.cli.dev.ground import free_port
 from k8sgpu.runtime.catalog import runtime_class_manifest
 from k8sgpu.runtime.rbac import extra_rbac
 from k8sgpu.runtime.translate import KIND_LABEL, NODE_LABEL, ORIGIN_NAME, ORIGIN_NAMESPACE, ORIGIN_UID_LABEL
 
-from .helpers import RuntimeProcess, api, kubectl, node_on_port, remove_node, wait_for
+from .helpers import RuntimeProcess, kubectl, node_kubeconfig, node_on_port, remove_node, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -30,27 +28,6 @@ GATE = "example.com/feature"
 
 
 @pytest.fixture(scope="module")
-def local(ground):
-    return client.CoreV1Api(api(ground.local.kubeconfig))
-
-
-@pytest.fixture(scope="module")
-def provider(ground):
-    return client.CoreV1Api(api(ground.provider.kubeconfig))
-
-
-def _node_kubeconfig(ground, directory: Path) -> str:
-    """A node client certificate for system:node:status.gpu from the local cluster's CA, as the ground makes
-    one for k8s.gpu."""
-    ca_dir = Path(ground.root) / "pki" / "local"
-    pair = pki.issue(pki.KeyPair(ca_dir / "ca.crt", ca_dir / "ca.key"), directory, "node", f"system:node:{NODE}",
-                     ("system:nodes",), client=True)
-    server = yaml.safe_load(Path(ground.local.kubeconfig).read_text())["clusters"][0]["cluster"]["server"]
-    return str(pki.write_kubeconfig(directory / "node.kubeconfig", cluster="k8sgpu-dev-local", server=server,
-                                    ca=ca_dir / "ca.crt", user=f"system:node:{NODE}", pair=pair))
-
-
-@pytest.fixture(scope="module")
 def runtime(ground, local, tmp_path_factory):
     """A catalog class and the extra RBAC of this module's node, then its runtime with its node identity."""
     no_gpu = runtime_class_manifest(RUNTIME_CLASS, node_name=NODE, gpu_product="NVIDIA-RTX-A6000", gpu_count=0,
@@ -58,7 +35,7 @@ def runtime(ground, local, tmp_path_factory):
     kubectl(ground.local.kubeconfig, "apply", "-f", "-",
             stdin=yaml.safe_dump_all([no_gpu, *extra_rbac(NODE, name="k8sgpu-runtime-status")]))
     work = tmp_path_factory.mktemp("status-runtime")
-    proc = RuntimeProcess(["--kubeconfig", _node_kubeconfig(ground, work), "--node-name", NODE,
+    proc = RuntimeProcess(["--kubeconfig", node_kubeconfig(ground, NODE, work), "--node-name", NODE,
                            "--provider-kubeconfig", ground.tenant_kubeconfig,
                            "--tenant-namespace", ground.tenant_namespace, "--node-address", ground.node_address,
                            "--kubelet-port", str(KUBELET_PORT), "-v"], work / "runtime.log").start()

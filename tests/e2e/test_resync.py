@@ -7,8 +7,6 @@ modules' k8s.gpu."""
 from __future__ import annotations
 
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -17,13 +15,12 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 from kubernetes.utils import parse_quantity
 
-from k8sgpu.cli.dev import pki
 from k8sgpu.cli.dev.ground import free_port
 from k8sgpu.runtime.catalog import runtime_class_manifest
 from k8sgpu.runtime.rbac import extra_rbac
 from k8sgpu.runtime.translate import ORIGIN_UID_LABEL, USED_BY, remote_name
 
-from .helpers import RuntimeProcess, api, kubectl, remove_node, wait_for
+from .helpers import RuntimeProcess, health_ready, kubectl, node_kubeconfig, remove_node, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -39,30 +36,13 @@ CATALOG = [
 ]
 
 
-def _node_kubeconfig(ground, directory: Path) -> str:
-    """The identity system:node:resync.gpu, signed by the local cluster's CA as the ground signs k8s.gpu's."""
-    local_pki = Path(ground.root) / "pki" / "local"
-    ca = pki.KeyPair(local_pki / "ca.crt", local_pki / "ca.key")
-    pair = pki.issue(ca, directory, "node", f"system:node:{NODE}", ("system:nodes",), client=True)
-    return str(pki.write_kubeconfig(directory / "node.kubeconfig", cluster="k8sgpu-dev-local",
-                                    server=ground.local.server, ca=ca.cert, user=f"system:node:{NODE}", pair=pair))
-
-
-def _readyz(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as response:
-            return response.status == 200
-    except (urllib.error.HTTPError, OSError):
-        return False
-
-
 class Runtime:
     """The runtime of resync.gpu as a process; `restart` kills it with SIGKILL and starts it with the same
     arguments, returning once the new one is ready (its start-up sweep done, its node registered)."""
 
     def __init__(self, ground, directory: Path):
         self.health_port = free_port()
-        self.proc = RuntimeProcess(["--kubeconfig", _node_kubeconfig(ground, directory), "--node-name", NODE,
+        self.proc = RuntimeProcess(["--kubeconfig", node_kubeconfig(ground, NODE, directory), "--node-name", NODE,
                                     "--provider-kubeconfig", ground.tenant_kubeconfig,
                                     "--tenant-namespace", ground.tenant_namespace,
                                     "--node-address", ground.node_address, "--kubelet-port", str(free_port()),
@@ -70,22 +50,12 @@ class Runtime:
 
     def start(self) -> None:
         self.proc.start()
-        wait_for(lambda: _readyz(self.health_port), 90, f"{NODE}'s runtime to be ready")
+        wait_for(lambda: health_ready(self.health_port), 90, f"{NODE}'s runtime to be ready")
 
     def restart(self) -> None:
         self.proc.kill()
-        wait_for(lambda: not _readyz(self.health_port), 10, "the killed runtime to stop answering")
+        wait_for(lambda: not health_ready(self.health_port), 10, "the killed runtime to stop answering")
         self.start()
-
-
-@pytest.fixture(scope="module")
-def local(ground):
-    return client.CoreV1Api(api(ground.local.kubeconfig))
-
-
-@pytest.fixture(scope="module")
-def provider(ground):
-    return client.CoreV1Api(api(ground.provider.kubeconfig))
 
 
 @pytest.fixture(scope="module")

@@ -8,21 +8,16 @@ modules' k8s.gpu."""
 from __future__ import annotations
 
 import time
-import urllib.error
-import urllib.request
-from pathlib import Path
 
 import pytest
 import yaml
-from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from k8sgpu.cli.dev import pki
 from k8sgpu.cli.dev.ground import free_port
 from k8sgpu.runtime.catalog import runtime_class_manifest
 from k8sgpu.runtime.rbac import extra_rbac
 
-from .helpers import RuntimeProcess, api, kubectl, remove_node, wait_for
+from .helpers import RuntimeProcess, health_ready, kubectl, node_kubeconfig, remove_node, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -35,33 +30,6 @@ CATALOG = [runtime_class_manifest(NO_GPU, node_name=NODE, gpu_product="NVIDIA-RT
 QUOTA = "k8sgpu-sup-pods"
 
 
-def _node_kubeconfig(ground, directory: Path) -> str:
-    """The identity system:node:sup.gpu, signed by the local cluster's CA as the ground signs k8s.gpu's."""
-    local_pki = Path(ground.root) / "pki" / "local"
-    ca = pki.KeyPair(local_pki / "ca.crt", local_pki / "ca.key")
-    pair = pki.issue(ca, directory, "node", f"system:node:{NODE}", ("system:nodes",), client=True)
-    return str(pki.write_kubeconfig(directory / "node.kubeconfig", cluster="k8sgpu-dev-local",
-                                    server=ground.local.server, ca=ca.cert, user=f"system:node:{NODE}", pair=pair))
-
-
-def _readyz(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as response:
-            return response.status == 200
-    except (urllib.error.HTTPError, OSError):
-        return False
-
-
-@pytest.fixture(scope="module")
-def local(ground):
-    return client.CoreV1Api(api(ground.local.kubeconfig))
-
-
-@pytest.fixture(scope="module")
-def provider(ground):
-    return client.CoreV1Api(api(ground.provider.kubeconfig))
-
-
 @pytest.fixture(scope="module")
 def runtime(ground, local, tmp_path_factory):
     namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}
@@ -69,14 +37,14 @@ def runtime(ground, local, tmp_path_factory):
             stdin=yaml.safe_dump_all([namespace, *CATALOG, *extra_rbac(NODE, RBAC_NAME)]))
     directory = tmp_path_factory.mktemp("sup")
     health_port = free_port()
-    proc = RuntimeProcess(["--kubeconfig", _node_kubeconfig(ground, directory), "--node-name", NODE,
+    proc = RuntimeProcess(["--kubeconfig", node_kubeconfig(ground, NODE, directory), "--node-name", NODE,
                            "--provider-kubeconfig", ground.tenant_kubeconfig,
                            "--tenant-namespace", ground.tenant_namespace,
                            "--node-address", ground.node_address, "--kubelet-port", str(free_port()),
                            "--health-port", str(health_port), "-v"], directory / "runtime.log")
     try:
         proc.start()
-        wait_for(lambda: _readyz(health_port), 90, f"{NODE}'s runtime to be ready")
+        wait_for(lambda: health_ready(health_port), 90, f"{NODE}'s runtime to be ready")
         yield proc
     finally:
         proc.stop()

@@ -29,16 +29,6 @@ CLASSES = {rc["metadata"]["name"]: rc for rc in demo_catalog(NODE)}
 
 
 @pytest.fixture(scope="module")
-def local(ground):
-    return client.CoreV1Api(api(ground.local.kubeconfig))
-
-
-@pytest.fixture(scope="module")
-def provider(ground):
-    return client.CoreV1Api(api(ground.provider.kubeconfig))
-
-
-@pytest.fixture(scope="module")
 def runtime(ground, local, tmp_path_factory):
     """The catalog and the runtime's extra RBAC applied as an admin would, then the runtime started
     with nothing but the node identity."""
