@@ -241,6 +241,9 @@ class Ground:
         On a ground where some components died, only those start again: etcd's data and every
         object in both clusters are kept."""
         state = self.state()
+        if state is not None and not state.ports:
+            raise GroundError(f"the ground in {self.root} was started by an older k8sgpu (its state names no ports): "
+                              "stop it with `k8sgpu dev down`, then run `k8sgpu dev up`")
         if state is not None:
             table = self.components(state)
             dead = [c.name for c in table if c.argv and not self._alive(state, c.name)]
