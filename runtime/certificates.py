@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from . import errors, tasks
+from . import errors
 from .kube import Kube, resource_path
 
 log = logging.getLogger(__name__)
@@ -168,28 +168,28 @@ class ServingCertificate:
         self.context.load_verify_locations(cadata=client_ca.decode())
         self.certificate_pem = b""
         self._rng = random.Random()
-        self._task: asyncio.Task | None = None
 
-    async def start(self) -> None:
-        """Returns once a certificate is loaded; keeps renewing it in the background."""
-        if self.cert_file:
-            self.certificate_pem = Path(self.cert_file).read_bytes()
-            self.context.load_cert_chain(self.cert_file, self.key_file)
-            self.on_state(True, "CertificateFromFile", f"serving certificate from {self.cert_file}")
-            return
-        await self._obtain()
-        self._task = tasks.spawn(
-            keep_renewed(lambda: self.certificate_pem, self._obtain, "serving certificate", self._rng),
-            name="serving-certificate-renewal")
+    @property
+    def from_files(self) -> bool:
+        return bool(self.cert_file)
 
-    def problems(self) -> dict[str, str]:
-        """The renewal loop, if it has ended (none runs for a certificate from a file)."""
-        return tasks.problems([self._task] if self._task else [])
+    def load_files(self) -> None:
+        """The certificate given as files: loaded once, never renewed by the runtime."""
+        self.certificate_pem = Path(self.cert_file).read_bytes()
+        self.context.load_cert_chain(self.cert_file, self.key_file)
+        self.on_state(True, "CertificateFromFile", f"serving certificate from {self.cert_file}")
 
-    async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+    async def run(self) -> None:
+        """The certificate as a supervised part: obtained from the CSR API, then renewed at 70-90 % of its life,
+        until cancelled. A failure is said on the node before it ends the part (its supervisor restarts it with
+        a new CSR, and gives up on one that keeps failing)."""
+        try:
+            if not self.certificate_pem:
+                await self._obtain()
+            await keep_renewed(lambda: self.certificate_pem, self._obtain, "serving certificate", self._rng)
+        except (errors.KubeError, CertificateDenied) as exc:
+            self.on_state(False, "CertificateFailed", str(exc)[:500])
+            raise
 
     async def _obtain(self) -> None:
         key = ec.generate_private_key(ec.SECP256R1())

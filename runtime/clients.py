@@ -28,11 +28,11 @@ from cryptography.x509.oid import NameOID
 from kubernetes_asyncio import client as k8s_client
 from kubernetes_asyncio import config as k8s_config
 
-from . import tasks
 from .certificates import keep_renewed, pem_files, private_pem, request_certificate
 from .config import LocalClusterConfig
 from .eks import EksToken
 from .kube import Kube, api_client
+from .supervisor import Part
 
 log = logging.getLogger(__name__)
 
@@ -99,27 +99,25 @@ class NodeClientCertificate:
         self.ca_pem = ca_pem
         self.certificate_pem = b""
         self.kube: Kube | None = None
-        self._task: asyncio.Task | None = None
         self._retired: list[asyncio.Task] = []
         self._rng = random.Random()
 
     async def start(self) -> Kube:
         api = await self._obtain()
         self.kube = Kube(api, "local")
-        self._task = tasks.spawn(
-            keep_renewed(lambda: self.certificate_pem, self._renew, "node client certificate", self._rng),
-            name="node-client-certificate-renewal")
         return self.kube
 
-    def problems(self) -> dict[str, str]:
-        """The renewal loop, if it has ended."""
-        return tasks.problems([self._task] if self._task else [])
+    def parts(self) -> dict[str, Part]:
+        """Its long-running part, for the node's supervisor: the renewal of the certificate."""
+        return {"node-client-certificate": self.keep_renewed}
+
+    async def keep_renewed(self) -> None:
+        await keep_renewed(lambda: self.certificate_pem, self._renew, "node client certificate", self._rng)
 
     async def stop(self) -> None:
-        for task in [self._task, *self._retired]:
-            if task is not None:
-                task.cancel()
-        await asyncio.gather(*[t for t in [self._task, *self._retired] if t], return_exceptions=True)
+        for task in self._retired:
+            task.cancel()
+        await asyncio.gather(*self._retired, return_exceptions=True)
         await self.bootstrap.close()
 
     async def _obtain(self) -> k8s_client.ApiClient:
@@ -176,8 +174,8 @@ class EksLogin:
         api.configuration.refresh_api_key_hook = token.refresh_hook
         return Kube(api, "local", on_unauthorized=token.unauthorized), cls(token, ca_pem)
 
-    def problems(self) -> dict[str, str]:
-        return {}  # tokens are signed on demand: no task of its own
+    def parts(self) -> dict[str, Part]:
+        return {}  # tokens are signed on demand: no long-running part
 
     async def stop(self) -> None:
         pass

@@ -42,7 +42,6 @@ class VirtualNode:
         # The long-running parts of the node and its controllers: restarted when they stop, and the process
         # stopped when one keeps failing.
         self.supervisor = Supervisor(on_give_up=self._report_failed)
-        self._certifying: asyncio.Task | None = None  # ends once the first serving certificate is loaded
         self.ready = asyncio.Event()
         self.stage = "starting"
         """What the start is doing now: /readyz says it until the node is ready."""
@@ -56,7 +55,7 @@ class VirtualNode:
         if self.stopping:
             return {}
         found = self.supervisor.problems()
-        for part in (self.identity, self.pods, self.services, self.certificate, self.kubelet):
+        for part in (self.pods, self.services, self.kubelet):
             if part is not None:
                 found.update(part.problems())
         return found
@@ -82,7 +81,10 @@ class VirtualNode:
         self.stage = "connecting to the local cluster as the node (a CSR may await approval: see the log)"
         self.local, self.identity = await local_cluster(cfg.local, cfg.node.name)
         self.remote = Kube(await api_client(cfg.provider.kubeconfig), "provider")
-        provider = RemoteClusterProvider(self.remote, cfg.provider.tenant_namespace, cfg.node.name, self.address)
+        for name, part in (self.identity.parts() if self.identity is not None else {}).items():
+            self.supervisor.start(name, part)
+        provider = RemoteClusterProvider(self.remote, cfg.provider.tenant_namespace, cfg.node.name, self.address,
+                                         supervisor=self.supervisor)
         self.services = ServiceController(self.local, provider, cfg.provider.load_balancer_class,
                                           supervisor=self.supervisor)
         # The node counts what the pod controller holds; the pod controller reports to the node.
@@ -128,28 +130,22 @@ class VirtualNode:
                                      pods=lambda: list(self.pods.pods.store.values()),
                                      started=datetime.datetime.now(datetime.UTC))
         await self.kubelet.start(self.address, cfg.kubelet_port, self.certificate.context)
-        self._certifying = asyncio.create_task(self._certify(), name="serving-certificate")
-
-    async def _certify(self) -> None:
-        try:
-            await self.certificate.start()
-        except Exception as exc:  # noqa: BLE001 - reported on the node; pods keep running without the API
-            log.error("no serving certificate for the kubelet API: %s", exc)
-            self.node.set_serving_certificate(False, "CertificateFailed", str(exc)[:500])
+        self.supervisor.start("kubelet-api", self.kubelet.serve)
+        if self.certificate.from_files:
+            self.certificate.load_files()
+        else:
+            self.supervisor.start("serving-certificate", self.certificate.run)
 
     async def stop(self) -> None:
         self.stopping = True
-        for part in (self.kubelet, self.certificate):
-            if part is not None:
-                await part.stop()
+        await self.supervisor.stop("kubelet-api", "serving-certificate")
+        if self.kubelet is not None:
+            await self.kubelet.stop()
         decommission = await self._being_removed()
         for part in (self.services, self.pods):
             if part is not None:
                 await part.stop()
         await self.supervisor.stop()
-        if self._certifying is not None:
-            self._certifying.cancel()
-            await asyncio.gather(self._certifying, return_exceptions=True)
         if decommission:
             await self._decommission()
         if self.identity is not None:

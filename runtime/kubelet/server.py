@@ -78,20 +78,37 @@ class KubeletServer:
         self.started = started
         self.cpu = stats.CpuCounter()
         self._server: asyncio.base_events.Server | None = None
+        self._address: tuple = ()
         self._connections: set[asyncio.Task] = set()
 
     async def start(self, host: str, port: int, tls) -> None:
+        """Listen now (a port taken fails here); `serve` then owns the listener."""
+        self._address = (host, port, tls)
         self._server = await asyncio.start_server(self._serve_connection, host, port, ssl=tls,
                                                   ssl_handshake_timeout=10)
         log.info("kubelet API listening on https://%s:%d", host, port)
 
+    async def serve(self) -> None:
+        """The listener as a supervised part: runs until cancelled; listens again when started after an end.
+        A listener closed by anything but its own cancellation is a failure, so its supervisor restarts it."""
+        if self._server is None or not self._server.is_serving():
+            await self.start(*self._address)
+        try:
+            await self._server.serve_forever()
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise
+        raise RuntimeError("the kubelet API's listener was closed")
+
     def problems(self) -> dict[str, str]:
-        """The listener, if it has stopped serving."""
+        """The listener, if it has stopped serving (its supervisor says whether it is being restarted)."""
         if self._server is not None and not self._server.is_serving():
             return {"kubelet-api": "not listening"}
         return {}
 
     async def stop(self) -> None:
+        """Stop listening and end every open connection."""
         if self._server is not None:
             self._server.close()
         for task in list(self._connections):

@@ -12,12 +12,13 @@ import logging
 from collections.abc import AsyncIterator
 from decimal import Decimal
 
-from .. import errors, tasks
+from .. import errors
 from ..admission import GPU_RESOURCE, Resources
 from ..catalog import GPUClass
 from ..kube import Kube, resource_path
 from ..quantity import parse_quantity
 from ..reflector import Reflector
+from ..supervisor import Supervisor
 from ..translate import (
     NODE_LABEL,
     ORIGIN_NAME,
@@ -38,13 +39,17 @@ log = logging.getLogger(__name__)
 
 
 class RemoteClusterProvider:
-    def __init__(self, kube: Kube, tenant_namespace: str, node_name: str, node_address: str):
+    def __init__(self, kube: Kube, tenant_namespace: str, node_name: str, node_address: str, *,
+                 supervisor: Supervisor | None = None):
+        """Its informers run under ``supervisor`` (the node's; absent, one of its own)."""
         self.kube = kube
+        self._own_supervisor = supervisor is None
+        self.supervisor = supervisor or Supervisor()
         self.namespace = tenant_namespace
         self.node_name = node_name
         self.node_address = node_address
         self._events: ProviderEvents | None = None
-        self._tasks: list[asyncio.Task] = []
+        self._parts: list[str] = []
         self._capacity = Capacity("0", "0", "0", "0")
         owned = f"{NODE_LABEL}={node_name}"
         self._pods = Reflector(kube, "Pod", tenant_namespace, label_selector=owned, on_event=self._on_pod,
@@ -66,20 +71,26 @@ class RemoteClusterProvider:
         self._events = events
         # The mirrors first: an Event is placed by the mirror it involves, so the Events' first listing
         # (every Event, after a restart) must find them all known.
-        self._tasks = [tasks.spawn(self._pods.run(), name="provider-Pod")]
+        self._run(self._pods)
         await self._pods.synced.wait()
         reflectors = [self._configmaps, self._secrets, self._services, self._pod_events, self._nodes, self._quotas]
-        self._tasks += [tasks.spawn(r.run(), name=f"provider-{r.kind}") for r in reflectors]
+        for reflector in reflectors:
+            self._run(reflector)
         await asyncio.gather(*(r.synced.wait() for r in reflectors))
         self._recompute_capacity()
 
+    def _run(self, reflector: Reflector) -> None:
+        name = f"provider-{reflector.kind}"
+        self.supervisor.start(name, reflector.run)
+        self._parts.append(name)
+
     def problems(self) -> dict[str, str]:
-        return tasks.problems(self._tasks)
+        """Its informers given up on, when it has a supervisor of its own (else the node's reports them)."""
+        return self.supervisor.problems() if self._own_supervisor else {}
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.supervisor.stop(*self._parts)
+        self._parts = []
 
     # -- pods ----------------------------------------------------------------
 
