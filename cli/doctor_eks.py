@@ -11,6 +11,7 @@ is judged for exactly that session, through the same aws-auth matching as the de
 
 from __future__ import annotations
 
+import fnmatch
 import json
 from typing import TYPE_CHECKING
 
@@ -309,6 +310,41 @@ def _trusted(document) -> list[str]:
     return principals
 
 
+def _session_names(statement: dict) -> list[str] | None:
+    """The session names an Allow statement's condition on sts:RoleSessionName permits (None: any)."""
+    for operator, tests in (statement.get("Condition") or {}).items():
+        if operator not in ("StringEquals", "StringLike"):
+            continue
+        for key, values in (tests or {}).items():
+            if key.lower() == "sts:rolesessionname":
+                return values if isinstance(values, list) else [values]
+    return None
+
+
+def session_findings(document, node: str) -> tuple[list[str], list[str], list[str]]:
+    """(blocking, warnings, fixes) of the trust policy's conditions on the role session name: every principal may
+    assume the role only as session <node>, because the HYBRID_LINUX access entry makes the session name the user."""
+    if isinstance(document, str):
+        document = json.loads(document)
+    statements = document.get("Statement") or []
+    blocking, warnings, fixes = [], [], []
+    for statement in statements if isinstance(statements, list) else [statements]:
+        if statement.get("Effect") != "Allow":
+            continue
+        who = ", ".join(_trusted({"Statement": [statement]})) or "nobody"
+        names = _session_names(statement)
+        if names is None:
+            warnings.append(f"its trust policy lets {who} assume it with any session name: through an access entry "
+                            "of type HYBRID_LINUX (user system:node:{{SessionName}}) they could act as any node")
+            fixes.append(f"condition that statement on \"StringEquals\": {{\"sts:RoleSessionName\": \"{node}\"}} "
+                         "(`make apply CLOUD=eks` writes it: module eks_trust)")
+        elif not any(fnmatch.fnmatchcase(node, name) for name in names):
+            blocking.append(f"its trust policy lets {who} assume it only as session {', '.join(names)}, and the "
+                            f"runtime's session is the node name {node}")
+            fixes.append(f"allow sts:RoleSessionName {node} (`make apply CLOUD=eks` with node_name = \"{node}\")")
+    return blocking, warnings, fixes
+
+
 def check_role(iam, role_arn: str, node: str) -> tuple[Finding, str | None]:
     """The eks-role finding and the role's ARN as IAM has it (None when --eks-role-arn is no role ARN)."""
     if not ROLE_ARN.match(role_arn):
@@ -353,9 +389,14 @@ def check_role(iam, role_arn: str, node: str) -> tuple[Finding, str | None]:
                                + [f"aws iam delete-role-policy --role-name {name} --policy-name {p}" for p in inline]))
     else:
         facts.append("no permission policy (none is needed: the runtime only presigns sts:GetCallerIdentity)")
-    trusted = _trusted(role.get("AssumeRolePolicyDocument") or {})
+    document = role.get("AssumeRolePolicyDocument") or {}
+    trusted = _trusted(document)
     if trusted:
         facts.append(f"its trust policy lets {', '.join(trusted)} assume it")
+        session_blocking, session_warnings, session_fixes = session_findings(document, node)
+        blocking += session_blocking
+        warnings += session_warnings
+        fixes += session_fixes
     else:
         blocking.append("its trust policy lets nobody assume it")
         fixes.append("name the identity the runtime starts as in the trust policy (the EKS root's variable trust, "

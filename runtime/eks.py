@@ -33,6 +33,10 @@ CLUSTER_ID_HEADER = "x-k8s-aws-id"
 PRESIGN_EXPIRES = 60  # what `aws eks get-token` signs; EKS accepts the token for 15 minutes after signing anyway
 ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]+$")
 SESSION_NAME = re.compile(r"^[\w+=,.@-]{2,64}$")
+# botocore's names of credentials that are themselves a role's session (web identity/IRSA, EKS Pod Identity and
+# ECS, an instance profile, SSO, a profile's role_arn): assuming the node's role from them is role chaining.
+ROLE_SOURCES = {"assume-role", "assume-role-with-web-identity", "container-role", "iam-role", "sso"}
+MAX_CHAINED_SESSION = 3600
 
 
 class EksLoginError(Exception):
@@ -66,6 +70,11 @@ class EksToken:
         if source is None:
             raise EksLoginError("no AWS credentials found to assume the node's role with: set them as for any "
                                 "AWS tool (AWS_* environment, AWS_PROFILE, web identity, EKS Pod Identity)")
+        if source.method in ROLE_SOURCES and role_session_seconds > MAX_CHAINED_SESSION:
+            raise EksLoginError(
+                f"local.eks_role_session_seconds {role_session_seconds}: the runtime's own credentials are a role's "
+                f"({source.method}), and a role assumed from a role's session lasts at most {MAX_CHAINED_SESSION} s "
+                f"(role chaining): set it to {MAX_CHAINED_SESSION} or less in the config file")
         fetcher = AssumeRoleCredentialFetcher(
             self._session.create_client, source, role_arn,
             extra_args={"RoleSessionName": session_name, "DurationSeconds": role_session_seconds})

@@ -85,7 +85,7 @@ def demo_catalog_values() -> dict[str, dict]:
 _TOP = {"node_name", "namespace", "tenant_namespace", "image", "image_tag", "catalog", "backend", "eks", "aks"}
 _CATALOG_FIELDS = {"gpu_product", "gpu_count", "cpu", "memory", "handler", "default_limits"}
 _EKS = {"cluster_name", "region", "role_name", "trust"}
-_TRUST = {"account_ids", "role_arns", "eks_pod_identity"}
+_TRUST = {"account_ids", "role_arns"}
 _AKS = {"cluster_name", "resource_group_name"}
 
 
@@ -178,6 +178,11 @@ def check_values(values: Any) -> None:
                 _string(f"eks.{key}", eks[key], example)
         if "trust" in eks:
             trust = _mapping("eks.trust", eks["trust"])
+            if "eks_pod_identity" in trust:
+                raise RenderError("eks.trust.eks_pod_identity: removed: EKS Pod Identity names its own role sessions, "
+                                  "while the role may only be assumed as the node (sts:RoleSessionName); put the role "
+                                  "your Pod Identity association (or IRSA) gives the runtime's ServiceAccount in "
+                                  "role_arns, and the runtime assumes the node's role from it")
             _unknown("eks.trust.", trust, _TRUST)
             accounts, roles = trust.get("account_ids", []), trust.get("role_arns", [])
             if not isinstance(accounts, list) or not all(isinstance(a, str) and _ACCOUNT.match(a) for a in accounts):
@@ -186,13 +191,10 @@ def check_values(values: Any) -> None:
             if not isinstance(roles, list) or not all(isinstance(r, str) and _ROLE_ARN.match(r) for r in roles):
                 raise RenderError("eks.trust.role_arns: a list of IAM role ARNs, "
                                   "e.g. role_arns: [\"arn:aws:iam::111122223333:role/ci\"]")
-            pod_identity = trust.get("eks_pod_identity", False)
-            if not isinstance(pod_identity, bool):
-                raise RenderError("eks.trust.eks_pod_identity: must be true or false")
-            if not accounts and not roles and not pod_identity:
+            if not accounts and not roles:
                 raise RenderError("eks.trust: empty trust principal; say who the runtime starts as: "
-                                  "account_ids: [\"111122223333\"], role_arns: [\"arn:aws:iam::111122223333:role/ci\"] "
-                                  "or eks_pod_identity: true")
+                                  "account_ids: [\"111122223333\"] or role_arns: "
+                                  "[\"arn:aws:iam::111122223333:role/ci\"]")
     if "aks" in values:
         aks = _mapping("aks", values["aks"])
         _unknown("aks.", aks, _AKS)

@@ -26,8 +26,9 @@ provider "kubectl" {
 }
 
 module "trust" {
-  source = "./modules/eks_trust"
-  trust  = var.trust
+  source       = "./modules/eks_trust"
+  trust        = var.trust
+  session_name = var.node_name
 }
 
 module "eks" {
@@ -36,6 +37,7 @@ module "eks" {
   role_name         = var.role_name
   node_name         = var.node_name
   trust_policy_json = module.trust.policy_json
+  access_entry_type = var.access_entry_type
 }
 
 module "aws_auth" {

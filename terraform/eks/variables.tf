@@ -14,12 +14,21 @@ variable "role_name" {
   default     = "k8sgpu-node"
 }
 
+variable "access_entry_type" {
+  description = "Type of the access entry made in API authentication mode. HYBRID_LINUX (default) is the one type that maps the role to system:node:<session name>: STANDARD refuses system: usernames and the group system:nodes, EC2_LINUX maps only sessions named after an EC2 instance. \"none\": no access entry (you map the role yourself)."
+  type        = string
+  default     = "HYBRID_LINUX"
+  validation {
+    condition     = contains(["HYBRID_LINUX", "none"], var.access_entry_type)
+    error_message = "access_entry_type: HYBRID_LINUX (maps the role's session <node_name> to system:node:<node_name>) or \"none\"; STANDARD cannot carry system:node:* users nor the group system:nodes, and EC2_LINUX maps only sessions named after an EC2 instance id."
+  }
+}
+
 variable "trust" {
-  description = "Who may assume the role: { account_ids = [...], role_arns = [...], eks_pod_identity = bool }; at least one."
+  description = "Who may assume the role, only ever as session <node_name>: { account_ids = [...], role_arns = [...] }; at least one. With EKS Pod Identity or IRSA: the role they give the runtime's ServiceAccount."
   type = object({
-    account_ids      = optional(list(string), [])
-    role_arns        = optional(list(string), [])
-    eks_pod_identity = optional(bool, false)
+    account_ids = optional(list(string), [])
+    role_arns   = optional(list(string), [])
   })
 }
 

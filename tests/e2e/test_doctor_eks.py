@@ -32,7 +32,8 @@ RBAC = "k8sgpu-doctor-eks"
 REGION = "us-east-1"
 ACCOUNT = "123456789012"
 TRUST = {"Version": "2012-10-17", "Statement": [
-    {"Effect": "Allow", "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT}:root"}, "Action": "sts:AssumeRole"}]}
+    {"Effect": "Allow", "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT}:root"}, "Action": "sts:AssumeRole",
+     "Condition": {"StringEquals": {"sts:RoleSessionName": NODE}}}]}
 NODE_GROUP = {"rolearn": f"arn:aws:iam::{ACCOUNT}:role/eks-node-group", "username": "system:node:{{EC2PrivateDNSName}}",
               "groups": ["system:bootstrappers", "system:nodes"]}
 

@@ -40,7 +40,8 @@ ROLE = "k8sgpu-node"
 ROLE_ARN = f"arn:aws:iam::{ACCOUNT}:role/{ROLE}"
 NODE = "k8s.gpu"
 TRUST = {"Version": "2012-10-17", "Statement": [
-    {"Effect": "Allow", "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT}:root"}, "Action": "sts:AssumeRole"}]}
+    {"Effect": "Allow", "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT}:root"}, "Action": "sts:AssumeRole",
+     "Condition": {"StringEquals": {"sts:RoleSessionName": NODE}}}]}
 CHECKS = ["eks-cluster", "eks-authentication-mode", "eks-identity-mapping", "eks-role", "eks-endpoint",
           "eks-csr-signer"]
 KEY, SECRET = "AKIAIOSFODNN7EXAMPLE", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
@@ -251,7 +252,7 @@ def test_a_node_name_too_long_for_a_session_name_fails(moto, recorded_eks, capsy
     assert role["status"] == FAIL
     assert role["evidence"].startswith(f"the node name {node} (73 characters) cannot be the role session's name, "
                                        "which the runtime sets to it (STS: 2 to 64 of letters")
-    assert role["fix"] == "choose a node name of at most 64 characters (--node-name and the root's node_name)"
+    assert role["fix"].startswith("choose a node name of at most 64 characters (--node-name and the root's node_name)")
 
 
 def test_a_role_with_only_an_inline_policy_warns_too(moto, recorded_eks, capsys):
@@ -434,3 +435,26 @@ def test_aws_auth_entries_that_do_not_make_the_node(entries, evidence, fix):
 def test_aws_auth_map_roles_that_is_not_a_list():
     found = aws_auth_mapping({"mapRoles": "rolearn: x\n"}, ROLE_ARN, NODE)
     assert (found.status, found.evidence) == (FAIL, "kube-system/aws-auth mapRoles is not a YAML list")
+
+
+def test_a_trust_policy_without_the_session_name_condition_warns_that_any_node_could_be_had(moto, recorded_eks,
+                                                                                             capsys):
+    iam = aws(moto, "iam")
+    iam.update_assume_role_policy(RoleName=ROLE, PolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT}:root"}, "Action": "sts:AssumeRole"}]}))
+    code, found = doctor(recorded_eks(moto, "API", {ROLE_ARN: "HYBRID_LINUX"}), capsys=capsys)
+    role = found["eks-role"]
+    assert role["status"] == WARN
+    assert role["evidence"].startswith(f"its trust policy lets AWS arn:aws:iam::{ACCOUNT}:root assume it with any "
+                                       "session name: through an access entry of type HYBRID_LINUX")
+    assert f'"sts:RoleSessionName": "{NODE}"' in role["fix"] and "module eks_trust" in role["fix"]
+
+
+def test_a_trust_policy_for_another_session_name_fails(moto, recorded_eks, capsys):
+    code, found = doctor(recorded_eks(moto, "API", {ROLE_ARN: "HYBRID_LINUX"}), "--node-name", "other.gpu",
+                         capsys=capsys)
+    assert code == 1
+    role = found["eks-role"]
+    assert role["status"] == FAIL
+    assert role["evidence"].startswith(f"its trust policy lets AWS arn:aws:iam::{ACCOUNT}:root assume it only as "
+                                       f"session {NODE}, and the runtime's session is the node name other.gpu")

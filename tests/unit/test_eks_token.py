@@ -149,3 +149,22 @@ def test_outside_a_pod_without_outputs_the_endpoint_comes_from_describe_cluster(
                                         base64.b64decode(described["certificateAuthority"]["data"]))
     with pytest.raises(EksLoginError, match="cluster_endpoint and cluster_ca_certificate"):
         EksToken("absent", ROLE, "k8s.gpu", "eu-west-1", session=botocore.session.Session()).cluster_endpoint()
+
+
+def test_a_role_session_longer_than_role_chaining_allows_is_refused_naming_the_setting(aws, monkeypatch, tmp_path):
+    # Web identity (IRSA) source credentials are a role's session: the node's role assumed from them is chained.
+    token_file = tmp_path / "token"
+    token_file.write_text("eyJhbGciOiJSUzI1NiJ9.e30.sig")
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    monkeypatch.setenv("AWS_ROLE_ARN", "arn:aws:iam::123456789012:role/irsa")
+    monkeypatch.setenv("AWS_WEB_IDENTITY_TOKEN_FILE", str(token_file))
+    with pytest.raises(EksLoginError, match=r"local.eks_role_session_seconds 7200: .*assume-role-with-web-identity"):
+        EksToken("prod", ROLE, "k8s.gpu", "eu-west-1", session=botocore.session.Session(),
+                 role_session_seconds=7200)
+    assert EksToken("prod", ROLE, "k8s.gpu", "eu-west-1", session=botocore.session.Session(),
+                    role_session_seconds=3600).role_arn == ROLE
+
+
+def test_an_access_key_may_assume_the_role_for_up_to_twelve_hours(aws):
+    assert EksToken("prod", ROLE, "k8s.gpu", "eu-west-1", session=aws, role_session_seconds=43200).role_arn == ROLE

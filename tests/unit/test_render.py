@@ -117,10 +117,18 @@ def test_cli_refuses_an_unknown_cloud_saying_which_exist(tmp_path):
 
 def test_cli_render_error_is_one_line_with_the_field(tmp_path):
     values = tmp_path / "v.yaml"
-    values.write_text("eks: {trust: {eks_pod_identity: false}}\n")
+    values.write_text("eks: {trust: {role_arns: []}}\n")
     result = k8sgpu("render", "--cloud", "eks", "--values", str(values), "--out", str(tmp_path / "out"))
     assert result.returncode == 1
     assert result.stderr.startswith("error: eks.trust: empty trust principal") and "Traceback" not in result.stderr
+
+
+def test_render_refuses_the_removed_pod_identity_principal_saying_what_to_write_instead(tmp_path):
+    values = tmp_path / "v.yaml"
+    values.write_text("eks: {trust: {eks_pod_identity: true}}\n")
+    result = k8sgpu("render", "--cloud", "eks", "--values", str(values), "--out", str(tmp_path / "out"))
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: eks.trust.eks_pod_identity: removed") and "role_arns" in result.stderr
 
 
 def test_embedded_terraform_runs_without_terraform_on_path(tmp_path):

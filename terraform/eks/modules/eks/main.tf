@@ -33,6 +33,16 @@ variable "trust_policy_json" {
   type        = string
 }
 
+variable "access_entry_type" {
+  description = "Type of the access entry made in API authentication mode. HYBRID_LINUX (default) is the one type that maps the role to system:node:<session name>: STANDARD refuses system: usernames and the group system:nodes, EC2_LINUX maps only sessions named after an EC2 instance. \"none\": no access entry (you map the role yourself)."
+  type        = string
+  default     = "HYBRID_LINUX"
+  validation {
+    condition     = contains(["HYBRID_LINUX", "none"], var.access_entry_type)
+    error_message = "access_entry_type: HYBRID_LINUX (maps the role's session <node_name> to system:node:<node_name>) or \"none\"; STANDARD cannot carry system:node:* users nor the group system:nodes, and EC2_LINUX maps only sessions named after an EC2 instance id."
+  }
+}
+
 variable "tags" {
   description = "Tags of the IAM role."
   type        = map(string)
@@ -61,10 +71,10 @@ resource "aws_iam_role" "node" {
 # HYBRID_LINUX, whose user is system:node:{{SessionName}}: the runtime assumes the role with the session
 # name <node_name>. Limits in modules/eks/README.md.
 resource "aws_eks_access_entry" "node" {
-  count         = local.authentication_mode == "API" ? 1 : 0
+  count         = local.authentication_mode == "API" && var.access_entry_type != "none" ? 1 : 0
   cluster_name  = var.cluster_name
   principal_arn = aws_iam_role.node.arn
-  type          = "HYBRID_LINUX"
+  type          = var.access_entry_type
   tags          = var.tags
 }
 
