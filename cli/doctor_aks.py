@@ -1,10 +1,10 @@
 """`k8sgpu doctor --cloud aks`: what Azure Resource Manager says of an AKS cluster, before anything is applied.
 
-Reads the managed cluster and asks for its user and admin credentials with
+Reads the managed cluster and asks for its user credentials with
 azure-mgmt-containerservice; it never talks to the cluster's own API (`--cloud
 generic` does, with the credentials found here). Each finding ties a setting to
-what it means for the virtual node and for the AKS Terraform root, which reads
-the same cluster through `data "azurerm_kubernetes_cluster"` (modules/aks).
+what it means for the virtual node and for the AKS Terraform root, which logs in
+with the caller's kubeconfig made from those user credentials.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ if TYPE_CHECKING:
     from azure.mgmt.containerservice.models import ManagedCluster, ManagedClusterProperties
 
 USER_ROLE = "Azure Kubernetes Service Cluster User Role"
-ADMIN_ROLE = "Azure Kubernetes Service Cluster Admin Role"
 NETWORK_UNAVAILABLE = "node.kubernetes.io/network-unavailable:NoSchedule"
 CHECKS = ("aks-cluster", "aks-network-plugin", "aks-rbac", "aks-api-server-access", "aks-credentials")
 
@@ -33,21 +32,16 @@ class AzureLoginError(Exception):
 
 @dataclasses.dataclass
 class Credentials:
-    """What one listCluster*Credential call gave: the kinds of user entries and API servers, or Azure's refusal."""
+    """What listClusterUserCredential gave: the kinds of user entries and API servers, or Azure's refusal."""
 
-    role: str  # "user" or "admin"
     kinds: list[str] = dataclasses.field(default_factory=list)
     servers: list[str] = dataclasses.field(default_factory=list)
     error: HttpResponseError | None = None
 
-    @property
-    def certificate(self) -> bool:
-        return "client certificate" in self.kinds
-
     def describe(self) -> str:
         if self.error is not None:
-            return f"{self.role} credentials refused ({_arm_error(self.error)})"
-        return f"{self.role} credentials: {', '.join(self.kinds) or 'no user entry'}"
+            return f"user credentials refused ({_arm_error(self.error)})"
+        return f"user credentials: {', '.join(self.kinds) or 'no user entry'}"
 
 
 def aks(client: ContainerServiceClient, resource_group: str, cluster_name: str, node_name: str) -> list[Finding]:
@@ -172,12 +166,9 @@ def check_rbac(props: ManagedClusterProperties, node: str) -> Finding:
              f"authorizing Entra ID identities, {len(aad.admin_group_object_i_ds or [])} admin group(s); user "
              "credentials are an exec kubeconfig that runs kubelogin (Kubernetes 1.24 and later)")
     if props.disable_local_accounts:
-        return Finding("aks-rbac", WARN, f"{entra}; local accounts are disabled, so Azure refuses admin credentials; "
-                                         f"{needs}",
-                       "kubectl and `doctor --cloud generic` need kubelogin on PATH and an identity in an admin "
-                       "group (or with an Azure RBAC role); `k8sgpu apply` needs admin credentials (see "
-                       "aks-credentials)")
-    return Finding("aks-rbac", OK, f"{entra}; local accounts enabled, so admin credentials can be listed; {needs}")
+        return Finding("aks-rbac", OK, f"{entra}; local accounts are disabled (no admin credentials, which nothing "
+                                       f"of k8sgpu needs); {needs}")
+    return Finding("aks-rbac", OK, f"{entra}; local accounts enabled; {needs}")
 
 
 def check_api_server_access(props: ManagedClusterProperties, rg: str, name: str) -> Finding:
@@ -204,16 +195,15 @@ def check_api_server_access(props: ManagedClusterProperties, rg: str, name: str)
                    "from any address")
 
 
-def list_credentials(client: ContainerServiceClient, rg: str, name: str, role: str) -> Credentials:
-    operations = client.managed_clusters
-    listing = operations.list_cluster_admin_credentials if role == "admin" else operations.list_cluster_user_credentials
+def list_credentials(client: ContainerServiceClient, rg: str, name: str) -> Credentials:
+    """The cluster's user credentials (listClusterUserCredential), described without their secrets."""
     try:
-        result = listing(rg, name)
+        result = client.managed_clusters.list_cluster_user_credentials(rg, name)
     except ClientAuthenticationError:
         raise
     except HttpResponseError as exc:
-        return Credentials(role, error=exc)
-    found = Credentials(role)
+        return Credentials(error=exc)
+    found = Credentials()
     for kubeconfig in result.kubeconfigs or []:
         config = yaml.safe_load(kubeconfig.value) or {}
         found.servers += [c["cluster"]["server"] for c in config.get("clusters") or []]
@@ -237,33 +227,33 @@ def kubeconfig_user_kinds(user: dict) -> list[str]:
 
 
 def check_credentials(client: ContainerServiceClient, cluster: ManagedCluster, rg: str) -> Finding:
+    """The user credentials, which the AKS root logs in with (the caller's kubeconfig); doctor never asks for the
+    admin ones, which nothing of k8sgpu needs."""
     props, name = cluster.properties, cluster.name
-    entra = props.aad_profile is not None
-    user = list_credentials(client, rg, name, "user")
-    admin = None if props.disable_local_accounts else list_credentials(client, rg, name, "admin")
-    servers = sorted({s for c in (user, admin) if c for s in c.servers})
-    evidence = "; ".join([user.describe(), admin.describe() if admin else "admin credentials not asked for "
-                          "(local accounts disabled)"] + ([f"API server {', '.join(servers)}"] if servers else []))
-    # The AKS root authenticates with a client certificate: the admin credentials' on Entra ID clusters, else the
-    # user credentials' (modules/aks).
-    needed = admin if entra else user
-    which = "admin" if entra else "user"
-    why = (f"the AKS root's kubernetes provider uses the client certificate of the {which} credentials "
-           f"({'Entra ID cluster' if entra else 'no Entra ID'})")
-    if needed is None:
-        return Finding("aks-credentials", FAIL, f"{evidence}; {why}",
-                       f"re-enable local accounts for the install: az aks update -g {rg} -n {name} "
-                       "--enable-local-accounts (the user credentials need kubelogin and carry no certificate)")
-    if needed.error is not None:
-        role = ADMIN_ROLE if entra else USER_ROLE
-        if needed.error.status_code == 403:
-            fix = (f"grant '{role}' on the cluster to the identity that runs doctor and `k8sgpu apply`: "
-                   f"az role assignment create --assignee <its object id> --role '{role}' --scope {cluster.id}")
+    user = list_credentials(client, rg, name)
+    servers = sorted(set(user.servers))
+    evidence = "; ".join([user.describe()] + ([f"API server {', '.join(servers)}"] if servers else []))
+    why = ("the AKS root logs in with your kubeconfig, i.e. these credentials (`az aks get-credentials`), and keeps "
+           "no credential of the cluster in its state")
+    if user.error is not None:
+        if user.error.status_code == 403:
+            fix = (f"grant '{USER_ROLE}' on the cluster to the identity that runs doctor and `k8sgpu apply`: "
+                   f"az role assignment create --assignee <its object id> --role '{USER_ROLE}' --scope {cluster.id}")
         else:
-            fix = f"Azure refused the {which} credentials: see its message; run again with --debug for the response"
+            fix = "Azure refused the user credentials: see its message; run again with --debug for the response"
         return Finding("aks-credentials", FAIL, f"{evidence}; {why}", fix)
-    if not needed.certificate:
-        return Finding("aks-credentials", FAIL, f"{evidence}; {why}, and they carry none",
-                       f"the AKS root cannot log in with these: it needs {which} credentials with a client "
-                       "certificate (local accounts)")
+    if props.aad_profile is not None:
+        if not any(kind.startswith("exec") for kind in user.kinds):
+            return Finding("aks-credentials", FAIL, f"{evidence}; {why}, and on this Entra ID cluster they run no "
+                                                    "exec plugin",
+                           "use credentials of Kubernetes 1.24 or later, converted with kubelogin: az aks "
+                           f"get-credentials -g {rg} -n {name} && kubelogin convert-kubeconfig -l azurecli")
+        return Finding("aks-credentials", OK,
+                       f"{evidence}; {why}: on this Entra ID cluster they run kubelogin, so Terraform and kubectl "
+                       "need kubelogin on PATH (`kubelogin convert-kubeconfig -l azurecli`; in a pipeline -l spn, msi "
+                       "or workloadidentity) and an Entra ID identity that may create namespaces, RBAC and "
+                       "RuntimeClasses (an admin group, or an Azure RBAC role)")
+    if not user.kinds:
+        return Finding("aks-credentials", FAIL, f"{evidence}; {why}, and they carry no user entry",
+                       "Azure returned a kubeconfig without a user: see `az aks get-credentials` for this cluster")
     return Finding("aks-credentials", OK, f"{evidence}; {why}")

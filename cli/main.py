@@ -145,7 +145,7 @@ def cmd_dev_down(args: argparse.Namespace) -> int:
 def cmd_dev_providers(args: argparse.Namespace) -> int:
     from .tf.providers import binary_name, ensure_providers, mirrored, provider_dir
 
-    config = ensure_providers(progress=_progress(time.monotonic()), optional=tuple(args.with_provider))
+    config = ensure_providers(progress=_progress(time.monotonic()))
     for p in mirrored():
         print(f"{p.address} {p.version:8s} {provider_dir(p) / binary_name(p)}")
     print(f"TF_CLI_CONFIG_FILE={config}")
@@ -402,8 +402,6 @@ def build_parser(aks_client=azure_aks_client, aws_session=boto3_session) -> argp
     build.set_defaults(func=cmd_dev_build)
     providers = verbs.add_parser("providers", help="build (or find in ~/.cache/k8sgpu/terraform) the Terraform "
                                                    "providers the tests use, into a filesystem mirror")
-    providers.add_argument("--with", dest="with_provider", action="append", default=[], choices=("azurerm",),
-                           help="also build this provider (azurerm: ~37 min and 3.4 GB on 2 cores)")
     providers.set_defaults(func=cmd_dev_providers)
     image_text = ("build (or find in ~/.cache/k8sgpu/images) the runtime's image, docker.io/library/"
                   "k8sgpu-runtime:<version>, as an OCI archive: a Debian base from debootstrap, the wheels of "

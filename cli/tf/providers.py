@@ -3,8 +3,8 @@
 The module proxy serves few provider versions (checked 2026-11-26): of hashicorp/kubernetes only
 v1.13.4 (2021, plugin SDK v1, protocol 5, which Terraform 1.15 still loads); of gavinbunney/kubectl
 v1.19.0 (2025); of hashicorp/aws only v1.60.0 (2019, protocol 4, which no Terraform >= 0.12 loads);
-of hashicorp/azurerm none. So the tests run the generic root and the in-cluster modules with the
-first two, and the EKS and AKS roots are checked without their cloud provider (see the README).
+of hashicorp/azurerm none. The generic and AKS roots need only the first two (the AKS root logs in
+with the caller's kubeconfig); the EKS root is checked without the aws provider (see the README).
 
 The mirror uses Terraform's unpacked layout, HOSTNAME/NAMESPACE/TYPE/VERSION/OS_ARCH/binary, and
 `cli_config()` writes a CLI configuration that installs these providers from it and nothing else
@@ -65,18 +65,7 @@ KUBECTL = ProviderSource(
     package="github.com/gavinbunney/terraform-provider-kubectl",
 )
 
-# Not built by `make test` (37 min, 3.4 GB on 2 cores): `make validate-aks` builds it to check terraform/aks.
-# The proxy serves no azurerm release, only its main branch: this pseudo-version is main of 2026-08-24, four days
-# after the 5.2.0 release (its CHANGELOG's top entry), so the mirror calls it 5.2.0.
-AZURERM = ProviderSource(
-    namespace="hashicorp", type="azurerm", version="5.2.0",
-    module="github.com/hashicorp/terraform-provider-azurerm",
-    package="github.com/hashicorp/terraform-provider-azurerm",
-    go_version="v1.44.1-0.20260824201233-fae580791926",
-)
-
 PROVIDERS: tuple[ProviderSource, ...] = (KUBERNETES, KUBECTL)
-OPTIONAL: dict[str, ProviderSource] = {"azurerm": AZURERM}
 
 
 def _os_arch() -> str:
@@ -114,15 +103,15 @@ def build_provider(p: ProviderSource, progress: Progress = print) -> Path:
     return binary
 
 
-def ensure_providers(progress: Progress = print, optional: tuple[str, ...] = ()) -> Path:
-    """Build what the mirror lacks (and the optional providers named); return the CLI configuration file."""
-    for p in (*PROVIDERS, *(OPTIONAL[name] for name in optional)):
+def ensure_providers(progress: Progress = print) -> Path:
+    """Build what the mirror lacks; return the CLI configuration file."""
+    for p in PROVIDERS:
         build_provider(p, progress)
     return cli_config()
 
 
 def mirrored() -> list[ProviderSource]:
-    return [*PROVIDERS, *(p for p in OPTIONAL.values() if os.access(provider_dir(p) / binary_name(p), os.X_OK))]
+    return list(PROVIDERS)
 
 
 def cli_config() -> Path:

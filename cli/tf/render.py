@@ -35,7 +35,6 @@ PROVIDER_VERSIONS = {
     "kubernetes": ">= 1.13.4, < 3.0.0",
     "kubectl": ">= 1.19.0, < 2.0.0",
     "aws": ">= 5.33.0, < 7.0.0",
-    "azurerm": ">= 3.0.0, < 6.0.0",
 }
 
 DEFAULT_VALUES: dict[str, Any] = {
@@ -86,7 +85,7 @@ _TOP = {"node_name", "namespace", "tenant_namespace", "image", "image_tag", "cat
 _CATALOG_FIELDS = {"gpu_product", "gpu_count", "cpu", "memory", "handler", "default_limits"}
 _EKS = {"cluster_name", "region", "role_name", "trust"}
 _TRUST = {"account_ids", "role_arns"}
-_AKS = {"cluster_name", "resource_group_name"}
+_AKS = {"cluster_name"}
 
 
 def load_values(path: str | None) -> dict[str, Any]:
@@ -197,10 +196,13 @@ def check_values(values: Any) -> None:
                                   "[\"arn:aws:iam::111122223333:role/ci\"]")
     if "aks" in values:
         aks = _mapping("aks", values["aks"])
+        if "resource_group_name" in aks:
+            raise RenderError("aks.resource_group_name: removed: the AKS root no longer reads the cluster from Azure; "
+                              "it logs in with your kubeconfig (variables kubeconfig_path, kube_context; "
+                              "aks.cluster_name is the default context, as `az aks get-credentials` names it)")
         _unknown("aks.", aks, _AKS)
-        for key, example in (("cluster_name", "my-aks"), ("resource_group_name", "my-rg")):
-            if key in aks:
-                _string(f"aks.{key}", aks[key], example)
+        if "cluster_name" in aks:
+            _string("aks.cluster_name", aks["cluster_name"], "my-aks")
 
 
 # ---------------------------------------------------------------------------------------------- HCL
@@ -273,7 +275,6 @@ def _context(cloud: str, values: dict[str, Any]) -> dict[str, Any]:
         "kubernetes_version": PROVIDER_VERSIONS["kubernetes"],
         "kubectl_version": PROVIDER_VERSIONS["kubectl"],
         "aws_version": PROVIDER_VERSIONS["aws"],
-        "azurerm_version": PROVIDER_VERSIONS["azurerm"],
         "eks": values.get("eks", {}),
         "aks": values.get("aks", {}),
     }

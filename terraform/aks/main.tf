@@ -1,28 +1,35 @@
-# k8sgpu on AKS. Rendered by `k8sgpu render --cloud aks`; needs the azurerm provider, never aws.
+# k8sgpu on AKS. Rendered by `k8sgpu render --cloud aks`. Terraform logs in with the caller's kubeconfig (kubelogin
+# on Entra ID clusters): no client certificate or key of the cluster ever enters the state, and no azurerm is needed.
 
-provider "azurerm" {
-  features {}
-}
-
-module "aks" {
-  source              = "./modules/aks"
-  cluster_name        = var.cluster_name
-  resource_group_name = var.resource_group_name
+# The cluster as the caller's kubeconfig reaches it: Terraform's providers log in with it (its exec plugins, such as
+# kubelogin, included), and the runtime gets its endpoint and CA as outputs. None of the caller's credentials enters
+# the state.
+locals {
+  kubeconfig       = yamldecode(file(var.kubeconfig_path))
+  context_name     = var.kube_context != "" ? var.kube_context : local.kubeconfig["current-context"]
+  context          = one([for c in local.kubeconfig.contexts : c.context if c.name == local.context_name])
+  cluster          = one([for c in local.kubeconfig.clusters : c.cluster if c.name == local.context.cluster])
+  cluster_endpoint = var.cluster_endpoint != "" ? var.cluster_endpoint : local.cluster.server
+  cluster_ca_certificate = var.cluster_ca_certificate != "" ? var.cluster_ca_certificate : try(
+    base64decode(local.cluster["certificate-authority-data"]),
+    file(local.cluster["certificate-authority"]),
+    "",
+  )
 }
 
 provider "kubernetes" {
-  host                   = module.aks.cluster_endpoint
-  cluster_ca_certificate = module.aks.cluster_ca_certificate
-  client_certificate     = module.aks.client_certificate
-  client_key             = module.aks.client_key
+  config_path    = var.kubeconfig_path
+  config_context = local.context_name
 }
 
 provider "kubectl" {
-  host                   = module.aks.cluster_endpoint
-  cluster_ca_certificate = module.aks.cluster_ca_certificate
-  client_certificate     = module.aks.client_certificate
-  client_key             = module.aks.client_key
-  load_config_file       = false
+  config_path      = var.kubeconfig_path
+  config_context   = local.context_name
+  load_config_file = true
+}
+
+module "aks" {
+  source = "./modules/aks"
 }
 
 module "node" {

@@ -28,21 +28,16 @@ output "runtime_classes" {
 
 output "cluster_endpoint" {
   description = "HTTPS URL of the cluster's API."
-  value       = module.aks.cluster_endpoint
+  value       = local.cluster_endpoint
 }
 
 output "cluster_ca_certificate" {
   description = "PEM of the cluster's CA."
-  value       = module.aks.cluster_ca_certificate
+  value       = local.cluster_ca_certificate
 }
 
 output "bootstrap_token" {
   description = "Token of the runtime's ServiceAccount: the bootstrap identity that obtains the node's client certificate."
   value       = module.node.bootstrap_token
   sensitive   = true
-}
-
-output "network_plugin" {
-  description = "The cluster's network plugin."
-  value       = module.aks.network_plugin
 }

@@ -1,11 +1,24 @@
-variable "cluster_name" {
-  description = "Name of the AKS cluster."
+variable "kubeconfig_path" {
+  description = "Kubeconfig of the AKS cluster (`az aks get-credentials`; on Entra ID clusters converted with `kubelogin convert-kubeconfig`), with rights to create namespaces, RBAC, RuntimeClasses."
   type        = string
 }
 
-variable "resource_group_name" {
-  description = "Resource group of the AKS cluster."
+variable "kube_context" {
+  description = "Context of kubeconfig_path to use (`az aks get-credentials` names it after the cluster); empty: its current-context."
   type        = string
+  default     = ""
+}
+
+variable "cluster_endpoint" {
+  description = "HTTPS URL of the cluster's API for the runtime; empty: the server of the kubeconfig's context."
+  type        = string
+  default     = ""
+}
+
+variable "cluster_ca_certificate" {
+  description = "PEM of the cluster's CA for the runtime; empty: the CA of the kubeconfig's cluster."
+  type        = string
+  default     = ""
 }
 
 # The virtual node and its catalog (module "node"; modules/node/README.md says more).

@@ -1,5 +1,8 @@
 # k8sgpu on any Kubernetes cluster reached with a kubeconfig. Rendered by `k8sgpu render --cloud generic`.
 
+# The cluster as the caller's kubeconfig reaches it: Terraform's providers log in with it (its exec plugins, such as
+# kubelogin, included), and the runtime gets its endpoint and CA as outputs. None of the caller's credentials enters
+# the state.
 locals {
   kubeconfig       = yamldecode(file(var.kubeconfig_path))
   context_name     = var.kube_context != "" ? var.kube_context : local.kubeconfig["current-context"]

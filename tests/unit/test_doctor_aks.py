@@ -25,7 +25,7 @@ from azure.core.pipeline.transport import RequestsTransport
 from azure.mgmt.containerservice import ContainerServiceClient
 
 from k8sgpu.cli.doctor import FAIL, OK, SKIP, WARN
-from k8sgpu.cli.doctor_aks import ADMIN_ROLE, USER_ROLE, AzureLoginError, aks
+from k8sgpu.cli.doctor_aks import USER_ROLE, AzureLoginError, aks
 from k8sgpu.cli.main import main
 
 FIXTURES = Path(__file__).parent / "fixtures" / "aks"
@@ -123,17 +123,18 @@ def test_kubenet_cluster_passes_and_explains_the_network_unavailable_taint():
     assert found["aks-api-server-access"].evidence.startswith(
         "public API server aks-kubenet-rg-gpu-5f0c8a-a1b2c3d4.hcp.westeurope.azmk8s.io, no authorized IP ranges")
     assert found["aks-credentials"].evidence == (
-        "user credentials: client certificate, token; admin credentials: client certificate, token; "
-        "API server https://aks-kubenet-rg-gpu-5f0c8a-a1b2c3d4.hcp.westeurope.azmk8s.io:443; the AKS root's "
-        "kubernetes provider uses the client certificate of the user credentials (no Entra ID)")
+        "user credentials: client certificate, token; API server "
+        "https://aks-kubenet-rg-gpu-5f0c8a-a1b2c3d4.hcp.westeurope.azmk8s.io:443; the AKS root logs in with your "
+        "kubeconfig, i.e. these credentials (`az aks get-credentials`), and keeps no credential of the cluster in "
+        "its state")
     assert [f.fix for f in found.values()] == [""] * 5
     assert_no_secrets(found, "aks-kubenet")
     # What the SDK sent: the REST API's paths, our api-version, the bearer token of the credential.
-    assert calls(arm) == [("GET", "/aks-kubenet"), ("POST", "/aks-kubenet/listClusterUserCredential"),
-                          ("POST", "/aks-kubenet/listClusterAdminCredential")]
+    # Never the admin credentials: nothing of k8sgpu needs them.
+    assert calls(arm) == [("GET", "/aks-kubenet"), ("POST", "/aks-kubenet/listClusterUserCredential")]
     assert {s["host"] for s in arm.seen} == {"management.azure.com"}
-    assert [s["query"] for s in arm.seen] == [{"api-version": API_VERSION}] * 3
-    assert [s["authorization"] for s in arm.seen] == [f"Bearer {TOKEN}"] * 3
+    assert [s["query"] for s in arm.seen] == [{"api-version": API_VERSION}] * 2
+    assert [s["authorization"] for s in arm.seen] == [f"Bearer {TOKEN}"] * 2
 
 
 def test_azure_cni_overlay_with_authorized_ip_ranges():
@@ -149,52 +150,49 @@ def test_azure_cni_overlay_with_authorized_ip_ranges():
     assert "open only to the authorized IP ranges 203.0.113.0/24,198.51.100.7/32" in access.evidence
     assert access.fix.endswith("az aks update -g rg-gpu -n aks-overlay --api-server-authorized-ip-ranges "
                                "203.0.113.0/24,198.51.100.7/32,<your IP>/32")
-    # Admin credentials refused; the AKS root does not need them on a cluster without Entra ID.
+    # Whoever runs it may not list admin credentials; nothing asks for them.
     credentials = found["aks-credentials"]
     assert credentials.status == OK
-    assert credentials.evidence.startswith(
-        "user credentials: client certificate, token; admin credentials refused (403 AuthorizationFailed: The client "
-        "'k8sgpu-ci@contoso.example' with object id")
-    assert "uses the client certificate of the user credentials" in credentials.evidence
-    assert calls(arm)[-1] == ("POST", "/aks-overlay/listClusterAdminCredential")
+    assert credentials.evidence.startswith("user credentials: client certificate, token; API server ")
+    assert "the AKS root logs in with your kubeconfig" in credentials.evidence
+    assert calls(arm)[-1] == ("POST", "/aks-overlay/listClusterUserCredential")
 
 
-def test_entra_id_cluster_without_local_accounts_cannot_feed_the_aks_root():
+def test_entra_id_cluster_without_local_accounts_feeds_the_aks_root_through_kubelogin():
     found, arm = run_doctor("aks-entra")
     rbac = found["aks-rbac"]
-    assert rbac.status == WARN
+    assert rbac.status == OK
     assert rbac.evidence.startswith("Kubernetes RBAC on, Entra ID integration (managed) with Azure RBAC authorizing "
                                     "Entra ID identities, 1 admin group(s); user credentials are an exec kubeconfig "
                                     "that runs kubelogin (Kubernetes 1.24 and later); local accounts are "
-                                    "disabled")
-    assert "kubelogin on PATH" in rbac.fix and "see aks-credentials" in rbac.fix
+                                    "disabled (no admin credentials, which nothing of k8sgpu needs)")
     credentials = found["aks-credentials"]
-    assert credentials.status == FAIL
-    assert credentials.evidence.startswith("user credentials: exec kubelogin; admin credentials not asked for "
-                                           "(local accounts disabled)")
-    assert "client certificate of the admin credentials (Entra ID cluster)" in credentials.evidence
-    assert credentials.fix.startswith("re-enable local accounts for the install: az aks update -g rg-gpu -n aks-entra "
-                                      "--enable-local-accounts")
+    assert credentials.status == OK
+    assert credentials.evidence.startswith("user credentials: exec kubelogin; API server ")
+    assert "need kubelogin on PATH (`kubelogin convert-kubeconfig -l azurecli`" in credentials.evidence
     assert found["aks-network-plugin"].status == OK
     assert_no_secrets(found, "aks-entra")
-    # Local accounts are off, so doctor never asks for admin credentials (Azure would refuse them).
     assert calls(arm) == [("GET", "/aks-entra"), ("POST", "/aks-entra/listClusterUserCredential")]
 
 
-def test_entra_id_cluster_whose_admin_credentials_are_refused_names_the_admin_role():
-    found, _ = run_doctor("aks-entra-local")
+def test_entra_id_cluster_with_local_accounts_needs_no_admin_credentials():
+    found, arm = run_doctor("aks-entra-local")
     assert found["aks-rbac"].status == OK
-    assert "with Kubernetes RBAC authorizing Entra ID identities" in found["aks-rbac"].evidence
     assert "local accounts enabled" in found["aks-rbac"].evidence
+    assert found["aks-credentials"].status == OK
+    assert found["aks-credentials"].evidence.startswith("user credentials: exec kubelogin")
+    assert ("POST", "/aks-entra-local/listClusterAdminCredential") not in calls(arm)
+
+
+def test_entra_id_cluster_whose_user_credentials_run_no_exec_plugin_fails_saying_convert_them():
+    entra = {"managed": True, "enableAzureRbac": False, "adminGroupObjectIDs": []}
+    found, _ = run_doctor("aks-kubenet", lambda body: body["properties"].update(aadProfile=entra))
     credentials = found["aks-credentials"]
     assert credentials.status == FAIL
-    assert "admin credentials refused (403 AuthorizationFailed" in credentials.evidence
-    assert "Microsoft.ContainerService/managedClusters/listClusterAdminCredential/action" in credentials.evidence
-    assert credentials.fix == (
-        f"grant '{ADMIN_ROLE}' on the cluster to the identity that runs doctor and `k8sgpu apply`: az role "
-        f"assignment create --assignee <its object id> --role '{ADMIN_ROLE}' --scope "
-        f"/subscriptions/{SUBSCRIPTION}/resourcegroups/{RG}/providers/Microsoft.ContainerService/managedClusters/"
-        "aks-entra-local")
+    assert credentials.evidence.startswith("user credentials: client certificate, token; API server ")
+    assert credentials.evidence.endswith("and on this Entra ID cluster they run no exec plugin")
+    assert credentials.fix == ("use credentials of Kubernetes 1.24 or later, converted with kubelogin: az aks "
+                               "get-credentials -g rg-gpu -n aks-kubenet && kubelogin convert-kubeconfig -l azurecli")
 
 
 def test_private_cluster_reachable_only_from_its_vnet_and_credentials_refused():
@@ -292,15 +290,15 @@ def test_cli_prints_json_findings_and_exits_1_on_a_failure(capsys):
 
     def client_for(subscription_id):
         asked.append(subscription_id)
-        return recorded_client(RecordedArm("aks-entra"))
+        return recorded_client(RecordedArm("aks-private"))
 
-    assert main(aks_argv("aks-entra", "-o", "json"), aks_client=client_for) == 1
+    assert main(aks_argv("aks-private", "-o", "json"), aks_client=client_for) == 1
     out = json.loads(capsys.readouterr().out)
     assert asked == [SUBSCRIPTION]
     assert [(f["check"], f["status"]) for f in out] == [
-        ("aks-cluster", OK), ("aks-network-plugin", OK), ("aks-rbac", WARN), ("aks-api-server-access", OK),
+        ("aks-cluster", OK), ("aks-network-plugin", OK), ("aks-rbac", OK), ("aks-api-server-access", WARN),
         ("aks-credentials", FAIL)]
-    assert "--enable-local-accounts" in out[4]["fix"]
+    assert f"--role '{USER_ROLE}'" in out[4]["fix"]
 
 
 def test_cli_table_exits_0_when_nothing_blocks(capsys, monkeypatch):

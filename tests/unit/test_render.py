@@ -57,7 +57,7 @@ def _required_providers(root: Path) -> set[str]:
 
 def test_each_root_requires_only_its_cloud_provider(fresh):
     assert _required_providers(fresh / "eks") == {"hashicorp/aws", "hashicorp/kubernetes", "gavinbunney/kubectl"}
-    assert _required_providers(fresh / "aks") == {"hashicorp/azurerm", "hashicorp/kubernetes", "gavinbunney/kubectl"}
+    assert _required_providers(fresh / "aks") == {"hashicorp/kubernetes", "gavinbunney/kubectl"}
     assert _required_providers(fresh / "generic") == {"hashicorp/kubernetes", "gavinbunney/kubectl"}
 
 
