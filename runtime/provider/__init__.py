@@ -77,6 +77,8 @@ class RemotePod:
     uid: str
     status: dict  # in the local pod's terms (translated by the provider)
     deleting: bool = False
+    mirror_name: str = ""  # the provider's name of this mirror (several mirrors of one local name may overlap)
+    created: str = ""  # the mirror's creationTimestamp (RFC 3339): the oldest of two duplicates is kept
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,7 +102,7 @@ class ProviderEvents(Protocol):
 
     def pod_changed(self, pod: RemotePod) -> None: ...
 
-    def pod_gone(self, namespace: str, name: str, uid: str) -> None: ...
+    def pod_gone(self, pod: RemotePod) -> None: ...
 
     def pod_event(self, event: RemoteEvent) -> None: ...
 
@@ -126,7 +128,9 @@ class PodProvider(Protocol):
 
     async def create_pod(self, pod: dict, offer: GPUClass, resources: Resources) -> None: ...
 
-    async def delete_pod(self, namespace: str, name: str, grace_seconds: int | None) -> None: ...
+    async def delete_pod(self, namespace: str, name: str, grace_seconds: int | None,
+                         mirror_name: str | None = None) -> None:
+        """Delete the mirrors of the local pod namespace/name (only the one called ``mirror_name``, if given)."""
 
     async def update_pod_metadata(self, pod: dict) -> None:
         """Bring the labels and annotations of the local pod's mirror in line with the pod's (the provider's
