@@ -76,7 +76,7 @@ def _classify(status: int, reason: str, text: str) -> KubeError:
         return AlreadyExists(text) if reason == "AlreadyExists" else Conflict(text)
     if status == 410:
         return Gone(text)
-    if status in (400, 422):
+    if status in (400, 413, 422):  # 413: an object too large for the API server
         return Invalid(text)
     if status == 403:
         return Forbidden(text)

@@ -1,33 +1,45 @@
 """Pods bound to the node → the provider; the provider's status → the local pods.
 
-One work queue keyed by `namespace/name`. Each sync compares three things —
-the local pod, the provider's mirror, and the catalog — and takes one step.
-State lives in the two clusters; after a restart the first sync of every key
-finds where things stand.
+One work queue keyed by `namespace/name`. A sync reads the caches (the local pod, the provider's mirrors of that
+name, the catalog, the state of the pod's ConfigMap and Secret copies), asks `decide` for the one next step, and
+carries it out with `execute`, which maps every outcome once. State lives in the two clusters; after a restart the
+first sync of every key finds where things stand. The copies of ConfigMaps and Secrets are `ObjectController`'s:
+a sync only tells it which objects the pod uses.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import datetime
 import hashlib
 import logging
 from collections.abc import Callable
 
-from .. import errors, tasks
-from ..admission import Resources, admit, pod_resources
+from .. import errors
+from ..admission import Resources, pod_resources
 from ..catalog import CatalogError, GPUClass
 from ..kube import Kube
 from ..provider import Capacity, PodProvider, RemoteEvent, RemotePod
-from ..reflector import DONE, RETRY, Reflector, Result, WorkQueue, key_of
+from ..reflector import DONE, RETRY, Reflector, Result, WorkQueue, key_of, requeue_after
 from ..supervisor import Supervisor
-from ..translate import referenced_objects, status_patch
+from .decide import (
+    REFUSED_CONDITION,
+    TERMINAL,
+    Action,
+    Create,
+    DeleteMirror,
+    FailLost,
+    FinishDeletion,
+    Forget,
+    PatchStatus,
+    Wait,
+    admitted,
+    claimed_objects,
+    decide,
+)
+from .objects import ObjectController
 
 log = logging.getLogger(__name__)
 
-TERMINAL = ("Succeeded", "Failed")
-REFUSED_CONDITION = "k8sgpu.io/Admitted"
 # The longest a pod waits between two tries of its create, once the provider keeps refusing it (a full quota):
 # raising the quota starts it within a minute, and a pod refused for days costs the provider one create a minute.
 MAX_RETRY_DELAY = 60.0
@@ -35,6 +47,14 @@ MAX_RETRY_DELAY = 60.0
 
 def _now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class _Refused(Exception):
+    """The provider refused a mirror's create: shown on the local pod; retried with backoff when ``retry``."""
+
+    def __init__(self, reason: str, message: str, retry: bool):
+        super().__init__(f"{reason}: {message}")
+        self.reason, self.message, self.retry = reason, message, retry
 
 
 class PodController:
@@ -45,8 +65,8 @@ class PodController:
                  on_service: Callable[[str, str, list[dict]], None] = lambda ns, name, ingress: None,
                  supervisor: Supervisor | None = None):
         """The callbacks tell the node (capacity, reachability, pods changed) and the service controller
-        (a published address) what the provider reports. Its informers and workers run under ``supervisor``
-        (the node's; absent, one of its own)."""
+        (a published address) what the provider reports. Its informers, workers and the object controller's
+        parts run under ``supervisor`` (the node's; absent, one of its own)."""
         self.kube, self.provider, self.node_name = kube, provider, node_name
         self.on_node_change = on_node_change
         self._on_capacity, self._on_reachability, self._on_service = on_capacity, on_reachability, on_service
@@ -55,15 +75,18 @@ class PodController:
         self.runtime_classes = Reflector(kube, "RuntimeClass", None, on_event=self._on_runtime_class)
         self.queue = WorkQueue(self.sync, workers=workers, name="pods", max_delay=MAX_RETRY_DELAY)
         self.catalog: dict[str, GPUClass | CatalogError] = {}
-        self._remote: dict[str, RemotePod] = {}
+        self.mirrors: dict[str, dict[str, RemotePod]] = {}  # pod key → the provider's name of a mirror → mirror
         self._reported: dict[str, dict[str, str]] = {}  # pod key → reason → the last event recorded for it
-        self._objects = ObjectReflection(kube, provider, self.queue)
         self.provider_reachable = True
         self._own_supervisor = supervisor is None
         self.supervisor = supervisor or Supervisor()
-        self._parts = ("local-RuntimeClass", "local-Pod", "pod-workers")
+        self.objects = ObjectController(kube, provider, self.supervisor, on_copy=self._requeue,
+                                        max_delay=MAX_RETRY_DELAY)
+        # Provider Events to copy, by the seed of their local copy: the newest of each, one copy at a time each.
+        self._provider_events: dict[str, RemoteEvent] = {}
+        self.event_copies = WorkQueue(self._copy_event, workers=8, name="provider-events")
+        self._parts = ("local-RuntimeClass", "local-Pod", "pod-workers", "provider-event-copies")
         self._resources: dict[str, Resources | None] = {}  # pod UID → what it takes (specs are immutable)
-        self._event_slots = asyncio.Semaphore(8)  # copies of provider events never crowd out pod syncs
 
     # -- life --------------------------------------------------------------------------
 
@@ -72,28 +95,34 @@ class PodController:
             self.supervisor.start(f"local-{reflector.kind}", reflector.run)
         await self.runtime_classes.synced.wait()
         await self.pods.synced.wait()
+        self.supervisor.start("provider-event-copies", self.event_copies.run)
         await self.provider.start(self)
         for remote in self.provider.pods():
-            self._remote[f"{remote.namespace}/{remote.name}"] = remote
-        # Who uses which ConfigMap or Secret, from the local pods that run or may run here.
-        self._objects.resync([p for p in self.pods.store.values()
-                              if (p.get("status") or {}).get("phase") not in TERMINAL and self._admitted(p)],
-                             set(self.provider.object_users()))
+            self._add_mirror(remote)
+        # Who uses which ConfigMap or Secret, from the local pods themselves (nothing of an earlier process is
+        # remembered).
+        claims = {}
+        for key, pod in self.pods.store.items():
+            refs = claimed_objects(pod, self._mirrors_of(key), self.catalog)
+            if refs:
+                claims[key] = (pod["metadata"]["uid"], refs)
+        await self.objects.start(claims, self.provider.object_users())
         # The start-up sweep: every local pod and every mirror gets one sync.
-        for key in set(self.pods.store) | set(self._remote):
+        for key in set(self.pods.store) | set(self.mirrors):
             self.queue.add(key)
         self.supervisor.start("pod-workers", self.queue.run)
 
     def problems(self) -> dict[str, str]:
-        """Its long-running parts that have ended (the provider's, the object watches; its informers and workers
-        when it has a supervisor of its own, else the node's supervisor reports them): name → how."""
+        """Its long-running parts that have ended (the provider's; its informers, workers and object watches when
+        it has a supervisor of its own, else the node's supervisor reports them): name → how."""
         own = self.supervisor.problems() if self._own_supervisor else {}
-        return {**own, **self.provider.problems(), **self._objects.problems()}
+        return {**own, **self.provider.problems()}
 
     async def stop(self) -> None:
         await self.supervisor.stop(*self._parts)
-        await self._objects.stop()
+        await self.objects.stop()
         self.queue.close()
+        self.event_copies.close()
         await self.provider.stop()
 
     # -- events from the local cluster ---------------------------------------------------
@@ -101,6 +130,10 @@ class PodController:
     def _on_local_pod(self, kind: str, obj: dict) -> None:
         self.queue.add(key_of(obj))
         self.on_node_change()
+
+    def _requeue(self, keys) -> None:
+        for key in keys:
+            self.queue.add(key)
 
     def _on_runtime_class(self, kind: str, obj: dict) -> None:
         name = obj["metadata"]["name"]
@@ -120,20 +153,31 @@ class PodController:
 
     # -- ProviderEvents -----------------------------------------------------------------------
 
-    def pod_changed(self, pod: RemotePod) -> None:
+    def _add_mirror(self, pod: RemotePod) -> str:
         key = f"{pod.namespace}/{pod.name}"
-        self._remote[key] = pod
-        self.queue.add(key)
+        self.mirrors.setdefault(key, {})[pod.mirror_name] = pod
+        return key
 
-    def pod_gone(self, namespace: str, name: str, uid: str) -> None:
-        key = f"{namespace}/{name}"
-        current = self._remote.get(key)
-        if current is not None and current.uid == uid:
-            del self._remote[key]
+    def _mirrors_of(self, key: str) -> list[RemotePod]:
+        return list(self.mirrors.get(key, {}).values())
+
+    def pod_changed(self, pod: RemotePod) -> None:
+        self.queue.add(self._add_mirror(pod))
+
+    def pod_gone(self, pod: RemotePod) -> None:
+        key = f"{pod.namespace}/{pod.name}"
+        mirrors = self.mirrors.get(key)
+        if mirrors is not None:
+            mirrors.pop(pod.mirror_name, None)
+            if not mirrors:
+                del self.mirrors[key]
         self.queue.add(key)
 
     def pod_event(self, event: RemoteEvent) -> None:
-        asyncio.get_running_loop().create_task(self._copy_event(event))
+        seed = f"provider:{event.event_uid}" if event.event_uid else \
+            f"provider:{event.uid}:{event.reason}:{event.message}"
+        self._provider_events[seed] = event
+        self.event_copies.add(seed)
 
     def service_changed(self, namespace: str, name: str, ingress: list[dict]) -> None:
         self._on_service(namespace, name, ingress)
@@ -145,7 +189,7 @@ class PodController:
         self.provider_reachable = reachable
         self._on_reachability(reachable, why)
         if reachable:
-            for key in set(self.pods.store) | set(self._remote):
+            for key in set(self.pods.store) | set(self.mirrors):
                 self.queue.add(key)
 
     # -- what the node reports ------------------------------------------------------------------
@@ -154,13 +198,13 @@ class PodController:
         """What the node's admitted, unfinished pods take, and how many they are."""
         total, count = Resources(), 0
         live = set()
-        for pod in self.pods.store.values():
+        for key, pod in self.pods.store.items():
             if (pod.get("status") or {}).get("phase") in TERMINAL:
                 continue
             uid = pod["metadata"]["uid"]
             live.add(uid)
             if uid not in self._resources:
-                self._resources[uid] = self._takes(pod)
+                self._resources[uid] = self._takes(key, pod)
             taken = self._resources[uid]
             if taken is not None:
                 total = total + taken
@@ -169,19 +213,11 @@ class PodController:
             self._resources = {uid: r for uid, r in self._resources.items() if uid in live}
         return total, count
 
-    def _admitted(self, pod: dict) -> bool:
-        """Whether the pod runs or may run here: its mirror exists, or admission accepts it under its class."""
-        remote = self._remote.get(key_of(pod))
-        if remote is not None and remote.uid == pod["metadata"]["uid"]:
-            return True
-        offer = self.catalog.get(pod["spec"].get("runtimeClassName") or "")
-        return isinstance(offer, GPUClass) and admit(pod, offer) is None
-
-    def _takes(self, pod: dict) -> Resources | None:
+    def _takes(self, key: str, pod: dict) -> Resources | None:
         """What the pod takes from the node; None for a pod admission refuses (it never runs) or whose
         resources cannot be computed."""
         offer = self.catalog.get(pod["spec"].get("runtimeClassName") or "")
-        if not isinstance(offer, GPUClass) or not self._admitted(pod):
+        if not isinstance(offer, GPUClass) or not admitted(pod, self._mirrors_of(key), self.catalog):
             return None
         try:
             return pod_resources(pod, offer)
@@ -191,119 +227,89 @@ class PodController:
     # -- the sync ------------------------------------------------------------------------
 
     async def sync(self, key: str) -> Result:
-        """One step for ``key``. What comes next is the return value, which the queue carries out: its backoff
-        grows with each retry and is forgotten only once a sync is done. Nothing here schedules the key."""
+        """One step for ``key``: read the caches, decide, execute. What comes next is the return value, which the
+        queue carries out: its backoff grows with each retry and is forgotten only once a sync is done."""
         pod = self.pods.store.get(key)
-        remote = self._remote.get(key)
+        mirrors = self._mirrors_of(key)
+        claimed = claimed_objects(pod, mirrors, self.catalog)
+        if claimed is not None:
+            self.objects.claim(key, pod["metadata"]["uid"] if pod is not None else "", claimed)
+        action = decide(pod, mirrors, provider_reachable=self.provider_reachable, catalog=self.catalog,
+                        copies=self.objects.copies(claimed or ()), now=_now())
+        return await self.execute(key, pod, action)
+
+    async def execute(self, key: str, pod: dict | None, action: Action) -> Result:
+        """Carry out ``action`` and map its outcome, once for every action: done (the key's backoff forgotten);
+        a temporary error (unreachable, conflict, expired credentials) → retry with the key's backoff; a create the
+        provider refuses → the reason on the pod and an Event, retried with backoff when the refusal may lift
+        (403: quota, policy), not when the same spec gets the same answer (422); any other refusal of a write →
+        logged, done (the next change of the pod requeues it)."""
         try:
-            return await self._sync(key, pod, remote)
-        except errors.Unavailable as exc:
-            log.info("%s: provider or cluster unavailable, will retry: %s", key, exc)
-            return RETRY
-        except (errors.Conflict, errors.Unauthorized) as exc:
-            log.info("%s: retrying after %s", key, exc)
-            return RETRY
-        except (errors.Invalid, errors.Forbidden) as exc:
-            # Permanent for this state of the pod: retrying cannot help; its next change requeues it.
-            log.warning("%s: %s", key, exc)
+            return await self._carry_out(key, pod, action)
+        except _Refused as refused:
+            assert pod is not None
+            try:
+                await self._refuse(pod, refused.reason, refused.message, once_per_reason=True)
+            except errors.KubeError as exc:
+                log.info("%s: showing the refusal failed, will retry: %s", key, exc)
+            return RETRY if refused.retry else DONE
+        except errors.KubeError as exc:
+            if exc.retry:
+                log.info("%s: %s failed, will retry: %s", key, type(action).__name__, exc)
+                return RETRY
+            log.warning("%s: %s failed: %s", key, type(action).__name__, exc)
             return DONE
 
-    async def _sync(self, key: str, pod: dict | None, remote: RemotePod | None) -> Result:
+    async def _carry_out(self, key: str, pod: dict | None, action: Action) -> Result:
         namespace, name = key.split("/", 1)
-        if pod is None:
-            # The local pod is gone: its mirror must go too (an orphan after a restart, or a force delete).
-            if remote is not None and not remote.deleting and self.provider_reachable:
-                log.info("%s: local pod gone; deleting its mirror", key)
-                await self.provider.delete_pod(namespace, name, 0)
-            if remote is None:
-                self._objects.release(key)
+        match action:
+            case Wait():
+                for note in action.notes:
+                    await self._event_once(pod, note.reason, note.message, "Warning")
+                if action.show:
+                    await self._refuse(pod, action.reason, action.message)
+                else:
+                    log.debug("%s: waiting: %s %s", key, action.reason, action.message)
+                if action.backoff:
+                    return RETRY
+                return DONE if action.delay is None else requeue_after(action.delay)
+            case Create():
+                for note in action.notes:
+                    await self._event_once(pod, note.reason, note.message, "Warning")
+                log.info("%s: creating mirror on the provider (%s)", key, action.offer.name)
+                try:
+                    await self.provider.create_pod(pod, action.offer, action.resources)
+                except errors.Forbidden as exc:
+                    # A full quota, a policy of the provider's: what forbids the pod may change on the provider's
+                    # side, and nothing tells us when.
+                    raise _Refused("ProviderRefused", f"the GPU provider refused the pod: {exc.message or exc}",
+                                   retry=True) from exc
+                except errors.Invalid as exc:
+                    # The provider's validation of the mirror built from this pod's spec, which is immutable.
+                    raise _Refused("ProviderInvalid", "the GPU provider rejected the pod as invalid: "
+                                                      f"{exc.message or exc}", retry=False) from exc
                 self._reported.pop(key, None)
-            return DONE
-        meta, status = pod["metadata"], pod.get("status") or {}
-        if status.get("phase") in TERMINAL:
-            self._objects.release(key)  # a finished pod uses its ConfigMaps and Secrets no more
-        if remote is not None and remote.uid != meta["uid"]:
-            # A mirror of an earlier pod of the same name: remove it, then carry on.
-            if not remote.deleting:
-                await self.provider.delete_pod(namespace, name, 0)
-            return RETRY
-        if meta.get("deletionTimestamp"):
-            await self._sync_deleting(key, pod, remote)
-            return DONE
-        if remote is not None:
-            if not remote.deleting:
-                await self.provider.update_pod_metadata(pod)
-            await self._push_status(pod, remote.status)
-            return DONE
-        if status.get("phase") in TERMINAL:
-            return DONE
-        if status.get("startTime") or status.get("phase") == "Running":
-            # It ran on the provider and its mirror vanished without our asking.
-            if not self.provider_reachable:
-                return DONE  # keep the last status until the provider answers again
-            await self._fail_lost(pod)
-            return DONE
-        if not self.provider_reachable:
-            return RETRY
-        return await self._admit_and_create(key, pod)
-
-    async def _sync_deleting(self, key: str, pod: dict, remote: RemotePod | None) -> None:
-        namespace, name = key.split("/", 1)
-        if remote is not None:
-            if not remote.deleting:
-                grace = pod["metadata"].get("deletionGracePeriodSeconds")
-                log.info("%s: deleting mirror (grace %ss)", key, grace)
-                await self.provider.delete_pod(namespace, name, grace)
-            return
-        if not self.provider_reachable:
-            return
-        # The mirror is gone: finish the local deletion, as a kubelet does.
-        try:
-            await self.kube.delete("Pod", namespace, name, grace_seconds=0, uid=pod["metadata"]["uid"])
-        except (errors.NotFound, errors.Conflict):
-            pass
-        self._objects.release(key)
-
-    async def _admit_and_create(self, key: str, pod: dict) -> Result:
-        rc_name = pod["spec"].get("runtimeClassName") or ""
-        offer = self.catalog.get(rc_name)
-        if isinstance(offer, CatalogError):
-            await self._refuse(pod, "InvalidRuntimeClass", str(offer))
-            return DONE  # the RuntimeClass's next change requeues the pod
-        refusal = admit(pod, offer)
-        if refusal is not None:
-            await self._refuse(pod, refusal.reason, refusal.message)
-            return DONE
-        assert offer is not None
-        resources = pod_resources(pod, offer)
-        ready = await self._objects.reflect(key, pod, self._report_object)
-        if not ready:
-            return DONE  # a mandatory object is missing; its watch requeues the pod when it appears
-        log.info("%s: creating mirror on the provider (%s)", key, offer.name)
-        try:
-            await self.provider.create_pod(pod, offer, resources)
-        except errors.Forbidden as exc:
-            # A full quota, a policy of the provider's: what forbids the pod may change on the provider's side,
-            # and nothing tells us when. So the create is retried with the key's backoff, to once a minute.
-            await self._refuse(pod, "ProviderRefused", f"the GPU provider refused the pod: {exc.message or exc}",
-                               once_per_reason=True)
-            return RETRY
-        except errors.Invalid as exc:
-            # The provider's validation of the mirror built from this pod's spec, which is immutable: the same
-            # create gets the same answer, so it is not retried; a change of the pod or of its class requeues it.
-            await self._refuse(pod, "ProviderInvalid", "the GPU provider rejected the pod as invalid: "
-                                                       f"{exc.message or exc}", once_per_reason=True)
-            return DONE
-        self._reported.pop(key, None)
+            case DeleteMirror():
+                log.info("%s: deleting mirror %s (%s; grace %ss)", key, action.mirror.mirror_name, action.why,
+                         action.grace)
+                await self.provider.delete_pod(namespace, name, action.grace,
+                                               mirror_name=action.mirror.mirror_name or None)
+            case PatchStatus():
+                if action.update_metadata:
+                    await self.provider.update_pod_metadata(pod)
+                if action.status is not None:
+                    await self._patch_status(pod, action.status)
+            case FailLost():
+                await self._event_once(pod, "ProviderPodLost", action.status["message"], "Warning")
+                await self._patch_status(pod, action.status)
+            case FinishDeletion():
+                try:
+                    await self.kube.delete("Pod", namespace, name, grace_seconds=0, uid=pod["metadata"]["uid"])
+                except (errors.NotFound, errors.Conflict):
+                    pass  # gone already, or replaced by a pod of the same name
+            case Forget():
+                self._reported.pop(key, None)
         return DONE
-
-    async def _report_object(self, pod: dict, kind: str, name: str, optional: bool) -> None:
-        reason = f"{'Optional' if optional else 'Mandatory'}{kind}NotFound"
-        message = f"{kind} {name} not found" + ("; the pod runs without it" if optional else
-                                                "; the pod waits for it")
-        await self._event_once(pod, reason, message, "Warning")
-        if not optional:
-            await self._set_pending(pod, reason, message)
 
     async def _refuse(self, pod: dict, reason: str, message: str, once_per_reason: bool = False) -> None:
         """The pod waits, saying why, with one Warning Event per reason and message; with ``once_per_reason``
@@ -325,33 +331,6 @@ class PodController:
         ]
         await self._patch_status(pod, {"phase": "Pending", "reason": reason, "message": message,
                                        "conditions": conditions})
-
-    async def _fail_lost(self, pod: dict) -> None:
-        message = "the pod's copy on the GPU provider disappeared without being deleted here"
-        await self._event_once(pod, "ProviderPodLost", message, "Warning")
-        status = dict(pod.get("status") or {})
-        containers = []
-        for cs in status.get("containerStatuses") or []:
-            cs = dict(cs)
-            if "terminated" not in (cs.get("state") or {}):
-                cs["state"] = {"terminated": {"exitCode": 137, "reason": "ProviderPodLost", "finishedAt": _now()}}
-            cs["ready"] = False
-            containers.append(cs)
-        patch = {"phase": "Failed", "reason": "ProviderPodLost", "message": message}
-        if containers:
-            patch["containerStatuses"] = containers
-        await self._patch_status(pod, patch)
-
-    async def _push_status(self, pod: dict, remote_status: dict) -> None:
-        local = pod.get("status") or {}
-        if _only_scheduled(remote_status) and local.get("phase", "Pending") == "Pending" and not local.get("reason"):
-            # The mirror was scheduled and nothing more: the local pod says as much already. Skipping this
-            # write halves the status patches each pod costs the user's API server.
-            return
-        patch = status_patch(local, remote_status, pod["spec"].get("readinessGates") or [], _now(),
-                             dropped_conditions=(REFUSED_CONDITION,))
-        if patch is not None:
-            await self._patch_status(pod, patch)
 
     async def _patch_status(self, pod: dict, status: dict) -> None:
         """A strategic merge patch, as a kubelet writes status: conditions merge by type, so the ones other
@@ -407,217 +386,51 @@ class PodController:
             "reportingComponent": "k8sgpu", "reportingInstance": self.node_name,
         }
 
-    async def _copy_event(self, event: RemoteEvent) -> None:
+    async def _copy_event(self, seed: str) -> Result:
         """One local copy per provider Event, named after that Event's UID, with its times. Whether a copy is
         news is decided by the local cluster, not this process's memory (a re-list after a watch restart or a
         runtime restart replays every provider Event): an existing copy with the same count is left as it is;
         a different count (the provider's series went on) is written with the provider's last time."""
+        event = self._provider_events.pop(seed, None)
+        if event is None:
+            return DONE
         pod = self.pods.store.get(f"{event.namespace}/{event.name}")
         if pod is None or pod["metadata"]["uid"] != event.uid:
-            return
+            return DONE
         meta = pod["metadata"]
-        seed = f"provider:{event.event_uid}" if event.event_uid else \
-            f"provider:{event.uid}:{event.reason}:{event.message}"
         name = _event_name(meta, seed)
         first = event.first_timestamp or _now()
         last = event.last_timestamp or first
-        async with self._event_slots:
-            try:
-                await self.kube.create("Event", meta["namespace"], self._event(
-                    meta, name, event.reason, event.message, event.type, event.count, first, last))
-                return
-            except errors.AlreadyExists:
-                pass
-            except errors.KubeError as exc:
+        try:
+            await self._write_event_copy(meta, name, event, first, last)
+        except errors.KubeError as exc:
+            if not exc.retry:
                 log.warning("copying event %s on %s/%s failed: %s", event.reason, meta["namespace"], meta["name"],
                             exc)
-                return
-            try:
-                # A node may patch Events but not read them: a JSON patch that only tests the count is a no-op
-                # when the copy holds this count already, and refused (422) when it does not.
-                await self.kube.patch("Event", meta["namespace"], name,
-                                      [{"op": "test", "path": "/count", "value": event.count}], patch_type="json")
-                return
-            except errors.Invalid:
-                pass
-            except errors.KubeError as exc:
-                log.debug("checking event %s failed: %s", name, exc)
-                return
-            try:
-                await self.kube.patch("Event", meta["namespace"], name, {"count": event.count, "lastTimestamp": last})
-            except errors.KubeError as exc:
-                log.debug("updating event %s failed: %s", name, exc)
+                return DONE
+            log.info("copying event %s on %s/%s failed, will retry: %s", event.reason, meta["namespace"],
+                     meta["name"], exc)
+            self._provider_events.setdefault(seed, event)  # unless a newer one of the same Event came meanwhile
+            return RETRY
+        return DONE
+
+    async def _write_event_copy(self, meta: dict, name: str, event: RemoteEvent, first: str, last: str) -> None:
+        try:
+            await self.kube.create("Event", meta["namespace"], self._event(
+                meta, name, event.reason, event.message, event.type, event.count, first, last))
+            return
+        except errors.AlreadyExists:
+            pass
+        try:
+            # A node may patch Events but not read them: a JSON patch that only tests the count is a no-op
+            # when the copy holds this count already, and refused (422) when it does not.
+            await self.kube.patch("Event", meta["namespace"], name,
+                                  [{"op": "test", "path": "/count", "value": event.count}], patch_type="json")
+            return
+        except errors.Invalid:
+            pass
+        await self.kube.patch("Event", meta["namespace"], name, {"count": event.count, "lastTimestamp": last})
 
 
 def _event_name(meta: dict, seed: str) -> str:
     return f"{meta['name']}.{hashlib.sha256(seed.encode()).hexdigest()[:16]}"
-
-
-def _only_scheduled(status: dict) -> bool:
-    """A Pending status that says no more than "scheduled": no containers yet, nothing False, no reason."""
-    return (status.get("phase") == "Pending" and not status.get("containerStatuses")
-            and not status.get("initContainerStatuses") and not status.get("reason")
-            and all(c.get("status") == "True" for c in status.get("conditions") or []))
-
-
-Ref = tuple[str, str, str]  # (kind, namespace, name) of a ConfigMap or Secret
-
-
-class _RefLock:
-    """A lock for one object, kept while anyone holds or awaits it."""
-
-    def __init__(self) -> None:
-        self.lock = asyncio.Lock()
-        self.holders = 0
-
-
-class ObjectReflection:
-    """ConfigMaps and Secrets used by the node's pods, mirrored to the provider and kept current.
-
-    Each object in use has a watch of its own (field selector on its name), which is what the
-    Node authorizer lets a node do for objects its pods reference. A change is copied; an object
-    appearing requeues the pods waiting for it; when no pod uses it any more its mirror is deleted.
-    Writing and deleting one object's copy is serialised per object, and a deletion re-checks under
-    that lock that nobody claimed the object meanwhile. The copy's used-by annotation lists its users.
-    """
-
-    def __init__(self, kube: Kube, provider: PodProvider, queue: WorkQueue):
-        self.kube, self.provider, self.queue = kube, provider, queue
-        self._users: dict[Ref, set[str]] = {}  # (kind, ns, name) → pod keys
-        self._uids: dict[str, str] = {}  # pod key → uid
-        self._watches: dict[Ref, tuple[Reflector, asyncio.Task]] = {}
-        self._mirrored: set[Ref] = set()
-        self._locks: dict[Ref, _RefLock] = {}
-        self._pending: set[asyncio.Task] = set()  # copies being brought up to date or deleted, and ended watches
-
-    def resync(self, pods: list[dict], mirrored: set[Ref]) -> None:
-        """At start: the users of every object, from the live local pods themselves (nothing of an earlier
-        process is remembered); a watch resumed for each object in use, whose first list brings its copy up
-        to date; copies that no live pod uses deleted."""
-        self._mirrored = set(mirrored)
-        for pod in pods:
-            key, namespace = key_of(pod), pod["metadata"]["namespace"]
-            self._uids[key] = pod["metadata"]["uid"]
-            for kind, name, _ in referenced_objects(pod):
-                self._users.setdefault((kind, namespace, name), set()).add(key)
-        for ref in self._users:
-            self._start_watch(ref)
-        for ref in self._mirrored - set(self._users):
-            self._settle_later(ref)
-
-    async def reflect(self, key: str, pod: dict, report) -> bool:
-        """Mirror what the pod uses; False while a mandatory object is missing."""
-        namespace = pod["metadata"]["namespace"]
-        self._uids[key] = pod["metadata"]["uid"]
-        ready = True
-        for kind, name, optional in referenced_objects(pod):
-            ref = (kind, namespace, name)
-            # Claimed before anything is awaited: a deletion of the copy that has not yet taken the lock
-            # sees this user and leaves the copy.
-            self._users.setdefault(ref, set()).add(key)
-            reflector = await self._watch(ref)
-            async with self._serialised(ref):
-                obj = reflector.store.get(f"{namespace}/{name}")
-                if obj is not None:
-                    await self.provider.put_object(obj, self._user_uids(ref))
-                    self._mirrored.add(ref)
-            if obj is None:
-                await report(pod, kind, name, optional)
-                ready = ready and optional
-        return ready
-
-    def _user_uids(self, ref: Ref) -> list[str]:
-        return sorted(self._uids[k] for k in self._users.get(ref, ()) if k in self._uids)
-
-    def _start_watch(self, ref: Ref) -> Reflector:
-        if ref not in self._watches:
-            kind, namespace, name = ref
-            reflector = Reflector(self.kube, kind, namespace, field_selector=f"metadata.name={name}",
-                                  on_event=lambda event, obj, r=ref: self._changed(r, event, obj))
-            task = tasks.spawn(reflector.run(), name=f"watch-{kind}-{namespace}-{name}")
-            self._watches[ref] = (reflector, task)
-        return self._watches[ref][0]
-
-    async def _watch(self, ref: Ref) -> Reflector:
-        reflector = self._start_watch(ref)
-        try:
-            await asyncio.wait_for(reflector.synced.wait(), timeout=30)
-        except TimeoutError:
-            raise errors.Unavailable(f"listing {ref[0]} {ref[1]}/{ref[2]} timed out") from None
-        return reflector
-
-    def _changed(self, ref: Ref, event: str, obj: dict) -> None:
-        if event == "DELETED":
-            return  # a running pod keeps the last value, as on a kubelet
-        if ref in self._mirrored:
-            self._settle_later(ref)
-        for key in self._users.get(ref, ()):
-            self.queue.add(key)
-
-    def release(self, key: str) -> None:
-        """The pod is gone (or finished): objects only it used lose their copy and watch; the copies of the
-        others stop listing it."""
-        if self._uids.pop(key, None) is None:
-            return
-        for ref in [r for r, users in self._users.items() if key in users]:
-            users = self._users[ref]
-            users.discard(key)
-            if not users:
-                del self._users[ref]
-            self._settle_later(ref)
-
-    def _settle_later(self, ref: Ref) -> None:
-        task = asyncio.get_running_loop().create_task(self._settle(ref), name=f"copy-{ref[0]}-{ref[1]}-{ref[2]}")
-        self._own(task)
-
-    def _own(self, task: asyncio.Task) -> None:
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
-
-    async def _settle(self, ref: Ref) -> None:
-        """Bring the copy of ``ref`` to what its users need now: deleted when it has none, else the object's
-        current content with their UIDs."""
-        try:
-            async with self._serialised(ref):
-                if not self._users.get(ref):
-                    await self._delete_mirror(ref)
-                    return
-                watch = self._watches.get(ref)
-                obj = watch[0].store.get(f"{ref[1]}/{ref[2]}") if watch else None
-                if ref in self._mirrored and obj is not None:
-                    await self.provider.put_object(obj, self._user_uids(ref))
-        except errors.KubeError as exc:
-            log.warning("bringing the copy of %s %s/%s up to date failed: %s", *ref, exc)
-
-    @contextlib.asynccontextmanager
-    async def _serialised(self, ref: Ref):
-        entry = self._locks.setdefault(ref, _RefLock())
-        entry.holders += 1
-        try:
-            async with entry.lock:
-                yield
-        finally:
-            entry.holders -= 1
-            if not entry.holders:
-                del self._locks[ref]
-
-    async def _delete_mirror(self, ref: Ref) -> None:
-        """Under the object's lock, with no user left."""
-        watch = self._watches.pop(ref, None)
-        if watch is not None:
-            watch[1].cancel()
-            self._own(watch[1])
-        if ref in self._mirrored:
-            await self.provider.delete_object(*ref)
-            self._mirrored.discard(ref)
-
-    def problems(self) -> dict[str, str]:
-        """Watches of objects still in use that have ended (a released object's watch is cancelled on purpose
-        and no longer listed)."""
-        return tasks.problems(task for _, task in self._watches.values())
-
-    async def stop(self) -> None:
-        owned = [task for _, task in self._watches.values()] + list(self._pending)
-        for task in owned:
-            task.cancel()
-        await asyncio.gather(*owned, return_exceptions=True)

@@ -103,6 +103,8 @@ class RemoteClusterProvider:
             uid=(meta.get("labels") or {}).get(ORIGIN_UID_LABEL, ""),
             status=local_status(obj, self.node_address),
             deleting=bool(meta.get("deletionTimestamp")),
+            mirror_name=meta.get("name", ""),
+            created=meta.get("creationTimestamp", ""),
         )
 
     def _on_pod(self, kind: str, obj: dict) -> None:
@@ -110,7 +112,7 @@ class RemoteClusterProvider:
         if kind == "DELETED":
             self._by_remote_name.pop(obj["metadata"]["name"], None)
             if self._events:
-                self._events.pod_gone(pod.namespace, pod.name, pod.uid)
+                self._events.pod_gone(pod)
             return
         self._by_remote_name[obj["metadata"]["name"]] = obj
         if self._events:
@@ -147,10 +149,12 @@ class RemoteClusterProvider:
         if key in self._pods.store:
             self._pods.store[key] = updated  # ahead of the watch: the next sync finds nothing to patch
 
-    async def delete_pod(self, namespace: str, name: str, grace_seconds: int | None) -> None:
+    async def delete_pod(self, namespace: str, name: str, grace_seconds: int | None,
+                         mirror_name: str | None = None) -> None:
         mirrors = [remote["metadata"] for remote in self._pods.store.values()
                    if (remote["metadata"].get("annotations") or {}).get(ORIGIN_NAMESPACE) == namespace
-                   and remote["metadata"]["annotations"].get(ORIGIN_NAME) == name]
+                   and remote["metadata"]["annotations"].get(ORIGIN_NAME) == name
+                   and mirror_name in (None, remote["metadata"]["name"])]
         for meta in mirrors:
             try:
                 await self.kube.delete("Pod", self.namespace, meta["name"], grace_seconds=grace_seconds,
