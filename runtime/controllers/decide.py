@@ -103,13 +103,15 @@ class Wait:
     """Nothing to do now. ``delay``: seconds until the next try; None with ``backoff`` False: until the pod, its
     mirrors, its RuntimeClass, its copies or the provider's reachability change (each requeues the key); with
     ``backoff``: after the key's next backoff delay. With ``show``, the pod is left Pending with ``reason`` and
-    ``message`` in its status and one Warning Event."""
+    ``message`` in its status and one Warning Event (per reason and message; per reason alone with
+    ``once_per_reason``, for what a provider says, which changes with its quota's usage)."""
 
     reason: str
     message: str = ""
     delay: float | None = None
     backoff: bool = False
     show: bool = False
+    once_per_reason: bool = False
     notes: tuple[Note, ...] = ()
 
 
@@ -232,7 +234,7 @@ def _admit(pod: dict, catalog: Mapping[str, GPUClass | CatalogError], copies: Ma
     if blocked:
         return Wait(*blocked[0], show=True, notes=tuple(notes))
     if refused:
-        return Wait(*refused[0], show=True, notes=tuple(notes))
+        return Wait(*refused[0], show=True, once_per_reason=True, notes=tuple(notes))
     if pending:
         return Wait(COPIES_PENDING, "waiting for the provider's copies of " + ", ".join(pending),
                     notes=tuple(notes))

@@ -267,7 +267,7 @@ class PodController:
                 for note in action.notes:
                     await self._event_once(pod, note.reason, note.message, "Warning")
                 if action.show:
-                    await self._refuse(pod, action.reason, action.message)
+                    await self._refuse(pod, action.reason, action.message, once_per_reason=action.once_per_reason)
                 else:
                     log.debug("%s: waiting: %s %s", key, action.reason, action.message)
                 if action.backoff:

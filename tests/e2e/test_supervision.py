@@ -1,6 +1,6 @@
 """What the provider refuses is shown and retried: a create refused by an exhausted ResourceQuota (403) leaves the
 local pod Pending with reason ProviderRefused and the provider's message, records one Warning Event however often
-the create is retried, and the pod starts once the quota is raised.
+the create is retried, and the pod starts once the quota is raised. The same for the copy of a Secret the pod needs.
 
 A node of its own (sup.gpu, its own RuntimeClass, RBAC, namespace and ports), so that it never meets the other
 modules' k8s.gpu."""
@@ -64,12 +64,12 @@ def pod(name: str) -> dict:
                      "containers": [{"name": "c", "image": "cuda", "command": ["sleep", "3600"]}]}}
 
 
-def _quota_used(provider, namespace: str) -> int | None:
-    """The pods the quota counts as used, once its controller has counted them (None before)."""
+def _quota_used(provider, namespace: str, resource: str = "pods") -> int | None:
+    """What the quota counts as used of ``resource``, once its controller has counted it (None before)."""
     status = provider.read_namespaced_resource_quota(QUOTA, namespace).status
-    if status is None or not status.used or "pods" not in status.used:
+    if status is None or not status.used or resource not in status.used:
         return None
-    return int(status.used["pods"])
+    return int(status.used[resource])
 
 
 def _quota_refuses(provider, namespace: str) -> bool:
@@ -122,3 +122,47 @@ def test_a_pod_refused_by_the_providers_quota_waits_with_a_reason_and_starts_whe
     finally:
         provider.delete_namespaced_resource_quota(QUOTA, tenant)
     local.delete_namespaced_pod("quota-bound", NAMESPACE, grace_period_seconds=0)
+
+
+def test_a_pod_whose_secret_the_providers_quota_refuses_waits_with_a_reason_and_starts_when_it_is_raised(
+        runtime, local, provider, ground):
+    tenant = ground.tenant_namespace
+    local.create_namespaced_secret(NAMESPACE, {"metadata": {"name": "sup-key"}, "stringData": {"token": "t"}})
+    provider.create_namespaced_resource_quota(tenant, {"metadata": {"name": QUOTA},
+                                                       "spec": {"hard": {"secrets": "1000"}}})
+    try:
+        used = wait_for(lambda: (n := _quota_used(provider, tenant, "secrets")) is not None and [n], 60,
+                        "the quota controller to count the tenant's Secrets")[0]
+        provider.patch_namespaced_resource_quota(QUOTA, tenant, {"spec": {"hard": {"secrets": str(used)}}})
+        wait_for(lambda: provider.read_namespaced_resource_quota(QUOTA, tenant).status.hard["secrets"] == str(used),
+                 30, "the quota to be lowered")
+        probe = {"metadata": {"name": "quota-probe"}, "stringData": {"a": "b"}}
+
+        def refuses() -> bool:
+            try:
+                provider.create_namespaced_secret(tenant, probe, dry_run="All")
+                return False
+            except ApiException as exc:
+                return exc.status == 403 and "exceeded quota" in (exc.body or "")
+
+        wait_for(refuses, 30, "the provider to refuse Secrets for the quota")
+
+        spec = pod("secret-bound")
+        spec["spec"]["containers"][0]["envFrom"] = [{"secretRef": {"name": "sup-key"}}]
+        local.create_namespaced_pod(NAMESPACE, spec)
+        refused = wait_for(lambda: (p := local.read_namespaced_pod("secret-bound", NAMESPACE)).status.reason and p,
+                           30, "the provider's refusal of the copy on the local pod")
+        assert refused.status.phase == "Pending" and refused.status.reason == "ProviderRefused", refused.status
+        assert "copy of Secret sup-key" in refused.status.message and QUOTA in refused.status.message, \
+            refused.status.message
+        wait_for(lambda: _refusal_events(local, "secret-bound"), 30, "the refusal's Event")
+
+        provider.patch_namespaced_resource_quota(QUOTA, tenant, {"spec": {"hard": {"secrets": str(used + 10)}}})
+        started = wait_for(lambda: (p := local.read_namespaced_pod("secret-bound", NAMESPACE)).status.phase
+                           == "Running" and p, 75, "the pod to run once the quota is raised")
+        assert started.status.reason is None
+        assert len(_refusal_events(local, "secret-bound")) == 1
+    finally:
+        provider.delete_namespaced_resource_quota(QUOTA, tenant)
+    local.delete_namespaced_pod("secret-bound", NAMESPACE, grace_period_seconds=0)
+    local.delete_namespaced_secret("sup-key", NAMESPACE)

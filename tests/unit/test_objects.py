@@ -6,11 +6,14 @@ is written and can hold a deletion midway)."""
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 
-from k8sgpu.runtime.controllers.decide import COPIED, MISSING, PENDING
+from k8sgpu.runtime import errors
+from k8sgpu.runtime.controllers.decide import COPIED, MISSING, PENDING, Copy
 from k8sgpu.runtime.controllers.objects import ObjectController, parse_ref_key, ref_key
+from k8sgpu.runtime.reflector import DONE, RETRY
 from k8sgpu.runtime.supervisor import Supervisor
 
 CM = ("ConfigMap", "ns", "cfg")
@@ -35,13 +38,17 @@ class LocalObjects:
 
 
 class Provider:
-    def __init__(self):
+    def __init__(self, answers: list[Exception | None] | None = None):
         self.calls: list[tuple] = []
+        self.answers = answers or []
         self.hold_delete: asyncio.Event | None = None
         self.deleting = asyncio.Event()
 
     async def put_object(self, obj, users):
         self.calls.append(("put", obj["metadata"]["name"], tuple(users)))
+        answer = self.answers.pop(0) if self.answers else None
+        if answer is not None:
+            raise answer
 
     async def delete_object(self, kind, namespace, name):
         self.deleting.set()
@@ -145,3 +152,34 @@ def test_at_start_copies_in_use_are_brought_up_to_date_and_the_others_deleted():
     calls, copies = asyncio.run(scenario())
     assert sorted(calls) == [("delete", "old"), ("put", "cfg", ("u1",))]
     assert copies == {CM: COPIED, ("ConfigMap", "ns", "absent"): MISSING}
+
+
+def _provider_error(status: int, message: str) -> errors.KubeError:
+    body = json.dumps({"kind": "Status", "message": message}).encode()
+    return errors.from_status("provider", "POST", "/api/v1/namespaces/tenant/configmaps", status, body)
+
+
+@pytest.mark.parametrize(("status", "reason", "result"), [
+    (403, "ProviderRefused", RETRY),  # a quota may be raised: tried again with backoff
+    (422, "ProviderInvalid", DONE),  # the same content gets the same answer: tried again when it changes
+    (413, "ProviderInvalid", DONE),  # too large
+    (503, None, RETRY),  # temporary: retried, nothing shown
+])
+def test_a_copy_the_provider_refuses_is_shown_to_its_users(status, reason, result):
+    async def scenario():
+        provider, requeued = Provider([_provider_error(status, "no")]), []
+        controller = ObjectController(LocalObjects(configmap()), provider, Supervisor(), on_copy=requeued.extend)
+        try:
+            controller.claim("ns/p1", "u1", frozenset({CM}))
+            assert await controller.sync(KEY) == DONE  # the watch's first list is not done yet
+            await controller._watches[CM].synced.wait()
+            return await controller.sync(KEY), controller.copies([CM])[CM], requeued
+        finally:
+            await controller.stop()
+
+    outcome, copy, requeued = asyncio.run(scenario())
+    assert outcome == result
+    if reason is None:
+        assert copy == PENDING and requeued == []
+    else:
+        assert copy == Copy("refused", reason, "no") and requeued == ["ns/p1"]
