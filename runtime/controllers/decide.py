@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
+from typing import Literal
 
 from ..admission import Resources, admit, pod_resources
 from ..catalog import CatalogError, GPUClass
@@ -34,7 +35,7 @@ class Copy:
     ``state``: "copied" (the provider has it), "pending" (not listed or not written yet), "missing" (the local
     object does not exist), "refused" (the provider refused the copy; ``reason`` and ``message`` say how)."""
 
-    state: str
+    state: Literal["copied", "pending", "missing", "refused"]
     reason: str = ""
     message: str = ""
 

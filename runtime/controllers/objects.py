@@ -109,6 +109,11 @@ class ObjectController:
     def release(self, key: str) -> None:
         self.claim(key, "", frozenset())
 
+    def requeue_all(self) -> None:
+        """Sync every object in use or copied now (the provider answers again: no copy waits out its backoff)."""
+        for ref in set(self._users) | self._held:
+            self.queue.add(ref_key(ref))
+
     def copies(self, refs: Iterable[Ref]) -> dict[Ref, Copy]:
         """What the pods see of these objects' copies now."""
         return {ref: self._state.get(ref, PENDING) for ref in refs}

@@ -189,6 +189,7 @@ class PodController:
         self.provider_reachable = reachable
         self._on_reachability(reachable, why)
         if reachable:
+            self.objects.requeue_all()
             for key in set(self.pods.store) | set(self.mirrors):
                 self.queue.add(key)
 

@@ -183,3 +183,19 @@ def test_a_copy_the_provider_refuses_is_shown_to_its_users(status, reason, resul
         assert copy == PENDING and requeued == []
     else:
         assert copy == Copy("refused", reason, "no") and requeued == ["ns/p1"]
+
+
+def test_when_the_provider_answers_again_every_object_in_use_or_copied_is_synced_at_once():
+    async def scenario():
+        controller = ObjectController(LocalObjects(), Provider(), Supervisor(), on_copy=lambda keys: None)
+        await controller.start({"ns/p1": ("u1", frozenset({CM}))}, [("Secret", "ns", "old")])
+        await controller.stop()  # nothing runs: what is queued stays queued
+        while not controller.queue._queue.empty():
+            controller.queue._queued.discard(controller.queue._queue.get_nowait())
+        controller.requeue_all()
+        queued = set()
+        while not controller.queue._queue.empty():
+            queued.add(controller.queue._queue.get_nowait())
+        return queued
+
+    assert asyncio.run(scenario()) == {KEY, "Secret/ns/old"}
