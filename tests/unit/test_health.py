@@ -8,7 +8,6 @@ import asyncio
 import aiohttp
 import pytest
 
-from k8sgpu.runtime import tasks
 from k8sgpu.runtime.controllers.services import ServiceController
 from k8sgpu.runtime.health import HealthServer
 from k8sgpu.runtime.supervisor import PartFailed, Supervisor
@@ -31,32 +30,6 @@ class _BrokenWatchKube:
 async def _get(port: int, path: str) -> tuple[int, str]:
     async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{port}{path}") as response:
         return response.status, await response.text()
-
-
-def test_tasks_that_ended_are_named_with_how():
-    async def scenario():
-        async def forever():
-            await asyncio.Event().wait()
-
-        async def fails():
-            raise ValueError("bad quantity")
-
-        async def returns():
-            return None
-
-        running = tasks.spawn(forever(), "running")
-        failed, returned = tasks.spawn(fails(), "failed"), tasks.spawn(returns(), "returned")
-        cancelled = tasks.spawn(forever(), "cancelled")
-        await asyncio.sleep(0)
-        cancelled.cancel()
-        await asyncio.gather(failed, returned, cancelled, return_exceptions=True)
-        found = tasks.problems([running, failed, returned, cancelled])
-        running.cancel()
-        await asyncio.gather(running, return_exceptions=True)
-        return found
-
-    assert asyncio.run(scenario()) == {"failed": "failed: ValueError: bad quantity", "returned": "ended",
-                                       "cancelled": "cancelled"}
 
 
 def test_healthz_lists_a_restarting_part_and_turns_500_once_the_supervisor_gives_up_on_it():
