@@ -21,6 +21,8 @@ from pathlib import Path
 
 import yaml
 
+from k8sgpu.runtime.catalog import DEMO_DEFAULT_RUNTIME_CLASS
+
 from .binaries import find_kubectl
 from .ground import Ground, GroundError, State, free_port
 
@@ -29,15 +31,15 @@ DEMO_POD = "nvidia-smi"
 RUNTIME_PROCESS = "k8sgpu-runtime"
 
 
-def demo_pod() -> dict:
+def demo_pod(name: str = DEMO_POD, runtime_class: str = "seeweb-nvidia-1xa6000") -> dict:
     """The product guide's pod, without the toleration: the RuntimeClass carries it."""
     return {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {"name": DEMO_POD, "namespace": "default"},
+        "metadata": {"name": name, "namespace": "default"},
         "spec": {
             "restartPolicy": "OnFailure",
-            "runtimeClassName": "seeweb-nvidia-1xa6000",
+            "runtimeClassName": runtime_class,
             "containers": [{
                 "name": "nvidia",
                 "image": "nvidia/cuda:12.6.0-base-ubuntu20.04",
@@ -53,7 +55,7 @@ def runtime_argv(state: State) -> list[str]:
     return [sys.executable, "-m", "k8sgpu.runtime.main", "start", "--kubeconfig", state.node_kubeconfig,
             "--provider-kubeconfig", state.tenant_kubeconfig, "--tenant-namespace", state.tenant_namespace,
             "--node-address", state.node_address, "--kubelet-port", str(free_port()),
-            "--health-port", str(free_port()), "-v"]
+            "--health-port", str(free_port()), "--default-runtime-class", DEMO_DEFAULT_RUNTIME_CLASS, "-v"]
 
 
 def _stepper(out):

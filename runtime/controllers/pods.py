@@ -16,9 +16,11 @@ import logging
 from collections.abc import Callable
 
 from .. import errors, tasks
+from ..accounting import NodeUsage, PodUse
 from ..admission import Resources, admit, pod_resources
 from ..catalog import CatalogError, GPUClass
 from ..kube import Kube
+from ..placement import pod_requests
 from ..provider import Capacity, PodProvider, RemoteEvent, RemotePod
 from ..reflector import DONE, RETRY, Reflector, Result, WorkQueue, key_of
 from ..supervisor import Supervisor
@@ -43,11 +45,12 @@ class PodController:
                  on_capacity: Callable[[Capacity], None] = lambda c: None,
                  on_reachability: Callable[[bool, str], None] = lambda ok, why: None,
                  on_service: Callable[[str, str, list[dict]], None] = lambda ns, name, ingress: None,
-                 supervisor: Supervisor | None = None):
+                 supervisor: Supervisor | None = None, default_runtime_class: str = ""):
         """The callbacks tell the node (capacity, reachability, pods changed) and the service controller
         (a published address) what the provider reports. Its informers and workers run under ``supervisor``
         (the node's; absent, one of its own)."""
         self.kube, self.provider, self.node_name = kube, provider, node_name
+        self.default_runtime_class = default_runtime_class  # the offering of pods that name none
         self.on_node_change = on_node_change
         self._on_capacity, self._on_reachability, self._on_service = on_capacity, on_reachability, on_service
         self.pods = Reflector(kube, "Pod", None, field_selector=f"spec.nodeName={node_name}",
@@ -62,7 +65,7 @@ class PodController:
         self._own_supervisor = supervisor is None
         self.supervisor = supervisor or Supervisor()
         self._parts = ("local-RuntimeClass", "local-Pod", "pod-workers")
-        self._resources: dict[str, Resources | None] = {}  # pod UID → what it takes (specs are immutable)
+        self._resources: dict[str, PodUse] = {}  # pod UID → what it takes and is charged (specs are immutable)
         self._event_slots = asyncio.Semaphore(8)  # copies of provider events never crowd out pod syncs
 
     # -- life --------------------------------------------------------------------------
@@ -113,7 +116,7 @@ class PodController:
                 self.catalog[name] = exc
         # Pods waiting on a class are retried when the catalog changes, and what they take is counted again.
         for key, pod in self.pods.store.items():
-            if pod["spec"].get("runtimeClassName") == name:
+            if self._class_name(pod) == name:
                 self._resources.pop(pod["metadata"]["uid"], None)
                 self.queue.add(key)
         self.on_node_change()
@@ -150,9 +153,10 @@ class PodController:
 
     # -- what the node reports ------------------------------------------------------------------
 
-    def used(self) -> tuple[Resources, int]:
-        """What the node's admitted, unfinished pods take, and how many they are."""
-        total, count = Resources(), 0
+    def used(self) -> NodeUsage:
+        """The node's unfinished pods (what each takes on the provider, what the local scheduler charges it) and
+        the catalog."""
+        uses = []
         live = set()
         for pod in self.pods.store.values():
             if (pod.get("status") or {}).get("phase") in TERMINAL:
@@ -160,27 +164,37 @@ class PodController:
             uid = pod["metadata"]["uid"]
             live.add(uid)
             if uid not in self._resources:
-                self._resources[uid] = self._takes(pod)
-            taken = self._resources[uid]
-            if taken is not None:
-                total = total + taken
-                count += 1
+                self._resources[uid] = self._use(pod)
+            uses.append(self._resources[uid])
         if len(self._resources) > len(live):
             self._resources = {uid: r for uid, r in self._resources.items() if uid in live}
-        return total, count
+        return NodeUsage(tuple(uses), tuple(o for o in self.catalog.values() if isinstance(o, GPUClass)))
+
+    def _use(self, pod: dict) -> PodUse:
+        try:
+            charged = pod_requests(pod["spec"])
+        except ValueError:
+            charged = {}
+        offer = self.catalog.get(self._class_name(pod))
+        takes = self._takes(pod)
+        return PodUse(pod["metadata"]["uid"], charged, offer if takes is not None else None, takes)
+
+    def _class_name(self, pod: dict) -> str:
+        """The offering the pod runs as: the RuntimeClass it names, else the node's default."""
+        return pod["spec"].get("runtimeClassName") or self.default_runtime_class
 
     def _admitted(self, pod: dict) -> bool:
         """Whether the pod runs or may run here: its mirror exists, or admission accepts it under its class."""
         remote = self._remote.get(key_of(pod))
         if remote is not None and remote.uid == pod["metadata"]["uid"]:
             return True
-        offer = self.catalog.get(pod["spec"].get("runtimeClassName") or "")
-        return isinstance(offer, GPUClass) and admit(pod, offer) is None
+        offer = self.catalog.get(self._class_name(pod))
+        return isinstance(offer, GPUClass) and admit(pod, offer, self.default_runtime_class) is None
 
     def _takes(self, pod: dict) -> Resources | None:
         """What the pod takes from the node; None for a pod admission refuses (it never runs) or whose
         resources cannot be computed."""
-        offer = self.catalog.get(pod["spec"].get("runtimeClassName") or "")
+        offer = self.catalog.get(self._class_name(pod))
         if not isinstance(offer, GPUClass) or not self._admitted(pod):
             return None
         try:
@@ -265,12 +279,11 @@ class PodController:
         self._objects.release(key)
 
     async def _admit_and_create(self, key: str, pod: dict) -> Result:
-        rc_name = pod["spec"].get("runtimeClassName") or ""
-        offer = self.catalog.get(rc_name)
+        offer = self.catalog.get(self._class_name(pod))
         if isinstance(offer, CatalogError):
             await self._refuse(pod, "InvalidRuntimeClass", str(offer))
             return DONE  # the RuntimeClass's next change requeues the pod
-        refusal = admit(pod, offer)
+        refusal = admit(pod, offer, self.default_runtime_class)
         if refusal is not None:
             await self._refuse(pod, refusal.reason, refusal.message)
             return DONE

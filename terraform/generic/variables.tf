@@ -47,7 +47,7 @@ variable "tenant_kubeconfig" {
 }
 
 variable "catalog" {
-  description = "GPU offerings: RuntimeClass name => { gpu_product, gpu_count, cpu, memory, handler, default_limits }."
+  description = "GPU offerings: RuntimeClass name => { gpu_product, gpu_count, cpu, memory, handler, default_limits, mig_profile }."
   type = map(object({
     gpu_product    = string
     gpu_count      = number
@@ -55,6 +55,7 @@ variable "catalog" {
     memory         = string
     handler        = optional(string, "nvidia")
     default_limits = optional(bool, true)
+    mig_profile    = optional(string, "")
   }))
   default = {
     seeweb-nvidia-1xa6000 = {
@@ -79,6 +80,12 @@ variable "catalog" {
       handler     = "nvidia"
     }
   }
+}
+
+variable "default_runtime_class" {
+  description = "Catalog entry for pods bound to the node with no runtimeClassName; empty: such pods are refused."
+  type        = string
+  default     = ""
 }
 
 variable "image" {

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import time
-from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -103,6 +102,12 @@ def test_node_registers_with_provider_capacity_taint_and_lease(runtime, local, g
     # Capacity mirrors the provider's GPU nodes: 2x2 A6000 + 2x2 A100, 63 cpu each.
     assert node.status.capacity["nvidia.com/gpu"] == "8"
     assert parse_quantity(node.status.capacity["cpu"]) == 4 * 63
+    # One extended resource per offering: how many of its pods the provider can run (the A100 offering's 125 GiB
+    # fit once in each ~245 GiB node), and the products the provider has.
+    assert {r: v for r, v in node.status.capacity.items() if r.startswith("k8s.gpu/")} == {
+        "k8s.gpu/seeweb-nvidia-1xa6000": "4", "k8s.gpu/seeweb-nvidia-2xa6000": "2", "k8s.gpu/seeweb-nvidia-1xa100": "2",
+        "k8s.gpu/test-no-gpu": "126"}
+    assert node.metadata.annotations["products.k8s.gpu/NVIDIA-RTX-A6000"] == "4 nvidia.com/gpu"
     assert node.status.daemon_endpoints.kubelet_endpoint.port == KUBELET_PORT
     assert {(a.type, a.address) for a in node.status.addresses} >= {("InternalIP", ground.node_address)}
     lease = client.CoordinationV1Api(api(ground.local.kubeconfig)).read_namespaced_lease(NODE, "kube-node-lease")
@@ -142,7 +147,8 @@ def test_a_pod_naming_a_class_runs_remotely_on_the_right_gpu(runtime, local, pro
     wait_for(lambda: remote_of(provider, ground, pod) is None, 30, "the mirror to go")
 
 
-def test_two_container_2xa6000_pod_runs_and_takes_allocatable(runtime, local, provider, ground):
+def test_two_container_2xa6000_pod_runs_and_is_charged_once(runtime, local, provider, ground):
+    offering = "k8s.gpu/seeweb-nvidia-2xa6000"
     # Start from an idle node: allocatable equal to capacity.
     before = wait_for(lambda: (n := local.read_node(NODE)).status.allocatable["nvidia.com/gpu"] ==
                       n.status.capacity["nvidia.com/gpu"] and n.status.allocatable, 30, "an idle node")
@@ -156,17 +162,24 @@ def test_two_container_2xa6000_pod_runs_and_takes_allocatable(runtime, local, pr
     local.create_namespaced_pod("default", gpu_pod("two-gpus", "seeweb-nvidia-2xa6000", containers))
     pod = running(local, "two-gpus")
     assert len(pod.status.container_statuses) == 2
+    assert pod.spec.overhead == {offering: "1"}  # the RuntimeClass charges the pod one of its offering
     remote = remote_of(provider, ground, pod)
     assert provider.read_node(remote.spec.node_name).metadata.labels[GPU_PRODUCT_LABEL] == "NVIDIA-RTX-A6000"
 
     def allocatable():
         return local.read_node(NODE).status.allocatable
 
-    during = wait_for(lambda: (a := allocatable())["nvidia.com/gpu"] != before["nvidia.com/gpu"] and a, 20,
-                      "allocatable to drop")
-    assert int(during["nvidia.com/gpu"]) == int(before["nvidia.com/gpu"]) - 2
-    assert parse_quantity(before["cpu"]) - parse_quantity(during["cpu"]) == Decimal(5)
-    assert parse_quantity(before["memory"]) - parse_quantity(during["memory"]) == 9 * 1024 ** 3
+    # The scheduler charges the pod its requests (5 cpu, 9Gi, 2 GPUs) and its offering: the node's cpu, memory and
+    # nvidia.com/gpu allocatable do not take them a second time. Its offering's allocatable stays what is charged
+    # plus what the provider can still place.
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        now = allocatable()
+        assert {r: now[r] for r in ("cpu", "memory", "nvidia.com/gpu")} == \
+            {r: before[r] for r in ("cpu", "memory", "nvidia.com/gpu")}, "the pod's requests were counted twice"
+        time.sleep(0.5)
+    described = kubectl(ground.local.kubeconfig, "describe", "node", NODE).stdout
+    assert f"{offering}" in described and "Allocated resources" in described
     local.delete_namespaced_pod("two-gpus", "default")
     wait_for(lambda: allocatable() == before, 60, "allocatable to come back")
 
