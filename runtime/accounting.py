@@ -4,7 +4,10 @@ kube-scheduler subtracts from a node's allocatable the requests (and overhead) o
 it. So the node states allocatable such that what the scheduler has left is what the provider has left:
 
 - each offering's `k8s.gpu/<RuntimeClass>`: what the scheduler charges the node's pods of it now (their
-  overhead) plus how many more the provider can place now;
+  overhead) plus how many more the provider can place now. A pod whose mirror is gone or finished (deleted, ended,
+  lost) while the local pod is still there is left out: its room is back on the provider, and the scheduler stops
+  charging it the moment the local pod goes or ends, sooner than the node's next status; counted, it would let the
+  scheduler bind one pod too many in between;
 - cpu, memory and nvidia.com/gpu: the provider's capacity less what admitted pods take beyond their requests
   (the class's limits a pod without resources is given on the provider, which its spec does not request), so a
   pod is never counted twice; `pods`: the provider's capacity.
@@ -32,6 +35,7 @@ class PodUse:
     charged: Mapping[str, Decimal]  # what the local scheduler charges it: requests, limits as requests, overhead
     offer: GPUClass | None = None  # the offering it runs as; None: refused
     takes: Resources | None = None  # what it takes on the provider; None: refused (it never runs)
+    started_or_deleting: bool = False  # it ran or is being deleted: without a mirror now, it never takes room again
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,7 +53,7 @@ def unplaced(usage: NodeUsage, known: frozenset[str]) -> list[Waiting]:
     offering is counted from."""
     out = []
     for pod in usage.pods:
-        if pod.offer is None or pod.takes is None or pod.uid in known:
+        if pod.offer is None or pod.takes is None or pod.uid in known or pod.started_or_deleting:
             continue
         wanted = {"cpu": pod.takes.cpu, "memory": pod.takes.memory, "pods": Decimal(1)}
         if pod.takes.gpus:
@@ -62,7 +66,10 @@ def node_resources(provider: Capacity, usage: NodeUsage) -> tuple[dict[str, str]
     """(capacity, allocatable) of the node's status."""
     uncharged = {"cpu": Decimal(0), "memory": Decimal(0), GPU_RESOURCE: Decimal(0)}
     charged: dict[str, Decimal] = {}
+    known = provider.room.known
     for pod in usage.pods:
+        if pod.takes is not None and pod.started_or_deleting and pod.uid not in known:
+            continue  # its mirror is gone or finished: it holds no room, and the scheduler is about to let it go
         for resource, amount in pod.charged.items():
             charged[resource] = charged.get(resource, Decimal(0)) + amount
         if pod.takes is None or pod.offer is None:
@@ -79,7 +86,7 @@ def node_resources(provider: Capacity, usage: NodeUsage) -> tuple[dict[str, str]
         GPU_RESOURCE: str(int(max(total[GPU_RESOURCE] - uncharged[GPU_RESOURCE], Decimal(0)))),
         "pods": provider.pods,
     }
-    free = room(provider.room, usage.offers, unplaced(usage, provider.room.known))
+    free = room(provider.room, usage.offers, unplaced(usage, known))
     most = capacity(provider.room, usage.offers)
     for offer in usage.offers:
         allocatable = int(charged.get(offer.resource, Decimal(0))) + free[offer.name]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime
 import hashlib
 import logging
@@ -165,7 +166,10 @@ class PodController:
             live.add(uid)
             if uid not in self._resources:
                 self._resources[uid] = self._use(pod)
-            uses.append(self._resources[uid])
+            status = pod.get("status") or {}
+            done = bool(pod["metadata"].get("deletionTimestamp") or status.get("startTime")
+                        or status.get("phase") == "Running")
+            uses.append(dataclasses.replace(self._resources[uid], started_or_deleting=done))
         if len(self._resources) > len(live):
             self._resources = {uid: r for uid, r in self._resources.items() if uid in live}
         return NodeUsage(tuple(uses), tuple(o for o in self.catalog.values() if isinstance(o, GPUClass)))

@@ -166,3 +166,17 @@ def test_catalog_refuses_names_too_long_for_a_resource_and_bad_mig_profiles():
         offer("m", "A100", 1, "1", "1Gi", mig="1g")
     assert runtime_class_manifest("a", node_name="n", gpu_product="p", gpu_count=1, cpu="1", memory="1Gi")[
         "overhead"] == {"podFixed": {"k8s.gpu/a": "1"}}
+
+
+def test_a_pod_whose_mirror_is_gone_is_neither_charged_nor_reserved():
+    # The mirror of a deleted (or finished) pod is gone from the provider: its room is back, and the local pod is
+    # about to go; counting its charge would let the scheduler bind one pod too many once it goes.
+    provider = capacity([placed(node("a", "A6000"), mirror(1))])
+    ran = PodUse("gone", {"k8s.gpu/1xa6000": Decimal(1), "pods": Decimal(1)}, ONE,
+                 Resources(Decimal(8), Decimal(32861620 * 1024), 1), started_or_deleting=True)
+    cap, alloc = node_resources(provider, NodeUsage((ran,), (ONE,)))
+    assert alloc["k8s.gpu/1xa6000"] == "1"
+    # Not started and without a mirror yet: it will take room, and the scheduler charges it.
+    new = PodUse("new", ran.charged, ONE, ran.takes)
+    cap, alloc = node_resources(provider, NodeUsage((new,), (ONE,)))
+    assert alloc["k8s.gpu/1xa6000"] == "1"  # charged 1 + room 0 (its GPU set aside)
