@@ -147,10 +147,12 @@ def runtime_class_manifest(
 
 # The demo catalog's default offering (its smallest), for pods that name no RuntimeClass.
 DEMO_DEFAULT_RUNTIME_CLASS = "seeweb-nvidia-1xa6000"
+# Its MIG offering: one 1g.10gb slice of an A100 (the dev provider's a100-mig pool).
+DEMO_MIG_RUNTIME_CLASS = "k8sgpu-nvidia-a100-mig-1g.10gb"
 
 
 def demo_catalog(node_name: str = "k8s.gpu") -> list[dict]:
-    """The guide's three offerings."""
+    """The guide's three offerings, and one of MIG slices (the dev provider's a100-mig pool)."""
     return [
         runtime_class_manifest("seeweb-nvidia-1xa6000", node_name=node_name, gpu_product="NVIDIA-RTX-A6000",
                                gpu_count=1, cpu="8000m", memory="32861620Ki"),
@@ -158,4 +160,7 @@ def demo_catalog(node_name: str = "k8s.gpu") -> list[dict]:
                                gpu_count=2, cpu="16000m", memory="65723240Ki"),
         runtime_class_manifest("seeweb-nvidia-1xa100", node_name=node_name, gpu_product="NVIDIA-A100-PCIE-80GB",
                                gpu_count=1, cpu="16000m", memory="131446480Ki"),
+        runtime_class_manifest(DEMO_MIG_RUNTIME_CLASS, node_name=node_name,
+                               gpu_product="NVIDIA-A100-SXM4-80GB", gpu_count=1, mig_profile="1g.10gb", cpu="6",
+                               memory="24Gi"),
     ]

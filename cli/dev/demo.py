@@ -21,13 +21,14 @@ from pathlib import Path
 
 import yaml
 
-from k8sgpu.runtime.catalog import DEMO_DEFAULT_RUNTIME_CLASS
+from k8sgpu.runtime.catalog import DEMO_DEFAULT_RUNTIME_CLASS, DEMO_MIG_RUNTIME_CLASS
 
 from .binaries import find_kubectl
 from .ground import Ground, GroundError, State, free_port
 
 NODE = "k8s.gpu"
 DEMO_POD = "nvidia-smi"
+DEMO_MIG_POD = "nvidia-smi-mig"
 RUNTIME_PROCESS = "k8sgpu-runtime"
 
 
@@ -163,6 +164,14 @@ def _run_the_guides_pod(state: State, out) -> None:
          "REQUESTOR:.spec.username,CONDITION:.status.conditions[*].type")
     step(local, "logs", DEMO_POD, "--tail=3")
     step(local, "exec", DEMO_POD, "--", "nvidia-smi", "-L")
+    print(f"\n6. A pod on one MIG slice ({DEMO_MIG_RUNTIME_CLASS}: its copy asks nvidia.com/mig-1g.10gb), and what "
+          "the node offers of each offering (k8s.gpu/<RuntimeClass>: what the provider can place now):", file=out)
+    step(local, "delete", "pod", DEMO_MIG_POD, "--ignore-not-found", "--wait=true")
+    step(local, "apply", "-f", "-", stdin=yaml.safe_dump(demo_pod(DEMO_MIG_POD, DEMO_MIG_RUNTIME_CLASS)))
+    step(local, "wait", "--for=condition=Ready", f"pod/{DEMO_MIG_POD}", "--timeout=180s")
+    step(provider, "-n", state.tenant_namespace, "get", "pods", "-l", f"k8sgpu.io/node={NODE}", "-o",
+         "custom-columns=NAME:.metadata.name,NODE:.spec.nodeName,GPU:.spec.containers[0].resources.limits")
+    step(local, "get", "node", NODE, "-o", "jsonpath={.status.allocatable}")
     print(
         f"""
 The ground and the runtime stay up. Try next:

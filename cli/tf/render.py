@@ -62,7 +62,7 @@ def template_root() -> Path:
 
 
 def demo_catalog_values() -> dict[str, dict]:
-    """The guide's three offerings (k8sgpu.runtime.catalog.demo_catalog) as catalog values."""
+    """The demo catalog (k8sgpu.runtime.catalog.demo_catalog: the guide's three offerings, a MIG one) as values."""
     from k8sgpu.runtime.catalog import (
         GPU_COUNT,
         GPU_HANDLER,

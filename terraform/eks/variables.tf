@@ -81,6 +81,14 @@ variable "catalog" {
       memory      = "131446480Ki"
       handler     = "nvidia"
     }
+    "k8sgpu-nvidia-a100-mig-1g.10gb" = {
+      gpu_product = "NVIDIA-A100-SXM4-80GB"
+      gpu_count   = 1
+      cpu         = "6"
+      memory      = "24Gi"
+      handler     = "nvidia"
+      mig_profile = "1g.10gb"
+    }
   }
 }
 
