@@ -25,9 +25,6 @@ class Capacity:
     room: ProviderRoom = ProviderRoom()
     """Node by node, what the provider has and the tenant's pods take: what each offering's room is counted from."""
 
-    def as_resources(self) -> dict[str, str]:
-        return {"cpu": self.cpu, "memory": self.memory, "nvidia.com/gpu": self.gpus, "pods": self.pods}
-
 
 class ContainerSession(Protocol):
     """An exec or attach running in a provider's container."""
