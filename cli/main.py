@@ -422,7 +422,8 @@ def build_parser(aks_client=azure_aks_client, aws_session=boto3_session) -> argp
         ("tfvars", cmd_dev_tfvars, "write <root>/generic.tfvars.json: terraform/generic's variables for the local "
                                    "cluster (make apply CLOUD=generic uses it)"),
         ("demo", cmd_dev_demo, "terraform apply of terraform/generic (the runtime's pod on the worker node "
-                               "registers k8s.gpu), then the guide's nvidia-smi pod on k8s.gpu; without a worker "
+                               "registers k8s.gpu), then the guide's nvidia-smi pod and one on a MIG slice on "
+                               "k8s.gpu; without a worker "
                                "the runtime runs as a process (the ground must be up)"),
     ):
         verb = verbs.add_parser(name, help=text, description=text)

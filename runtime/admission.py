@@ -9,10 +9,8 @@ from __future__ import annotations
 import dataclasses
 from decimal import Decimal
 
-from .catalog import GPUClass
+from .catalog import GPU_RESOURCE, GPUClass
 from .quantity import parse_quantity
-
-GPU_RESOURCE = "nvidia.com/gpu"
 
 # Pod Security Standard "baseline": capabilities a container may add.
 _BASELINE_CAPABILITIES = {
@@ -62,13 +60,14 @@ def _quantity(value, field: str) -> Decimal:
         raise ValueError(f"{field} {value!r} is not a quantity") from None
 
 
-def container_resources(container: dict, kind: str) -> Resources:
+def container_resources(container: dict, kind: str, gpu_resource: str = GPU_RESOURCE) -> Resources:
+    """A container's requests or limits; its GPUs counted in ``gpu_resource`` (a MIG offering's slices)."""
     values = (container.get("resources") or {}).get(kind) or {}
     name = container.get("name", "?")
     return Resources(
         cpu=_quantity(values.get("cpu", 0), f"container {name} {kind}.cpu"),
         memory=_quantity(values.get("memory", 0), f"container {name} {kind}.memory"),
-        gpus=int(_quantity(values.get(GPU_RESOURCE, 0), f"container {name} {kind}.{GPU_RESOURCE}")),
+        gpus=int(_quantity(values.get(gpu_resource, 0), f"container {name} {kind}.{gpu_resource}")),
     )
 
 
@@ -77,8 +76,10 @@ def pod_resources(pod: dict, gpu_class: GPUClass | None = None) -> Resources:
     request is given), the class's limits when no container declares any."""
     total = Resources()
     declared = False
+    gpu_resource = gpu_class.gpu_resource if gpu_class is not None else GPU_RESOURCE
     for c in _containers(pod):
-        requests, limits = container_resources(c, "requests"), container_resources(c, "limits")
+        requests, limits = container_resources(c, "requests", gpu_resource), container_resources(c, "limits",
+                                                                                                 gpu_resource)
         declared = declared or bool((c.get("resources") or {}).get("requests") or (c.get("resources") or {}).get(
             "limits"))
         total = total + Resources(
@@ -104,7 +105,7 @@ def check_class_limits(pod: dict, gpu_class: GPUClass) -> Refusal | None:
     for kind in ("requests", "limits"):
         total = Resources()
         for c in _containers(pod):
-            total = total + container_resources(c, kind)
+            total = total + container_resources(c, kind, gpu_class.gpu_resource)
         if total.cpu > Decimal(str(gpu_class.cpu_limit)):
             return Refusal("ExceedsRuntimeClassLimits",
                            f"summed cpu {kind} {_fmt_cpu(total.cpu)} exceed RuntimeClass {gpu_class.name}'s "
@@ -115,8 +116,8 @@ def check_class_limits(pod: dict, gpu_class: GPUClass) -> Refusal | None:
                            f"limit of {_fmt_mem(Decimal(gpu_class.memory_limit))}")
         if total.gpus > gpu_class.gpu_count:
             return Refusal("ExceedsRuntimeClassLimits",
-                           f"summed {GPU_RESOURCE} {kind} {total.gpus} exceed RuntimeClass {gpu_class.name}'s "
-                           f"{gpu_class.gpu_count} GPU(s)")
+                           f"summed {gpu_class.gpu_resource} {kind} {total.gpus} exceed RuntimeClass "
+                           f"{gpu_class.name}'s {gpu_class.gpu_count} GPU(s)")
     return None
 
 
@@ -170,15 +171,23 @@ def check_remote_capable(pod: dict) -> Refusal | None:
     return None
 
 
-def admit(pod: dict, gpu_class: GPUClass | None) -> Refusal | None:
-    """None when the pod may run; otherwise the first rule it breaks."""
+def admit(pod: dict, gpu_class: GPUClass | None, default_runtime_class: str = "") -> Refusal | None:
+    """None when the pod may run; otherwise the first rule it breaks. ``gpu_class`` is the offering the pod
+    runs as: the one it names, else the node's default (``default_runtime_class``)."""
     if gpu_class is None:
         rc = pod.get("spec", {}).get("runtimeClassName")
         if rc:
             return Refusal("UnknownRuntimeClass", f"RuntimeClass {rc} is not a GPU offering of this node "
                                                   "(it lacks the limits.k8s.gpu/* and gpu.k8s.gpu/* annotations)")
+        if default_runtime_class:
+            return Refusal("UnknownRuntimeClass", f"the pod names no runtimeClassName and the node's default "
+                                                  f"offering, RuntimeClass {default_runtime_class}, is not a GPU "
+                                                  "offering here (missing, or it lacks the limits.k8s.gpu/* and "
+                                                  "gpu.k8s.gpu/* annotations)")
         return Refusal("NoRuntimeClass", "pods on this node must name a GPU RuntimeClass in "
-                                         "spec.runtimeClassName (kubectl get runtimeclass lists them)")
+                                         "spec.runtimeClassName (kubectl get runtimeclass lists them), or the node "
+                                         "needs a default offering: k8sgpu-runtime --default-runtime-class "
+                                         "(K8SGPU_DEFAULT_RUNTIME_CLASS, Terraform variable default_runtime_class)")
     try:
         return check_baseline(pod) or check_remote_capable(pod) or check_class_limits(pod, gpu_class)
     except ValueError as exc:

@@ -67,6 +67,10 @@ class NodeConfig:
     because that Deployment is being deleted (`terraform destroy`), it first removes what the node made: its
     pods, ConfigMap/Secret copies and Services on the provider, then the Node. Any other stop (a restart, a
     drain, a rollout) leaves everything for the next runtime. Empty: never."""
+    default_runtime_class: str = ""
+    """GPU offering (a catalog RuntimeClass) for pods bound to the node that name no runtimeClassName (bound by
+    nodeName, or by nodeSelector and toleration): admitted, limited and placed as if they named it. Empty: such
+    pods are refused (NoRuntimeClass)."""
     health_bind_address: str = ""
     """Address the health port listens on; empty: 0.0.0.0 in a pod ($POD_IP set: kubelet probes come to the
     pod IP, `kubectl port-forward` to loopback), else 127.0.0.1 (a runtime on a workstation opens no port)."""
@@ -132,6 +136,9 @@ class RuntimeConfig:
                                                "(--kubelet-port): give another, e.g. 10248, or 0 for none")
         if self.node.deployment and not re.match(r"^[a-z0-9-]+/[a-z0-9.-]+$", self.node.deployment):
             raise ConfigError("--deployment", f"{self.node.deployment!r} is not NAMESPACE/NAME of a Deployment")
+        if self.node.default_runtime_class and not _DNS_SUBDOMAIN.match(self.node.default_runtime_class):
+            raise ConfigError("--default-runtime-class", f"{self.node.default_runtime_class!r} is not a RuntimeClass "
+                                                         "name: give a catalog entry, e.g. seeweb-nvidia-1xa6000")
         if self.node.health_bind_address:
             try:
                 ipaddress.ip_address(self.node.health_bind_address)
@@ -223,6 +230,7 @@ SETTINGS: dict[str, tuple[str, str, str]] = {
     "health_port": ("node", "health_port", "K8SGPU_HEALTH_PORT"),
     "health_bind_address": ("node", "health_bind_address", "K8SGPU_HEALTH_BIND_ADDRESS"),
     "deployment": ("node", "deployment", "K8SGPU_DEPLOYMENT"),
+    "default_runtime_class": ("node", "default_runtime_class", "K8SGPU_DEFAULT_RUNTIME_CLASS"),
     "csr_signer": ("node", "csr_signer", "K8SGPU_CSR_SIGNER"),
     "csr_self_approve": ("node", "csr_self_approve", "K8SGPU_CSR_SELF_APPROVE"),
     "tls_cert_file": ("node", "tls_cert_file", "K8SGPU_TLS_CERT_FILE"),

@@ -57,6 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the Deployment running this runtime: when it stops because that Deployment is being "
                             "deleted (terraform destroy), it first deletes its pods, copies and Services on the "
                             "provider and its Node; other stops leave them [env K8SGPU_DEPLOYMENT]")
+    start.add_argument("--default-runtime-class", metavar="RUNTIME_CLASS",
+                       help="GPU offering for pods bound to the node that name no runtimeClassName (by nodeName, "
+                            "or nodeSelector and toleration): admitted, limited and placed as if they named it; "
+                            "unset: such pods are refused [env K8SGPU_DEFAULT_RUNTIME_CLASS]")
     start.add_argument("--csr-signer", help="signer of the kubelet API's serving certificate: "
                                             "kubernetes.io/kubelet-serving (default), aws (EKS: "
                                             "beta.eks.amazonaws.com/app-serving) or any signer name "

@@ -12,7 +12,7 @@ import hashlib
 import json
 import re
 
-from .admission import GPU_RESOURCE, Resources
+from .admission import Resources
 from .catalog import PROVIDER_PRODUCT_LABEL, GPUClass
 
 NODE_LABEL = "k8sgpu.io/node"
@@ -194,12 +194,13 @@ def _apply_gpu_resources(containers: list[dict], gpu_class: GPUClass, wanted: Re
     if not declared:
         first = containers[0]
         first["resources"] = {"limits": {"cpu": f"{int(wanted.cpu * 1000)}m", "memory": str(int(wanted.memory)),
-                                         GPU_RESOURCE: str(wanted.gpus)}}
+                                         gpu_class.gpu_resource: str(wanted.gpus)}}
         return
-    has_gpu = any(GPU_RESOURCE in ((c.get("resources") or {}).get("limits") or {}) for c in containers)
+    resource = gpu_class.gpu_resource
+    has_gpu = any(resource in ((c.get("resources") or {}).get("limits") or {}) for c in containers)
     if not has_gpu and wanted.gpus:
         limits = containers[0].setdefault("resources", {}).setdefault("limits", {})
-        limits[GPU_RESOURCE] = str(wanted.gpus)
+        limits[resource] = str(wanted.gpus)
 
 
 def local_status(remote: dict, node_address: str) -> dict:

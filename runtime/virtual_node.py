@@ -92,7 +92,8 @@ class VirtualNode:
         self.pods = PodController(self.local, provider, cfg.node.name, on_node_change=self.node.pods_changed,
                                   on_capacity=self.node.set_capacity,
                                   on_reachability=self.node.set_provider_reachable,
-                                  on_service=self.services.ingress_changed, supervisor=self.supervisor)
+                                  on_service=self.services.ingress_changed, supervisor=self.supervisor,
+                                  default_runtime_class=cfg.node.default_runtime_class)
 
         # The provider is listed first, so the node registers with its real capacity.
         self.stage = "listing the local pods and RuntimeClasses and the provider's tenant namespace"

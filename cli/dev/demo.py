@@ -21,23 +21,26 @@ from pathlib import Path
 
 import yaml
 
+from k8sgpu.runtime.catalog import DEMO_DEFAULT_RUNTIME_CLASS, DEMO_MIG_RUNTIME_CLASS
+
 from .binaries import find_kubectl
 from .ground import Ground, GroundError, State, free_port
 
 NODE = "k8s.gpu"
 DEMO_POD = "nvidia-smi"
+DEMO_MIG_POD = "nvidia-smi-mig"
 RUNTIME_PROCESS = "k8sgpu-runtime"
 
 
-def demo_pod() -> dict:
+def demo_pod(name: str = DEMO_POD, runtime_class: str = "seeweb-nvidia-1xa6000") -> dict:
     """The product guide's pod, without the toleration: the RuntimeClass carries it."""
     return {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {"name": DEMO_POD, "namespace": "default"},
+        "metadata": {"name": name, "namespace": "default"},
         "spec": {
             "restartPolicy": "OnFailure",
-            "runtimeClassName": "seeweb-nvidia-1xa6000",
+            "runtimeClassName": runtime_class,
             "containers": [{
                 "name": "nvidia",
                 "image": "nvidia/cuda:12.6.0-base-ubuntu20.04",
@@ -53,7 +56,7 @@ def runtime_argv(state: State) -> list[str]:
     return [sys.executable, "-m", "k8sgpu.runtime.main", "start", "--kubeconfig", state.node_kubeconfig,
             "--provider-kubeconfig", state.tenant_kubeconfig, "--tenant-namespace", state.tenant_namespace,
             "--node-address", state.node_address, "--kubelet-port", str(free_port()),
-            "--health-port", str(free_port()), "-v"]
+            "--health-port", str(free_port()), "--default-runtime-class", DEMO_DEFAULT_RUNTIME_CLASS, "-v"]
 
 
 def _stepper(out):
@@ -161,6 +164,14 @@ def _run_the_guides_pod(state: State, out) -> None:
          "REQUESTOR:.spec.username,CONDITION:.status.conditions[*].type")
     step(local, "logs", DEMO_POD, "--tail=3")
     step(local, "exec", DEMO_POD, "--", "nvidia-smi", "-L")
+    print(f"\n6. A pod on one MIG slice ({DEMO_MIG_RUNTIME_CLASS}: its copy asks nvidia.com/mig-1g.10gb), and what "
+          "the node offers of each offering (k8s.gpu/<RuntimeClass>: what the provider can place now):", file=out)
+    step(local, "delete", "pod", DEMO_MIG_POD, "--ignore-not-found", "--wait=true")
+    step(local, "apply", "-f", "-", stdin=yaml.safe_dump(demo_pod(DEMO_MIG_POD, DEMO_MIG_RUNTIME_CLASS)))
+    step(local, "wait", "--for=condition=Ready", f"pod/{DEMO_MIG_POD}", "--timeout=180s")
+    step(provider, "-n", state.tenant_namespace, "get", "pods", "-l", f"k8sgpu.io/node={NODE}", "-o",
+         "custom-columns=NAME:.metadata.name,NODE:.spec.nodeName,GPU:.spec.containers[0].resources.limits")
+    step(local, "get", "node", NODE, "-o", "jsonpath={.status.allocatable}")
     print(
         f"""
 The ground and the runtime stay up. Try next:

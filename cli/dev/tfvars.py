@@ -25,10 +25,14 @@ def inline_kubeconfig(path: str) -> str:
 
 
 def generic_tfvars(state: State) -> dict:
+    from k8sgpu.runtime.catalog import DEMO_DEFAULT_RUNTIME_CLASS
+
     return {
         "kubeconfig_path": state.local.kubeconfig,
         "tenant_namespace": state.tenant_namespace,
         "tenant_kubeconfig": inline_kubeconfig(state.tenant_kubeconfig),
+        # A pod pinned to the node with nodeName and no runtimeClassName runs on the smallest offering.
+        "default_runtime_class": DEMO_DEFAULT_RUNTIME_CLASS,
         # With its worker node the ground runs the Deployment's pod, from the image imported there; without
         # one, no node can (k8s.gpu is tainted), so Terraform must not wait for the rollout.
         "wait_for_rollout": bool(state.worker),

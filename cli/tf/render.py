@@ -42,6 +42,7 @@ DEFAULT_VALUES: dict[str, Any] = {
     "namespace": "k8sgpu",
     "image": "k8sgpu-runtime",
     "image_tag": "0.1.0",
+    "default_runtime_class": "",
 }
 
 _QUANTITY_CPU = re.compile(r"^([0-9]+m|[0-9]+(\.[0-9]+)?)$")
@@ -60,10 +61,11 @@ def template_root() -> Path:
 
 
 def demo_catalog_values() -> dict[str, dict]:
-    """The guide's three offerings (k8sgpu.runtime.catalog.demo_catalog) as catalog values."""
+    """The demo catalog (k8sgpu.runtime.catalog.demo_catalog: the guide's three offerings, a MIG one) as values."""
     from k8sgpu.runtime.catalog import (
         GPU_COUNT,
         GPU_HANDLER,
+        GPU_MIG_PROFILE,
         GPU_PRODUCT,
         LIMIT_CPU,
         LIMIT_MEMORY,
@@ -76,13 +78,17 @@ def demo_catalog_values() -> dict[str, dict]:
         out[rc["metadata"]["name"]] = {"gpu_product": ann[GPU_PRODUCT], "gpu_count": int(ann[GPU_COUNT]),
                                        "cpu": ann[LIMIT_CPU], "memory": ann[LIMIT_MEMORY],
                                        "handler": ann[GPU_HANDLER]}
+        if ann.get(GPU_MIG_PROFILE):
+            out[rc["metadata"]["name"]]["mig_profile"] = ann[GPU_MIG_PROFILE]
     return out
 
 
 # ---------------------------------------------------------------------------------------------- values
 
-_TOP = {"node_name", "namespace", "tenant_namespace", "image", "image_tag", "catalog", "backend", "eks", "aks"}
-_CATALOG_FIELDS = {"gpu_product", "gpu_count", "cpu", "memory", "handler", "default_limits"}
+_TOP = {"node_name", "namespace", "tenant_namespace", "image", "image_tag", "catalog", "default_runtime_class",
+        "backend", "eks", "aks"}
+_CATALOG_FIELDS = {"gpu_product", "gpu_count", "cpu", "memory", "handler", "default_limits", "mig_profile"}
+_MIG_PROFILE = re.compile(r"^[1-8]g\.[0-9]+gb(\+me)?$")
 _EKS = {"cluster_name", "region", "role_name", "trust"}
 _TRUST = {"account_ids", "role_arns"}
 _AKS = {"cluster_name"}
@@ -134,9 +140,10 @@ def check_values(values: Any) -> None:
                               "{gpu_product: NVIDIA-RTX-A6000, gpu_count: 1, cpu: 8000m, memory: 32861620Ki}}")
         for name, entry in catalog.items():
             where = f"catalog.{name}"
-            if not isinstance(name, str) or not _RC_NAME.match(name):
-                raise RenderError(f"{where}: not a RuntimeClass name; use lower-case letters, digits, '-' and '.', "
-                                  "e.g. seeweb-nvidia-1xa6000")
+            if not isinstance(name, str) or not _RC_NAME.match(name) or len(name) > 63:
+                raise RenderError(f"{where}: not a RuntimeClass name of at most 63 characters (it is also the "
+                                  "node's extended resource k8s.gpu/<name>); use lower-case letters, digits, '-' "
+                                  "and '.', e.g. seeweb-nvidia-1xa6000")
             entry = _mapping(where, entry)
             _unknown(f"{where}.", entry, _CATALOG_FIELDS)
             missing = sorted({"gpu_product", "gpu_count", "cpu", "memory"} - set(entry))
@@ -158,6 +165,16 @@ def check_values(values: Any) -> None:
                 _string(f"{where}.handler", entry["handler"], "nvidia")
             if "default_limits" in entry and not isinstance(entry["default_limits"], bool):
                 raise RenderError(f"{where}.default_limits: must be true or false")
+            if "mig_profile" in entry and (not isinstance(entry["mig_profile"], str)
+                                           or not _MIG_PROFILE.match(entry["mig_profile"])):
+                raise RenderError(f"{where}.mig_profile: {entry['mig_profile']!r} is not a MIG profile as the NVIDIA "
+                                  "GPU operator names them; write e.g. mig_profile: 1g.10gb")
+    if "default_runtime_class" in values:
+        default = values["default_runtime_class"]
+        offered = values.get("catalog") or demo_catalog_values()
+        if not isinstance(default, str) or (default and default not in offered):
+            raise RenderError(f"default_runtime_class: {default!r} is not an entry of the catalog; give one of "
+                              f"{', '.join(sorted(offered))}, or \"\" for none")
     if "backend" in values:
         backend = _mapping("backend", values["backend"])
         _unknown("backend.", backend, {"type", "config"})

@@ -140,16 +140,22 @@ def own_mirrors(pod: dict | None, mirrors: list[RemotePod]) -> tuple[list[Remote
     return mine, [m for m in mirrors if m.uid != uid]
 
 
-def admitted(pod: dict, mirrors: list[RemotePod], catalog: Mapping[str, GPUClass | CatalogError]) -> bool:
+def class_name(pod: dict, default_runtime_class: str = "") -> str:
+    """The offering the pod runs as: the RuntimeClass it names, else the node's default."""
+    return pod["spec"].get("runtimeClassName") or default_runtime_class
+
+
+def admitted(pod: dict, mirrors: list[RemotePod], catalog: Mapping[str, GPUClass | CatalogError],
+             default_runtime_class: str = "") -> bool:
     """Whether the pod runs or may run here: a mirror of it exists, or admission accepts it under its class."""
     if own_mirrors(pod, mirrors)[0]:
         return True
-    offer = catalog.get(pod["spec"].get("runtimeClassName") or "")
-    return isinstance(offer, GPUClass) and admit(pod, offer) is None
+    offer = catalog.get(class_name(pod, default_runtime_class))
+    return isinstance(offer, GPUClass) and admit(pod, offer, default_runtime_class) is None
 
 
-def claimed_objects(pod: dict | None, mirrors: list[RemotePod],
-                    catalog: Mapping[str, GPUClass | CatalogError]) -> frozenset[Ref] | None:
+def claimed_objects(pod: dict | None, mirrors: list[RemotePod], catalog: Mapping[str, GPUClass | CatalogError],
+                    default_runtime_class: str = "") -> frozenset[Ref] | None:
     """The ConfigMaps and Secrets the key holds on the provider: those of an unfinished pod that runs or may run
     here (whose mirror is still there, when it is being deleted); none for a finished, refused or removed pod;
     None (what it holds now, unchanged) for a pod gone locally whose mirror is still terminating — its spec is
@@ -161,15 +167,17 @@ def claimed_objects(pod: dict | None, mirrors: list[RemotePod],
         return frozenset()
     if pod["metadata"].get("deletionTimestamp") and not mine:
         return frozenset()
-    if not admitted(pod, mirrors, catalog):
+    if not admitted(pod, mirrors, catalog, default_runtime_class):
         return frozenset()
     namespace = pod["metadata"]["namespace"]
     return frozenset((kind, namespace, name) for kind, name, _ in referenced_objects(pod))
 
 
 def decide(pod: dict | None, mirrors: list[RemotePod], *, provider_reachable: bool,
-           catalog: Mapping[str, GPUClass | CatalogError], copies: Mapping[Ref, Copy], now: str) -> Action:
-    """The one next step for a local pod (None: gone) and the provider's mirrors of its namespace/name."""
+           catalog: Mapping[str, GPUClass | CatalogError], copies: Mapping[Ref, Copy], now: str,
+           default_runtime_class: str = "") -> Action:
+    """The one next step for a local pod (None: gone) and the provider's mirrors of its namespace/name; a pod
+    that names no RuntimeClass runs as ``default_runtime_class`` (none: it is refused, saying how to set one)."""
     mine, others = own_mirrors(pod, mirrors)
     # A mirror of an earlier pod of the same name, or a second mirror of this one: it must go first.
     extra = [m for m in others if not m.deleting] + [m for m in mine[1:] if not m.deleting]
@@ -204,16 +212,16 @@ def decide(pod: dict | None, mirrors: list[RemotePod], *, provider_reachable: bo
         return FailLost(_lost_status(pod, now))
     if not provider_reachable:
         return Wait(PROVIDER_UNREACHABLE, "the create waits for the provider", backoff=True)
-    return _admit(pod, catalog, copies)
+    return _admit(pod, catalog, copies, default_runtime_class)
 
 
-def _admit(pod: dict, catalog: Mapping[str, GPUClass | CatalogError], copies: Mapping[Ref, Copy]) -> Action:
+def _admit(pod: dict, catalog: Mapping[str, GPUClass | CatalogError], copies: Mapping[Ref, Copy],
+           default_runtime_class: str) -> Action:
     """A pending pod with no mirror: refused (shown on it), waiting for its copies, or created."""
-    rc_name = pod["spec"].get("runtimeClassName") or ""
-    offer = catalog.get(rc_name)
+    offer = catalog.get(class_name(pod, default_runtime_class))
     if isinstance(offer, CatalogError):
         return Wait("InvalidRuntimeClass", str(offer), show=True)
-    refusal = admit(pod, offer)
+    refusal = admit(pod, offer, default_runtime_class)
     if refusal is not None:
         return Wait(refusal.reason, refusal.message, show=True)
     assert offer is not None

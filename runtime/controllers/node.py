@@ -6,14 +6,12 @@ import asyncio
 import datetime
 import logging
 from collections.abc import Callable
-from decimal import Decimal
 
 from .. import __version__, errors
-from ..admission import GPU_RESOURCE, Resources
+from ..accounting import PRODUCTS_PREFIX, NodeUsage, node_resources, products
 from ..config import TAINT_KEY, TAINT_VALUE, NodeConfig
 from ..kube import Kube
 from ..provider import Capacity
-from ..quantity import parse_quantity
 
 log = logging.getLogger(__name__)
 
@@ -44,24 +42,12 @@ def node_labels(name: str) -> dict[str, str]:
     }
 
 
-def allocatable(capacity: Capacity, used: Resources, pods: int) -> dict[str, str]:
-    """What is left of the provider's offer once the node's running pods are counted."""
-    cpu = max(parse_quantity(capacity.cpu) - used.cpu, Decimal(0))
-    memory = max(parse_quantity(capacity.memory) - used.memory, Decimal(0))
-    gpus = max(int(capacity.gpus) - used.gpus, 0)
-    return {
-        "cpu": f"{int(cpu * 1000)}m",
-        "memory": str(int(memory)),
-        GPU_RESOURCE: str(gpus),
-        "pods": str(max(int(capacity.pods) - pods, 0)),
-    }
-
-
 class NodeController:
-    """Keeps the Node object and its Lease true. ``used()`` returns the resources and count of
-    the node's running pods (from the pod controller)."""
+    """Keeps the Node object and its Lease true. ``used()`` returns the node's unfinished pods and the catalog
+    (from the pod controller); capacity and allocatable follow from them and the provider's room
+    (`k8sgpu.runtime.accounting`)."""
 
-    def __init__(self, kube: Kube, config: NodeConfig, address: str, used: Callable[[], tuple[Resources, int]],
+    def __init__(self, kube: Kube, config: NodeConfig, address: str, used: Callable[[], NodeUsage],
                  clock: Callable[[], datetime.datetime] = _now):
         self.kube, self.config, self.address = kube, config, address
         self.used = used
@@ -74,6 +60,7 @@ class NodeController:
         self.failed_part: tuple[str, str] | None = None  # (name, why) of a part the runtime gave up on
         self._changed = asyncio.Event()
         self._last_status: dict | None = None
+        self._products: dict[str, str] | None = None
         self._transitions: dict[str, str] = {}
         self._uid = ""
         self.ready = asyncio.Event()
@@ -147,7 +134,7 @@ class NodeController:
 
     def desired_status(self) -> dict:
         now = _ts(self.clock())
-        used, count = self.used()
+        capacity, allocatable = node_resources(self.capacity, self.used())
         reachable = self.provider_reachable
         failed = self.failed_part
         parts = (self._condition(PARTS_CONDITION, False, "PartFailed",
@@ -172,8 +159,8 @@ class NodeController:
             self._condition("PIDPressure", False, "KubeletHasSufficientPID", "remote node", now),
         ]
         return {
-            "capacity": self.capacity.as_resources(),
-            "allocatable": allocatable(self.capacity, used, count),
+            "capacity": capacity,
+            "allocatable": allocatable,
             "conditions": conditions,
             "addresses": [{"type": "InternalIP", "address": self.address},
                           {"type": "Hostname", "address": self.config.name}],
@@ -196,9 +183,22 @@ class NodeController:
         comparable = self._without_heartbeats(status)
         if not force and comparable == self._last_status:
             return False
-        await self.kube.patch("Node", None, self.config.name, {"status": status}, subresource="status",
+        patch = dict(status)
+        for field in ("capacity", "allocatable"):
+            # An offering whose RuntimeClass went: null removes its resource from the map.
+            gone = set((self._last_status or {}).get(field) or ()) - set(status[field])
+            patch[field] = {**status[field], **dict.fromkeys(gone)}
+        await self.kube.patch("Node", None, self.config.name, {"status": patch}, subresource="status",
                               patch_type="strategic")
         self._last_status = comparable
+        found = products(self.capacity)
+        if found != self._products:
+            # One annotation per GPU product the provider has; a product gone takes its annotation with it.
+            node = await self.kube.get("Node", None, self.config.name)
+            gone = [k for k in (node["metadata"].get("annotations") or {}) if k.startswith(PRODUCTS_PREFIX)]
+            await self.kube.patch("Node", None, self.config.name,
+                                  {"metadata": {"annotations": {**dict.fromkeys(gone), **found}}})
+            self._products = found
         return True
 
     async def status_loop(self) -> None:

@@ -9,15 +9,18 @@ a sync only tells it which objects the pod uses.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import hashlib
 import logging
 from collections.abc import Callable
 
 from .. import errors
+from ..accounting import NodeUsage, PodUse
 from ..admission import Resources, pod_resources
 from ..catalog import CatalogError, GPUClass
 from ..kube import Kube
+from ..placement import pod_requests
 from ..provider import Capacity, PodProvider, RemoteEvent, RemotePod
 from ..reflector import DONE, RETRY, Reflector, Result, WorkQueue, key_of, requeue_after
 from ..supervisor import Supervisor
@@ -34,6 +37,7 @@ from .decide import (
     Wait,
     admitted,
     claimed_objects,
+    class_name,
     decide,
 )
 from .objects import ObjectController
@@ -63,11 +67,12 @@ class PodController:
                  on_capacity: Callable[[Capacity], None] = lambda c: None,
                  on_reachability: Callable[[bool, str], None] = lambda ok, why: None,
                  on_service: Callable[[str, str, list[dict]], None] = lambda ns, name, ingress: None,
-                 supervisor: Supervisor | None = None):
+                 supervisor: Supervisor | None = None, default_runtime_class: str = ""):
         """The callbacks tell the node (capacity, reachability, pods changed) and the service controller
         (a published address) what the provider reports. Its informers, workers and the object controller's
         parts run under ``supervisor`` (the node's; absent, one of its own)."""
         self.kube, self.provider, self.node_name = kube, provider, node_name
+        self.default_runtime_class = default_runtime_class  # the offering of pods that name none
         self.on_node_change = on_node_change
         self._on_capacity, self._on_reachability, self._on_service = on_capacity, on_reachability, on_service
         self.pods = Reflector(kube, "Pod", None, field_selector=f"spec.nodeName={node_name}",
@@ -86,7 +91,7 @@ class PodController:
         self._provider_events: dict[str, RemoteEvent] = {}
         self.event_copies = WorkQueue(self._copy_event, workers=8, name="provider-events")
         self._parts = ("local-RuntimeClass", "local-Pod", "pod-workers", "provider-event-copies")
-        self._resources: dict[str, Resources | None] = {}  # pod UID → what it takes (specs are immutable)
+        self._resources: dict[str, PodUse] = {}  # pod UID → what it takes and is charged (specs are immutable)
 
     # -- life --------------------------------------------------------------------------
 
@@ -103,7 +108,7 @@ class PodController:
         # remembered).
         claims = {}
         for key, pod in self.pods.store.items():
-            refs = claimed_objects(pod, self._mirrors_of(key), self.catalog)
+            refs = claimed_objects(pod, self._mirrors_of(key), self.catalog, self.default_runtime_class)
             if refs:
                 claims[key] = (pod["metadata"]["uid"], refs)
         await self.objects.start(claims, self.provider.object_users())
@@ -146,7 +151,7 @@ class PodController:
                 self.catalog[name] = exc
         # Pods waiting on a class are retried when the catalog changes, and what they take is counted again.
         for key, pod in self.pods.store.items():
-            if pod["spec"].get("runtimeClassName") == name:
+            if self._class_name(pod) == name:
                 self._resources.pop(pod["metadata"]["uid"], None)
                 self.queue.add(key)
         self.on_node_change()
@@ -195,9 +200,10 @@ class PodController:
 
     # -- what the node reports ------------------------------------------------------------------
 
-    def used(self) -> tuple[Resources, int]:
-        """What the node's admitted, unfinished pods take, and how many they are."""
-        total, count = Resources(), 0
+    def used(self) -> NodeUsage:
+        """The node's unfinished pods (what each takes on the provider, what the local scheduler charges it) and
+        the catalog."""
+        uses = []
         live = set()
         for key, pod in self.pods.store.items():
             if (pod.get("status") or {}).get("phase") in TERMINAL:
@@ -205,20 +211,33 @@ class PodController:
             uid = pod["metadata"]["uid"]
             live.add(uid)
             if uid not in self._resources:
-                self._resources[uid] = self._takes(key, pod)
-            taken = self._resources[uid]
-            if taken is not None:
-                total = total + taken
-                count += 1
+                self._resources[uid] = self._use(key, pod)
+            status = pod.get("status") or {}
+            done = bool(pod["metadata"].get("deletionTimestamp") or status.get("startTime")
+                        or status.get("phase") == "Running")
+            uses.append(dataclasses.replace(self._resources[uid], started_or_deleting=done))
         if len(self._resources) > len(live):
             self._resources = {uid: r for uid, r in self._resources.items() if uid in live}
-        return total, count
+        return NodeUsage(tuple(uses), tuple(o for o in self.catalog.values() if isinstance(o, GPUClass)))
+
+    def _use(self, key: str, pod: dict) -> PodUse:
+        try:
+            charged = pod_requests(pod["spec"])
+        except ValueError:
+            charged = {}
+        offer = self.catalog.get(self._class_name(pod))
+        takes = self._takes(key, pod)
+        return PodUse(pod["metadata"]["uid"], charged, offer if takes is not None else None, takes)
+
+    def _class_name(self, pod: dict) -> str:
+        return class_name(pod, self.default_runtime_class)
 
     def _takes(self, key: str, pod: dict) -> Resources | None:
         """What the pod takes from the node; None for a pod admission refuses (it never runs) or whose
         resources cannot be computed."""
-        offer = self.catalog.get(pod["spec"].get("runtimeClassName") or "")
-        if not isinstance(offer, GPUClass) or not admitted(pod, self._mirrors_of(key), self.catalog):
+        offer = self.catalog.get(self._class_name(pod))
+        if not isinstance(offer, GPUClass) or not admitted(pod, self._mirrors_of(key), self.catalog,
+                                                           self.default_runtime_class):
             return None
         try:
             return pod_resources(pod, offer)
@@ -232,11 +251,12 @@ class PodController:
         queue carries out: its backoff grows with each retry and is forgotten only once a sync is done."""
         pod = self.pods.store.get(key)
         mirrors = self._mirrors_of(key)
-        claimed = claimed_objects(pod, mirrors, self.catalog)
+        claimed = claimed_objects(pod, mirrors, self.catalog, self.default_runtime_class)
         if claimed is not None:
             self.objects.claim(key, pod["metadata"]["uid"] if pod is not None else "", claimed)
         action = decide(pod, mirrors, provider_reachable=self.provider_reachable, catalog=self.catalog,
-                        copies=self.objects.copies(claimed or ()), now=_now())
+                        copies=self.objects.copies(claimed or ()), now=_now(),
+                        default_runtime_class=self.default_runtime_class)
         return await self.execute(key, pod, action)
 
     async def execute(self, key: str, pod: dict | None, action: Action) -> Result:

@@ -51,8 +51,24 @@ def _pod_ref(pod: dict) -> dict:
     return {"name": meta["name"], "namespace": meta["namespace"], "uid": meta.get("uid", "")}
 
 
+def _container_starts(pod: dict, default: str) -> dict[str, str]:
+    """The pod's containers by name → when each started (its status's, else the pod's start): every container of
+    a running pod, as a kubelet lists them; of another, those its status says have started."""
+    status = pod.get("status") or {}
+    running = status.get("phase") == "Running"
+    starts = {c["name"]: default for c in (pod.get("spec") or {}).get("containers") or [] if running and "name" in c}
+    for cs in status.get("containerStatuses") or []:
+        state = cs.get("state") or {}
+        started = (state.get("running") or state.get("terminated") or {}).get("startedAt")
+        if started and cs.get("name"):
+            starts[cs["name"]] = started
+    return starts
+
+
 def summary(node_name: str, started: datetime.datetime, pods: list[dict],
             usage: dict[tuple[str, str], PodUsage], counter: CpuCounter) -> dict:
+    """Every container of each pod from the first second, as a kubelet lists them; CPU and memory added where
+    the provider has measured them (its first measurement comes some 20 s after a pod starts)."""
     now = datetime.datetime.now(datetime.UTC)
     out_pods = []
     node_cpu, node_mem, node_total = 0, 0, 0.0
@@ -61,7 +77,8 @@ def summary(node_name: str, started: datetime.datetime, pods: list[dict],
         meta = pod["metadata"]
         measured = usage.get((meta["namespace"], meta["name"]))
         start = (pod.get("status") or {}).get("startTime") or _ts(now)
-        entry: dict = {"podRef": _pod_ref(pod), "startTime": start, "containers": []}
+        containers = {name: {"name": name, "startTime": when} for name, when in _container_starts(pod, start).items()}
+        entry: dict = {"podRef": _pod_ref(pod), "startTime": start}
         if measured is not None:
             when = _parse_ts(measured.timestamp)
             pod_cpu, pod_mem, pod_total = 0, 0, 0.0
@@ -69,8 +86,7 @@ def summary(node_name: str, started: datetime.datetime, pods: list[dict],
                 key = (meta["namespace"], meta["name"], c.name)
                 live.add(key)
                 total = counter.observe(key, when, c.cpu_nanocores)
-                entry["containers"].append({
-                    "name": c.name, "startTime": start,
+                containers.setdefault(c.name, {"name": c.name, "startTime": start}).update({
                     "cpu": {"time": _ts(when), "usageNanoCores": c.cpu_nanocores,
                             "usageCoreNanoSeconds": int(total)},
                     "memory": {"time": _ts(when), "workingSetBytes": c.memory_bytes, "usageBytes": c.memory_bytes},
@@ -79,6 +95,7 @@ def summary(node_name: str, started: datetime.datetime, pods: list[dict],
             entry["cpu"] = {"time": _ts(when), "usageNanoCores": pod_cpu, "usageCoreNanoSeconds": int(pod_total)}
             entry["memory"] = {"time": _ts(when), "workingSetBytes": pod_mem, "usageBytes": pod_mem}
             node_cpu, node_mem, node_total = node_cpu + pod_cpu, node_mem + pod_mem, node_total + pod_total
+        entry["containers"] = list(containers.values())
         out_pods.append(entry)
     counter.forget_except(live)
     return {
@@ -115,6 +132,8 @@ def resource_metrics(node_name: str, started: datetime.datetime, pods: list[dict
         pod_labels = f'{{namespace="{ref["namespace"]}",pod="{ref["name"]}"}}'
         for c in pod["containers"]:
             labels = f'{{container="{c["name"]}",namespace="{ref["namespace"]}",pod="{ref["name"]}"}}'
+            if "cpu" not in c:
+                continue  # metrics-server takes a container's figures together; its start alone would be noise
             containers_cpu.append((labels, c["cpu"]["usageCoreNanoSeconds"] / 1e9, c["cpu"]["time"]))
             containers_mem.append((labels, float(c["memory"]["workingSetBytes"]), c["memory"]["time"]))
             starts.append((labels, _parse_ts(c["startTime"]).timestamp(), c["cpu"]["time"]))

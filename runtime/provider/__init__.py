@@ -13,6 +13,7 @@ from typing import Protocol
 
 from ..admission import Resources
 from ..catalog import GPUClass
+from ..placement import ProviderRoom
 
 
 @dataclasses.dataclass(frozen=True)
@@ -21,9 +22,8 @@ class Capacity:
     memory: str
     gpus: str
     pods: str
-
-    def as_resources(self) -> dict[str, str]:
-        return {"cpu": self.cpu, "memory": self.memory, "nvidia.com/gpu": self.gpus, "pods": self.pods}
+    room: ProviderRoom = ProviderRoom()
+    """Node by node, what the provider has and the tenant's pods take: what each offering's room is counted from."""
 
 
 class ContainerSession(Protocol):

@@ -13,9 +13,10 @@ from collections.abc import AsyncIterator
 from decimal import Decimal
 
 from .. import errors
-from ..admission import GPU_RESOURCE, Resources
-from ..catalog import GPUClass
+from ..admission import Resources
+from ..catalog import GPU_RESOURCE, PROVIDER_PRODUCT_LABEL, GPUClass
 from ..kube import Kube, resource_path
+from ..placement import ProviderRoom, as_waiting, node_room, pod_requests, quota_room, with_requested
 from ..quantity import parse_quantity
 from ..reflector import Reflector
 from ..supervisor import Supervisor
@@ -63,6 +64,12 @@ class RemoteClusterProvider:
                                      on_event=self._on_event)
         self._nodes = Reflector(kube, "Node", None, on_event=self._on_capacity_source)
         self._quotas = Reflector(kube, "ResourceQuota", tenant_namespace, on_event=self._on_capacity_source)
+        # Every unfinished pod of the tenant namespace (other nodes' mirrors too): what takes room on the nodes.
+        self._tenant_pods = Reflector(kube, "Pod", tenant_namespace,
+                                      field_selector="status.phase!=Succeeded,status.phase!=Failed",
+                                      on_event=self._on_tenant_pod)
+        self._requests: dict[str, dict[str, Decimal]] = {}  # tenant pod UID → what the scheduler charges it
+        self._recompute: asyncio.TimerHandle | None = None
         self._by_remote_name: dict[str, dict] = {}
 
     # -- life --------------------------------------------------------------
@@ -76,11 +83,13 @@ class RemoteClusterProvider:
         reflectors = [self._configmaps, self._secrets, self._services, self._pod_events, self._nodes, self._quotas]
         for reflector in reflectors:
             self._run(reflector)
+        self._run(self._tenant_pods, "provider-Pod-room")
+        reflectors.append(self._tenant_pods)
         await asyncio.gather(*(r.synced.wait() for r in reflectors))
         self._recompute_capacity()
 
-    def _run(self, reflector: Reflector) -> None:
-        name = f"provider-{reflector.kind}"
+    def _run(self, reflector: Reflector, name: str = "") -> None:
+        name = name or f"provider-{reflector.kind}"
         self.supervisor.start(name, reflector.run)
         self._parts.append(name)
 
@@ -91,6 +100,9 @@ class RemoteClusterProvider:
     async def stop(self) -> None:
         await self.supervisor.stop(*self._parts)
         self._parts = []
+        if self._recompute is not None:
+            self._recompute.cancel()
+            self._recompute = None
 
     # -- pods ----------------------------------------------------------------
 
@@ -330,33 +342,71 @@ class RemoteClusterProvider:
         return self._capacity
 
     def _on_capacity_source(self, kind: str, obj: dict) -> None:
-        if self._nodes.synced.is_set() and self._quotas.synced.is_set():
-            self._recompute_capacity()
+        self._recompute_soon()
+
+    def _on_tenant_pod(self, kind: str, obj: dict) -> None:
+        if kind == "DELETED":
+            self._requests.pop(obj["metadata"]["uid"], None)
+        self._recompute_soon()
+
+    def _recompute_soon(self) -> None:
+        """Counted once for a burst of changes (a thousand pods created at once), a tenth of a second later."""
+        if self._recompute is None and all(r.synced.is_set() for r in (self._nodes, self._quotas, self._tenant_pods)):
+            self._recompute = asyncio.get_running_loop().call_later(0.1, self._recompute_capacity)
+
+    def _room(self) -> ProviderRoom:
+        rooms = {}
+        for node in self._nodes.store.values():
+            found = node_room(node)
+            if found is not None:
+                rooms[found.name] = found
+        requested: dict[str, dict[str, Decimal]] = {name: {} for name in rooms}
+        waiting, known = [], set()
+        for pod in self._tenant_pods.store.values():
+            meta, spec = pod["metadata"], pod.get("spec") or {}
+            if meta["uid"] not in self._requests:
+                self._requests[meta["uid"]] = pod_requests(spec)  # a pod's resources never change
+            wanted = self._requests[meta["uid"]]
+            origin = (meta.get("labels") or {}).get(ORIGIN_UID_LABEL)
+            if origin:
+                known.add(origin)
+            node = spec.get("nodeName")
+            if not node:
+                waiting.append(as_waiting((spec.get("nodeSelector") or {}).get(PROVIDER_PRODUCT_LABEL, ""), wanted))
+            elif node in requested:
+                on_node = requested[node]
+                for resource, amount in wanted.items():
+                    on_node[resource] = on_node.get(resource, Decimal(0)) + amount
+        hard, left = quota_room(self._quotas.store.values())
+        return ProviderRoom(
+            nodes=tuple(with_requested(rooms[name], requested[name]) for name in sorted(rooms)),
+            waiting=tuple(waiting),
+            quota_hard=tuple(sorted(hard.items())) if hard is not None else None,
+            quota_left=tuple(sorted(left.items())) if left is not None else None,
+            known=frozenset(known),
+        )
 
     def _recompute_capacity(self) -> None:
+        self._recompute = None
+        room = self._room()
         totals = {"cpu": Decimal(0), "memory": Decimal(0), GPU_RESOURCE: Decimal(0), "pods": Decimal(0)}
-        for node in self._nodes.store.values():
-            allocatable = (node.get("status") or {}).get("allocatable") or {}
-            if parse_quantity(allocatable.get(GPU_RESOURCE, 0)) <= 0:
-                continue  # only GPU nodes serve this tenant
-            if (node.get("spec") or {}).get("unschedulable"):
-                continue
+        for node in room.nodes:
+            allocatable = dict(node.allocatable)
             for resource in totals:
-                totals[resource] += parse_quantity(allocatable.get(resource, 0))
+                totals[resource] += allocatable.get(resource, Decimal(0))
         # A tenant's ResourceQuota, where there is one, caps what it is offered.
-        for quota in self._quotas.store.values():
-            hard = (quota.get("status") or {}).get("hard") or (quota.get("spec") or {}).get("hard") or {}
-            for resource, keys in (("cpu", ("requests.cpu", "cpu", "limits.cpu")),
-                                   ("memory", ("requests.memory", "memory", "limits.memory")),
-                                   (GPU_RESOURCE, (f"requests.{GPU_RESOURCE}",)),
-                                   ("pods", ("pods",))):
-                for key in keys:
-                    if key in hard:
-                        totals[resource] = min(totals[resource], parse_quantity(hard[key]))
-                        break
+        hard = dict(room.quota_hard or ())
+        for resource, keys in (("cpu", ("requests.cpu", "cpu", "limits.cpu")),
+                               ("memory", ("requests.memory", "memory", "limits.memory")),
+                               (GPU_RESOURCE, (f"requests.{GPU_RESOURCE}",)),
+                               ("pods", ("pods",))):
+            for key in keys:
+                if key in hard:
+                    totals[resource] = min(totals[resource], hard[key])
+                    break
         capacity = Capacity(
             cpu=_fmt(totals["cpu"]), memory=str(int(totals["memory"])), gpus=str(int(totals[GPU_RESOURCE])),
-            pods=str(int(totals["pods"])),
+            pods=str(int(totals["pods"])), room=room,
         )
         if capacity != self._capacity:
             self._capacity = capacity

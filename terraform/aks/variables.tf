@@ -47,7 +47,7 @@ variable "tenant_kubeconfig" {
 }
 
 variable "catalog" {
-  description = "GPU offerings: RuntimeClass name => { gpu_product, gpu_count, cpu, memory, handler, default_limits }."
+  description = "GPU offerings: RuntimeClass name => { gpu_product, gpu_count, cpu, memory, handler, default_limits, mig_profile }."
   type = map(object({
     gpu_product    = string
     gpu_count      = number
@@ -55,6 +55,7 @@ variable "catalog" {
     memory         = string
     handler        = optional(string, "nvidia")
     default_limits = optional(bool, true)
+    mig_profile    = optional(string, "")
   }))
   default = {
     seeweb-nvidia-1xa6000 = {
@@ -78,7 +79,21 @@ variable "catalog" {
       memory      = "131446480Ki"
       handler     = "nvidia"
     }
+    "k8sgpu-nvidia-a100-mig-1g.10gb" = {
+      gpu_product = "NVIDIA-A100-SXM4-80GB"
+      gpu_count   = 1
+      cpu         = "6"
+      memory      = "24Gi"
+      handler     = "nvidia"
+      mig_profile = "1g.10gb"
+    }
   }
+}
+
+variable "default_runtime_class" {
+  description = "Catalog entry for pods bound to the node with no runtimeClassName; empty: such pods are refused."
+  type        = string
+  default     = ""
 }
 
 variable "image" {

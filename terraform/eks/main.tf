@@ -54,6 +54,7 @@ module "node" {
   tenant_namespace                 = var.tenant_namespace
   tenant_kubeconfig                = var.tenant_kubeconfig
   catalog                          = var.catalog
+  default_runtime_class            = var.default_runtime_class
   image                            = var.image
   image_tag                        = var.image_tag
   wait_for_rollout                 = var.wait_for_rollout

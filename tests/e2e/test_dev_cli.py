@@ -109,6 +109,7 @@ def test_demo_applies_terraform_and_runs_the_guides_pod_on_the_virtual_node(bina
         assert "k8s.gpu is Ready at 10.244." in demo.stdout and "the runtime pod's IP" in demo.stdout
         assert "node/k8s.gpu condition met" in demo.stdout
         assert "pod/nvidia-smi condition met" in demo.stdout
+        assert "pod/nvidia-smi-mig condition met" in demo.stdout and "nvidia.com/mig-1g.10gb" in demo.stdout
         # kubectl get pod -o wide shows it Running on the virtual node
         assert any("nvidia-smi" in line and "Running" in line and "k8s.gpu" in line
                    for line in demo.stdout.splitlines())

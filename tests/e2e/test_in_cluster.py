@@ -39,7 +39,7 @@ def deployed(ground, tf_env, tmp_path_factory):
                     ignore=shutil.ignore_patterns(".terraform*", "*.tfstate*"))
     tfvars = work / "dev.tfvars.json"
     tfvars.write_text(json.dumps({**generic_tfvars(ground), "namespace": NAMESPACE, "node_name": NODE,
-                                  "catalog": CATALOG}))
+                                  "catalog": CATALOG, "default_runtime_class": "ic-nvidia-1xa6000"}))
     assert json.loads(tfvars.read_text())["wait_for_rollout"] is True
     state = {"work": work, "tfvars": tfvars, "destroyed": False}
     applied = k8sgpu(tf_env, "apply", "--cloud", "generic", "--dir", str(work / "terraform"), "--var-file",

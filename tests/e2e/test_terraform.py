@@ -43,6 +43,8 @@ CATALOG = {
     "tf-nvidia-1xa6000": {"gpu_product": "NVIDIA-RTX-A6000", "gpu_count": 1, "cpu": "8000m", "memory": "32861620Ki"},
     "tf-nvidia-2xa100": {"gpu_product": "NVIDIA-A100-PCIE-80GB", "gpu_count": 2, "cpu": "16", "memory": "64Gi",
                          "default_limits": False},
+    "tf-mig-1g": {"gpu_product": "NVIDIA-A100-SXM4-80GB", "gpu_count": 1, "mig_profile": "1g.10gb", "cpu": "4",
+                  "memory": "16Gi"},
 }
 
 
@@ -53,7 +55,8 @@ def generic(ground, tf_env, tmp_path_factory):
     shutil.copytree(REPO / "terraform" / "generic", work / "terraform" / "generic")
     tfvars = work / "dev.tfvars.json"
     tfvars.write_text(json.dumps({**generic_tfvars(ground), "namespace": NAMESPACE, "node_name": NODE,
-                                  "catalog": CATALOG, "image": "registry.example/k8sgpu-runtime", "image_tag": "test",
+                                  "catalog": CATALOG, "default_runtime_class": "tf-nvidia-1xa6000",
+                                  "image": "registry.example/k8sgpu-runtime", "image_tag": "test",
                                   # An image no node has: this module's runtime runs as a process (below).
                                   "wait_for_rollout": False}))
     applied = k8sgpu(tf_env, "apply", "--cloud", "generic", "--dir", str(work / "terraform"), "--var-file",
@@ -101,7 +104,8 @@ def test_runtime_classes_match_the_runtime_catalog(generic, ground):
     node_api = client.NodeV1Api(api(ground.local.kubeconfig))
     for name, entry in CATALOG.items():
         want = runtime_class_manifest(name, node_name=NODE, gpu_product=entry["gpu_product"],
-                                      gpu_count=entry["gpu_count"], cpu=entry["cpu"], memory=entry["memory"])
+                                      gpu_count=entry["gpu_count"], cpu=entry["cpu"], memory=entry["memory"],
+                                      mig_profile=entry.get("mig_profile", ""))
         if entry.get("default_limits") is False:
             want["metadata"]["annotations"]["limits.k8s.gpu/default"] = "0"
         got = api(ground.local.kubeconfig).sanitize_for_serialization(node_api.read_runtime_class(name))
@@ -110,6 +114,7 @@ def test_runtime_classes_match_the_runtime_catalog(generic, ground):
         assert got_annotations == want["metadata"]["annotations"]
         assert got["handler"] == want["handler"]
         assert got["scheduling"] == want["scheduling"]
+        assert got["overhead"] == want["overhead"]
 
 
 def test_deployment_runs_the_runtime_with_the_outputs_values(generic, ground):
@@ -125,6 +130,7 @@ def test_deployment_runs_the_runtime_with_the_outputs_values(generic, ground):
     assert env["K8SGPU_NODE_NAME"].value == NODE
     assert env["K8SGPU_TENANT_NAMESPACE"].value == ground.tenant_namespace
     assert env["K8SGPU_CSR_SIGNER"].value == "kubernetes.io/kubelet-serving"
+    assert env["K8SGPU_DEFAULT_RUNTIME_CLASS"].value == "tf-nvidia-1xa6000"
     assert env["POD_IP"].value_from.field_ref.field_path == "status.podIP"
     assert env["K8SGPU_NODE_ADDRESS"].value_from.field_ref.field_path == "status.podIP"
     mounts = {m.mount_path: m for m in container.volume_mounts}
@@ -246,6 +252,20 @@ def test_wrong_input_is_refused_at_plan_naming_the_variable_and_the_step(generic
     assert "terraform plan failed in" in plan.stderr
     text = " ".join((plan.stdout + plan.stderr).split())
     assert 'catalog: cpu must be a Kubernetes CPU quantity, e.g. cpu = "8000m"' in text
+    values["catalog"] = {"tf-bad": {**CATALOG["tf-mig-1g"], "mig_profile": "1g"}}
+    values["default_runtime_class"] = "tf-bad"
+    bad.write_text(json.dumps(values))
+    plan = k8sgpu(tf_env, "plan", "--cloud", "generic", "--dir", str(work / "terraform"), "--var-file", str(bad),
+                  cwd=work)
+    assert plan.returncode == 1
+    assert "catalog: mig_profile must be a MIG profile" in " ".join((plan.stdout + plan.stderr).split())
+    values["catalog"] = CATALOG
+    values["default_runtime_class"] = "not-in-the-catalog"
+    bad.write_text(json.dumps(values))
+    plan = k8sgpu(tf_env, "plan", "--cloud", "generic", "--dir", str(work / "terraform"), "--var-file", str(bad),
+                  cwd=work)
+    assert plan.returncode == 1
+    assert "default_runtime_class must name an entry of catalog" in " ".join((plan.stdout + plan.stderr).split())
 
 
 FOREIGN = [{"rolearn": "arn:aws:iam::111122223333:role/eks-node-group", "username": "system:node:{{EC2PrivateDNSName}}",

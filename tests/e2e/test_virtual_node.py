@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import time
-from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -13,9 +12,9 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 from kubernetes.utils import parse_quantity
 
-from k8sgpu.cli.dev.catalog import GPU_COUNT_LABEL, GPU_PRODUCT_LABEL
+from k8sgpu.cli.dev.catalog import GPU_COUNT_LABEL, GPU_PRODUCT_LABEL, MIG_STRATEGY_LABEL
 from k8sgpu.cli.dev.ground import Ground, free_port
-from k8sgpu.runtime.catalog import demo_catalog, runtime_class_manifest
+from k8sgpu.runtime.catalog import DEMO_MIG_RUNTIME_CLASS, demo_catalog, runtime_class_manifest
 from k8sgpu.runtime.rbac import extra_rbac
 from k8sgpu.runtime.translate import ORIGIN_UID_LABEL, remote_name
 
@@ -26,6 +25,7 @@ pytestmark = pytest.mark.e2e
 NODE = "k8s.gpu"
 KUBELET_PORT = free_port()
 CLASSES = {rc["metadata"]["name"]: rc for rc in demo_catalog(NODE)}
+MIG = DEMO_MIG_RUNTIME_CLASS
 
 
 @pytest.fixture(scope="module")
@@ -100,9 +100,19 @@ def test_node_registers_with_provider_capacity_taint_and_lease(runtime, local, g
                                                                         for t in node.spec.taints]
     assert node.metadata.labels["type"] == "virtual-kubelet"
     assert node.metadata.labels["kubernetes.azure.com/managed"] == "false"
-    # Capacity mirrors the provider's GPU nodes: 2x2 A6000 + 2x2 A100, 63 cpu each.
+    # Capacity mirrors the provider's GPU nodes: 2x2 A6000 + 2x2 A100, and one A100 node in MIG slices (no whole
+    # nvidia.com/gpu), 63 cpu each.
     assert node.status.capacity["nvidia.com/gpu"] == "8"
-    assert parse_quantity(node.status.capacity["cpu"]) == 4 * 63
+    assert parse_quantity(node.status.capacity["cpu"]) == 5 * 63
+    # One extended resource per offering: how many of its pods the provider can run (the A100 offering's 125 GiB
+    # fit once in each ~245 GiB node), and the products the provider has.
+    # (Every GPU RuntimeClass of the cluster is an offering of the node: other modules' classes are left out here.)
+    offered = {"k8s.gpu/seeweb-nvidia-1xa6000": "4", "k8s.gpu/seeweb-nvidia-2xa6000": "2",
+               "k8s.gpu/seeweb-nvidia-1xa100": "2", f"k8s.gpu/{MIG}": "7", "k8s.gpu/test-no-gpu": "126"}
+    assert {r: node.status.capacity.get(r) for r in offered} == offered
+    assert node.metadata.annotations["products.k8s.gpu/NVIDIA-RTX-A6000"] == "4 nvidia.com/gpu"
+    assert node.metadata.annotations["products.k8s.gpu/NVIDIA-A100-SXM4-80GB"] == \
+        "7 nvidia.com/mig-1g.10gb, 2 nvidia.com/mig-3g.40gb"
     assert node.status.daemon_endpoints.kubelet_endpoint.port == KUBELET_PORT
     assert {(a.type, a.address) for a in node.status.addresses} >= {("InternalIP", ground.node_address)}
     lease = client.CoordinationV1Api(api(ground.local.kubeconfig)).read_namespaced_lease(NODE, "kube-node-lease")
@@ -142,10 +152,27 @@ def test_a_pod_naming_a_class_runs_remotely_on_the_right_gpu(runtime, local, pro
     wait_for(lambda: remote_of(provider, ground, pod) is None, 30, "the mirror to go")
 
 
-def test_two_container_2xa6000_pod_runs_and_takes_allocatable(runtime, local, provider, ground):
-    # Start from an idle node: allocatable equal to capacity.
-    before = wait_for(lambda: (n := local.read_node(NODE)).status.allocatable["nvidia.com/gpu"] ==
-                      n.status.capacity["nvidia.com/gpu"] and n.status.allocatable, 30, "an idle node")
+def test_a_pod_of_the_mig_offering_runs_on_one_mig_slice(runtime, local, provider, ground):
+    local.create_namespaced_pod("default", gpu_pod("smi-mig", MIG))
+    pod = running(local, "smi-mig")
+    remote = remote_of(provider, ground, pod)
+    limits = {k: parse_quantity(v) for k, v in remote.spec.containers[0].resources.limits.items()}
+    assert limits == {"cpu": 6, "memory": 24 * 1024 ** 3, "nvidia.com/mig-1g.10gb": 1}
+    labels = provider.read_node(remote.spec.node_name).metadata.labels
+    assert labels[MIG_STRATEGY_LABEL] == "mixed" and labels[GPU_PRODUCT_LABEL] == "NVIDIA-A100-SXM4-80GB"
+    assert labels["nvidia.com/mig-1g.10gb.count"] == "7"
+    # One slice taken: the scheduler charges the pod one, the provider has six more.
+    wait_for(lambda: local.read_node(NODE).status.allocatable[f"k8s.gpu/{MIG}"] == "7", 20, "the MIG offering")
+    local.delete_namespaced_pod("smi-mig", "default", grace_period_seconds=0)
+    wait_for(lambda: remote_of(provider, ground, pod) is None, 30, "the mirror to go")
+
+
+def test_two_container_2xa6000_pod_runs_and_is_charged_once(runtime, local, provider, ground):
+    offering = "k8s.gpu/seeweb-nvidia-2xa6000"
+    counted = ("cpu", "memory", "nvidia.com/gpu")
+    # Start from an idle node (the earlier tests' pods gone): allocatable equal to capacity.
+    before = wait_for(lambda: (n := local.read_node(NODE)).status and all(
+        n.status.allocatable[r] == n.status.capacity[r] for r in counted) and n.status.allocatable, 60, "an idle node")
     containers = [
         {"name": "trainer", "image": "nvidia/cuda:12.6.0-base-ubuntu20.04", "command": ["sleep", "3600"],
          "resources": {"requests": {"cpu": "4", "memory": "8Gi"},
@@ -156,17 +183,23 @@ def test_two_container_2xa6000_pod_runs_and_takes_allocatable(runtime, local, pr
     local.create_namespaced_pod("default", gpu_pod("two-gpus", "seeweb-nvidia-2xa6000", containers))
     pod = running(local, "two-gpus")
     assert len(pod.status.container_statuses) == 2
+    assert pod.spec.overhead == {offering: "1"}  # the RuntimeClass charges the pod one of its offering
     remote = remote_of(provider, ground, pod)
     assert provider.read_node(remote.spec.node_name).metadata.labels[GPU_PRODUCT_LABEL] == "NVIDIA-RTX-A6000"
 
     def allocatable():
         return local.read_node(NODE).status.allocatable
 
-    during = wait_for(lambda: (a := allocatable())["nvidia.com/gpu"] != before["nvidia.com/gpu"] and a, 20,
-                      "allocatable to drop")
-    assert int(during["nvidia.com/gpu"]) == int(before["nvidia.com/gpu"]) - 2
-    assert parse_quantity(before["cpu"]) - parse_quantity(during["cpu"]) == Decimal(5)
-    assert parse_quantity(before["memory"]) - parse_quantity(during["memory"]) == 9 * 1024 ** 3
+    # The scheduler charges the pod its requests (5 cpu, 9Gi, 2 GPUs) and its offering: the node's cpu, memory and
+    # nvidia.com/gpu allocatable do not take them a second time. Its offering's allocatable stays what is charged
+    # plus what the provider can still place.
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        now = allocatable()
+        assert {r: now[r] for r in counted} == {r: before[r] for r in counted}, "the pod's requests were counted twice"
+        time.sleep(0.5)
+    described = kubectl(ground.local.kubeconfig, "describe", "node", NODE).stdout
+    assert f"{offering}" in described and "Allocated resources" in described
     local.delete_namespaced_pod("two-gpus", "default")
     wait_for(lambda: allocatable() == before, 60, "allocatable to come back")
 

@@ -65,6 +65,10 @@ def test_what_a_remote_node_cannot_run_is_refused(spec, reason, words):
 def test_a_pod_without_gpu_class_is_told_what_to_write():
     refusal = admit(pod(container(), runtime_class=None), None)
     assert refusal.reason == "NoRuntimeClass" and "runtimeClassName" in refusal.message
+    assert "--default-runtime-class" in refusal.message and "default_runtime_class" in refusal.message
+    # A default the catalog does not hold is named.
+    refusal = admit(pod(container(), runtime_class=None), None, "gone-class")
+    assert refusal.reason == "UnknownRuntimeClass" and "gone-class" in refusal.message
 
 
 def test_malformed_quantities_are_refused_not_raised():

@@ -106,7 +106,10 @@ ROWS = [
      pod(), [], True, {}, Create(CLASS, Resources(8, 32 * 2**30, 1))),
     ("pending pod naming no RuntimeClass → Pending with the reason",
      pod(rc=""), [], True, {}, Wait("NoRuntimeClass", "pods on this node must name a GPU RuntimeClass in "
-                                    "spec.runtimeClassName (kubectl get runtimeclass lists them)", show=True)),
+                                    "spec.runtimeClassName (kubectl get runtimeclass lists them), or the node needs "
+                                    "a default offering: k8sgpu-runtime --default-runtime-class "
+                                    "(K8SGPU_DEFAULT_RUNTIME_CLASS, Terraform variable default_runtime_class)",
+                                    show=True)),
     ("pending pod of a RuntimeClass the catalog cannot read → Pending with the reason",
      pod(rc="broken"), [], True, {},
      Wait("InvalidRuntimeClass", "RuntimeClass broken lacks annotation(s) gpu.k8s.gpu/count", show=True)),
@@ -141,6 +144,15 @@ ROWS = [
                          [row[1:] for row in ROWS], ids=[row[0] for row in ROWS])
 def test_decide(local, mirrors, reachable, copies, action):
     assert decide(local, mirrors, provider_reachable=reachable, catalog=CATALOG, copies=copies, now=NOW) == action
+
+
+def test_a_pod_naming_no_runtime_class_runs_as_the_default_offering():
+    plain = pod(rc="")
+    assert decide(plain, [], provider_reachable=True, catalog=CATALOG, copies={}, now=NOW,
+                  default_runtime_class="rc") == Create(CLASS, Resources(8, 32 * 2**30, 1))
+    refused = decide(plain, [], provider_reachable=True, catalog=CATALOG, copies={}, now=NOW,
+                     default_runtime_class="absent")
+    assert isinstance(refused, Wait) and refused.reason == "UnknownRuntimeClass" and "absent" in refused.message
 
 
 def test_a_running_mirror_writes_the_kubelets_conditions_and_drops_the_admission_condition():

@@ -134,7 +134,10 @@ def test_renewal_falls_between_70_and_90_percent_of_the_life(tmp_path):
 
 def _pod(name: str) -> dict:
     return {"metadata": {"name": name, "namespace": "default", "uid": f"uid-{name}"},
-            "status": {"startTime": "2026-11-26T10:00:00Z", "phase": "Running"}}
+            "spec": {"containers": [{"name": "c"}, {"name": "sidecar"}]},
+            "status": {"startTime": "2026-11-26T10:00:00Z", "phase": "Running",
+                       "containerStatuses": [{"name": "sidecar",
+                                              "state": {"running": {"startedAt": "2026-11-26T10:00:05Z"}}}]}}
 
 
 def test_summary_integrates_cpu_and_leaves_unmeasured_pods_without_figures():
@@ -154,7 +157,13 @@ def test_summary_integrates_cpu_and_leaves_unmeasured_pods_without_figures():
     assert measured["memory"]["workingSetBytes"] == 512 * 2**20
     assert later["node"]["cpu"]["usageNanoCores"] == 1_500_000_000
     unmeasured = next(p for p in later["pods"] if p["podRef"]["name"] == "unmeasured")
-    assert unmeasured["containers"] == [] and "cpu" not in unmeasured
+    # Every container from the first second, with its start; figures only once measured.
+    assert unmeasured["containers"] == [{"name": "c", "startTime": "2026-11-26T10:00:00Z"},
+                                        {"name": "sidecar", "startTime": "2026-11-26T10:00:05Z"}]
+    assert "cpu" not in unmeasured
+    assert [c["name"] for c in measured["containers"]] == ["c", "sidecar"] and "cpu" not in measured["containers"][1]
+    pending = {**_pod("pending"), "status": {"phase": "Pending"}}
+    assert summary("k8s.gpu", t0, [pending], {}, CpuCounter())["pods"][0]["containers"] == []
     text = resource_metrics("k8s.gpu", t0, pods, usage(t0 + datetime.timedelta(seconds=20), 0), counter)
     assert 'container_cpu_usage_seconds_total{container="c",namespace="default",pod="measured"} 17.5 ' in text
     assert "scrape_error 0" in text

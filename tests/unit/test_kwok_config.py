@@ -41,3 +41,14 @@ def test_node_manifest_offers_gpus_and_product_label():
     node = pool.node_manifest(pool.node_names()[0])
     assert node["status"]["capacity"]["nvidia.com/gpu"] == str(pool.gpus_per_node)
     assert node["metadata"]["labels"][GPU_PRODUCT_LABEL] == pool.gpu_product
+
+
+def test_a_mig_pool_advertises_slices_as_the_gpu_operators_mixed_strategy_does():
+    pool = next(p for p in DEFAULT_POOLS if p.mig_slices)
+    node = pool.node_manifest(pool.node_names()[0])
+    resources, labels = node["status"]["allocatable"], node["metadata"]["labels"]
+    assert resources["nvidia.com/gpu"] == "0"
+    assert resources["nvidia.com/mig-1g.10gb"] == "7" and resources["nvidia.com/mig-3g.40gb"] == "2"
+    assert labels["nvidia.com/mig.strategy"] == "mixed"
+    assert labels["nvidia.com/mig-3g.40gb.product"] == f"{pool.gpu_product}-MIG-3g.40gb"
+    assert labels["nvidia.com/mig-3g.40gb.memory"] == "40960" and labels["nvidia.com/mig-3g.40gb.slices.gi"] == "3"

@@ -97,6 +97,11 @@ CATALOG = "catalog: {a: {gpu_product: X, gpu_count: %s, cpu: %s, memory: %s}}"
     ("eks: {trust: {account_ids: [\"12\"]}}", "eks.trust.account_ids: a list of 12-digit account ids"),
     ("node: k8s.gpu", "node: unknown key; known keys:"),
     ("backend: {type: s3, config: {bucket: [a]}}", "backend.config.bucket: give plain settings"),
+    ("catalog: {a: {gpu_product: X, gpu_count: 1, cpu: '1', memory: 1Gi, mig_profile: big}}",
+     "catalog.a.mig_profile: 'big' is not a MIG profile"),
+    (f"catalog: {{{'a' * 64}: {{gpu_product: X, gpu_count: 1, cpu: '1', memory: 1Gi}}}}",
+     "not a RuntimeClass name of at most 63 characters"),
+    ("default_runtime_class: nowhere", "default_runtime_class: 'nowhere' is not an entry of the catalog; give one of "),
 ])
 def test_bad_values_are_refused_naming_the_field(tmp_path, values, message):
     path = tmp_path / "values.yaml"

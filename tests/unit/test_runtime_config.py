@@ -180,3 +180,18 @@ def test_help_names_the_health_flags_and_their_environment():
     assert out.returncode == 0
     for text in ("--health-port", "K8SGPU_HEALTH_PORT", "--health-bind-address", "K8SGPU_HEALTH_BIND_ADDRESS"):
         assert text in out.stdout
+
+
+def test_default_runtime_class_from_flag_environment_and_file(tmp_path, kubeconfig):
+    base = {"provider_kubeconfig": kubeconfig, "tenant_namespace": "t"}
+    assert build(base, {}).node.default_runtime_class == ""
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("node: {default_runtime_class: from-file}\n")
+    assert build({**base, "config": str(cfg_file)}, {}).node.default_runtime_class == "from-file"
+    from_env = build({**base, "config": str(cfg_file)}, {"K8SGPU_DEFAULT_RUNTIME_CLASS": "from-env"})
+    assert from_env.node.default_runtime_class == "from-env"
+    assert build({**base, "default_runtime_class": "flag"}, {"K8SGPU_DEFAULT_RUNTIME_CLASS": "env"}
+                 ).node.default_runtime_class == "flag"
+    with pytest.raises(ConfigError) as err:
+        build({**base, "default_runtime_class": "Not A Class"}, {})
+    assert err.value.field == "--default-runtime-class"

@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from k8sgpu.runtime.admission import Resources
+from k8sgpu.runtime.accounting import NodeUsage
 from k8sgpu.runtime.config import build
 from k8sgpu.runtime.controllers.node import PARTS_CONDITION, NodeController
 from k8sgpu.runtime.supervisor import PartFailed, Supervisor
@@ -50,7 +50,7 @@ def test_a_part_that_keeps_failing_marks_the_node_and_ends_the_run(tmp_path):
         raise RuntimeError("cannot decode the watch event")
 
     async def start():
-        node.node = NodeController(kube, config.node, "127.0.0.1", used=lambda: (Resources(), 0))
+        node.node = NodeController(kube, config.node, "127.0.0.1", used=NodeUsage)
         node.node.ready.set()
         node.supervisor.start("local-Pod", broken)
         node.ready.set()
@@ -70,6 +70,6 @@ def test_a_part_that_keeps_failing_marks_the_node_and_ends_the_run(tmp_path):
 
 def test_a_healthy_node_says_every_part_runs(tmp_path):
     config = _config(tmp_path)
-    status = NodeController(RecordingKube(), config.node, "127.0.0.1", used=lambda: (Resources(), 0)).desired_status()
+    status = NodeController(RecordingKube(), config.node, "127.0.0.1", used=NodeUsage).desired_status()
     assert _conditions(status)[PARTS_CONDITION]["status"] == "True"
     assert _conditions(status)["Ready"]["status"] == "True"

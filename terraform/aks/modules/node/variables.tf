@@ -44,7 +44,7 @@ variable "tenant_kubeconfig" {
 }
 
 variable "catalog" {
-  description = "GPU offerings: RuntimeClass name => GPU product (the provider's nvidia.com/gpu.product), GPUs per pod, per-pod cpu and memory limits, handler on the provider."
+  description = "GPU offerings: RuntimeClass name => GPU product (the provider's nvidia.com/gpu.product), GPUs per pod (MIG slices of mig_profile where given), per-pod cpu and memory limits, handler on the provider."
   type = map(object({
     gpu_product    = string
     gpu_count      = number
@@ -52,10 +52,15 @@ variable "catalog" {
     memory         = string
     handler        = optional(string, "nvidia")
     default_limits = optional(bool, true)
+    mig_profile    = optional(string, "")
   }))
   validation {
-    condition     = alltrue([for name, c in var.catalog : can(regex("^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", name)) && length(name) <= 253])
-    error_message = "catalog: each key is a RuntimeClass name: lower-case letters, digits, '-' and '.', e.g. \"seeweb-nvidia-1xa6000\"."
+    condition     = alltrue([for name, c in var.catalog : can(regex("^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", name)) && length(name) <= 63])
+    error_message = "catalog: each key is a RuntimeClass name of at most 63 characters (it is also the node's extended resource k8s.gpu/<name>): lower-case letters, digits, '-' and '.', e.g. \"seeweb-nvidia-1xa6000\"."
+  }
+  validation {
+    condition     = alltrue([for c in var.catalog : c.mig_profile == "" || can(regex("^[1-8]g\\.[0-9]+gb(\\+me)?$", c.mig_profile))])
+    error_message = "catalog: mig_profile must be a MIG profile as the NVIDIA GPU operator names it (its resource is nvidia.com/mig-<profile>), e.g. mig_profile = \"1g.10gb\", or empty for whole GPUs."
   }
   validation {
     condition     = alltrue([for c in var.catalog : c.gpu_count >= 0 && floor(c.gpu_count) == c.gpu_count])
@@ -84,6 +89,12 @@ variable "extra_tolerations" {
     effect   = optional(string)
   }))
   default = []
+}
+
+variable "default_runtime_class" {
+  description = "Catalog entry used for pods bound to the node that name no runtimeClassName (e.g. by nodeName); empty: such pods are refused (NoRuntimeClass)."
+  type        = string
+  default     = ""
 }
 
 variable "csr_signer" {

@@ -50,6 +50,8 @@ locals {
     K8SGPU_HEALTH_PORT = tostring(var.health_port)
     # Stopping because this Deployment is deleted (terraform destroy), the runtime removes its node first.
     K8SGPU_DEPLOYMENT = "${var.namespace}/${var.name}"
+    }, var.default_runtime_class == "" ? {} : {
+    K8SGPU_DEFAULT_RUNTIME_CLASS = var.default_runtime_class
   })
 
   # Requests and limits as given, without the quantities set to "" (and without a block left empty).
@@ -162,16 +164,18 @@ resource "kubectl_manifest" "runtime_class" {
     metadata = {
       name   = each.key
       labels = local.labels
-      annotations = {
+      annotations = merge({
         "limits.k8s.gpu/cpu"     = each.value.cpu
         "limits.k8s.gpu/memory"  = each.value.memory
         "limits.k8s.gpu/default" = each.value.default_limits ? "1" : "0"
         "gpu.k8s.gpu/product"    = each.value.gpu_product
         "gpu.k8s.gpu/count"      = tostring(each.value.gpu_count)
         "gpu.k8s.gpu/handler"    = each.value.handler
-      }
+      }, each.value.mig_profile == "" ? {} : { "gpu.k8s.gpu/mig-profile" = each.value.mig_profile })
     }
     handler = each.value.handler
+    # Each pod takes one k8s.gpu/<name>, of which the node advertises as many as the provider can place now.
+    overhead = { podFixed = { "k8s.gpu/${each.key}" = "1" } }
     scheduling = {
       nodeSelector = { "kubernetes.io/hostname" = var.node_name }
       tolerations  = local.tolerations
@@ -257,6 +261,12 @@ resource "kubectl_manifest" "deployment" {
   # the RBAC and the provider Secret go.
   wait       = true
   depends_on = [kubectl_manifest.service_account, kubectl_manifest.provider_kubeconfig, kubectl_manifest.node_role_binding, kubectl_manifest.deployment_reader_binding]
+  lifecycle {
+    precondition {
+      condition     = var.default_runtime_class == "" || contains(keys(var.catalog), var.default_runtime_class)
+      error_message = "default_runtime_class must name an entry of catalog (or be \"\" for none)."
+    }
+  }
 }
 
 # The runtime's ServiceAccount may read its own Deployment: a stop while it is being deleted is a decommission.
