@@ -118,6 +118,9 @@ class LeaderElector:
         self._renewed_at = 0.0
         self.leading = asyncio.Event()
         self.lost = asyncio.Event()
+        self.error = ""
+        """Why the last attempt could not read or write the Lease ("" when it could): a standby that cannot read
+        it (RBAC) is not ready."""
 
     @property
     def leader(self) -> str:
@@ -148,14 +151,16 @@ class LeaderElector:
             record = decide(None, 0, self._clock(), self.identity, int(self.lease_duration), wall_now)
             try:
                 created = await self.kube.create("Lease", self.namespace, self._lease(record))
-            except errors.KubeError as exc:  # AlreadyExists: another candidate created it first
+            except errors.AlreadyExists as exc:  # another candidate created it first
                 log.info("creating leader election Lease %s/%s failed: %s", self.namespace, self.name, exc)
                 return False
+            except errors.KubeError as exc:
+                return self._failed("creating", exc)
             self._observe(record, created["metadata"]["resourceVersion"])
             return True
         except errors.KubeError as exc:
-            log.warning("reading leader election Lease %s/%s failed: %s", self.namespace, self.name, exc)
-            return False
+            return self._failed("reading", exc)
+        self.error = ""
         current = Record.from_lease(lease)
         self._observe(current, lease["metadata"]["resourceVersion"])
         record = decide(current, self._observed_at, self._clock(), self.identity, int(self.lease_duration),
@@ -165,11 +170,23 @@ class LeaderElector:
         try:
             updated = await self.kube.replace("Lease", self.namespace, self.name,
                                               self._lease(record, self._resource_version))
-        except errors.KubeError as exc:  # Conflict: someone else wrote it since we read it
+        except errors.Conflict as exc:  # someone else wrote it since we read it
             log.info("updating leader election Lease %s/%s failed: %s", self.namespace, self.name, exc)
             return False
+        except errors.KubeError as exc:
+            return self._failed("updating", exc)
         self._observe(record, updated["metadata"]["resourceVersion"])
         return True
+
+    def _failed(self, doing: str, exc: errors.KubeError) -> bool:
+        self.error = f"{doing} the Lease failed: {exc}"
+        if isinstance(exc, errors.Forbidden | errors.Unauthorized):
+            log.error("%s leader election Lease %s/%s failed: %s; the identity writing it (the pod's ServiceAccount "
+                      "or --leader-elect-kubeconfig) needs the node module's Role <name>-leader-election "
+                      "(runtime/rbac.py election_rules)", doing, self.namespace, self.name, exc)
+        else:
+            log.warning("%s leader election Lease %s/%s failed: %s", doing, self.namespace, self.name, exc)
+        return False
 
     def _pause(self) -> float:
         return self.retry_period * (1 + self._rng.random() * JITTER_FACTOR)

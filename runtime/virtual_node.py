@@ -72,12 +72,17 @@ class VirtualNode:
         """What readiness waits for; "" once the node is registered and every part started."""
         if self.stopping:
             return "stopping"
-        return "" if self.ready.is_set() else self.stage
+        if self.ready.is_set():
+            return ""
+        if self.election is not None and self.election.observed is None and self.election.error:
+            return f"{self.stage}: {self.election.error}"
+        return self.stage
 
     def standby(self) -> str:
         """While this runtime campaigns, prepared to lead: who leads (readiness is 200, so a rollout goes on)."""
         election = self.election
-        if self.stopping or election is None or election.leading.is_set() or self.local is None:
+        if (self.stopping or election is None or election.leading.is_set() or self.local is None
+                or election.observed is None):
             return ""
         return f"standby: leader is {election.leader or 'unknown yet'}"
 
