@@ -185,8 +185,10 @@ class VirtualNode:
         await self.supervisor.stop()
         if decommission:
             await self._decommission()
-        if self.election is not None:
-            await self.election.release()  # after the controllers stopped: the next leader starts at once
+        # After the controllers stopped, so the next leader starts at once; not after a decommission, where the
+        # Lease runs out instead, so a replica whose stop comes late cannot register the removed node again.
+        if self.election is not None and not decommission:
+            await self.election.release()
         if self.identity is not None:
             await self.identity.stop()
         for kube in (self.remote, self.local, self._election_kube):
