@@ -324,6 +324,12 @@ def build_parser(aks_client=azure_aks_client, aws_session=boto3_session) -> argp
     bench.add_argument("--idle-seconds", type=int, default=60, help="how long idle CPU is measured (default 60)")
     bench.add_argument("--outage-seconds", type=int, default=60, help="length of the provider outage (default 60)")
     bench.set_defaults(func=cmd_bench)
+    chaos = nouns.add_parser("chaos", help="faults on a ground of its own, measured",
+                             description="Faults on a dev ground of its own, each measured.")
+    chaos_verbs = chaos.add_subparsers(dest="verb", metavar="FAULT", required=True)
+    from .failover import add_parser as add_failover
+
+    add_failover(chaos_verbs)
     doctor = nouns.add_parser(
         "doctor", help="check a cluster before installing: each finding with its evidence and fix",
         description="Checks what the virtual node needs before anything is applied; exit 1 when a finding blocks. "
