@@ -16,6 +16,7 @@ import dataclasses
 import datetime
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -73,7 +74,8 @@ def _micro(value) -> float:
 class Candidate:
     """A runtime of failover.gpu as a process named like a pod ($POD_NAME: its election identity)."""
 
-    def __init__(self, state: State, name: str, directory: Path, node_kubeconfig: str, election_kubeconfig: str):
+    def __init__(self, state: State, name: str, directory: Path, node_kubeconfig: str, election_kubeconfig: str,
+                 timings: tuple[float, float, float]):
         from .dev.ground import free_port
 
         self.name, self.health_port, self.kubelet_port = name, free_port(), free_port()
@@ -83,7 +85,9 @@ class Candidate:
                      "--tenant-namespace", state.tenant_namespace, "--node-address", state.node_address,
                      "--kubelet-port", str(self.kubelet_port), "--health-port", str(self.health_port),
                      "--leader-elect-kubeconfig", election_kubeconfig,
-                     "--leader-elect-resource-namespace", NAMESPACE, "-v"]
+                     "--leader-elect-resource-namespace", NAMESPACE, "--leader-elect-lease-duration",
+                     f"{timings[0]:g}s", "--leader-elect-renew-deadline", f"{timings[1]:g}s",
+                     "--leader-elect-retry-period", f"{timings[2]:g}s", "-v"]
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
@@ -153,9 +157,12 @@ class Burst:
 
 
 def _pod(name: str) -> dict:
+    # Small requests, so the ground's two A6000 nodes (63 cpu each) hold every pod of the burst.
+    small = {"cpu": "10m", "memory": "16Mi"}
     return {"metadata": {"name": name, "labels": {"failover": "1"}},
             "spec": {"runtimeClassName": POD_CLASS, "restartPolicy": "Never",
-                     "containers": [{"name": "c", "image": "cuda", "command": ["sleep", "3600"]}]}}
+                     "containers": [{"name": "c", "image": "cuda", "command": ["sleep", "3600"],
+                                     "resources": {"requests": small, "limits": small}}]}}
 
 
 def _setup(state: State, kubectl: str, directory: Path) -> tuple[str, str]:
@@ -264,12 +271,15 @@ def _one_failover(i: int, sig: int, candidates: dict[str, Candidate], probe: Pro
     return result
 
 
-def run(failovers: int, graceful: int, pods: int, out: Path | None, say: Say, settle_s: float = 4.0) -> dict:
+def run(failovers: int, graceful: int, pods: int, out: Path | None, say: Say, settle_s: float = 4.0,
+        timings: tuple[float, float, float] = (15, 10, 2)) -> dict:
+    """``timings``: the runtimes' lease duration, renew deadline and retry period (client-go's by default)."""
     from .dev.binaries import ensure_binaries
     from .dev.ground import Ground
 
     binaries = ensure_binaries(progress=say)
-    root = Path(os.environ.get("K8SGPU_FAILOVER_ROOT") or f"/tmp/k8sgpu-failover-{os.getpid()}")
+    given = os.environ.get("K8SGPU_FAILOVER_ROOT")
+    root = Path(given or f"/tmp/k8sgpu-failover-{os.getpid()}")
     ground = Ground(root, progress=say, worker=False)
     state, _ = ground.up(binaries)
     directory = root / "failover"
@@ -278,14 +288,14 @@ def run(failovers: int, graceful: int, pods: int, out: Path | None, say: Say, se
     results: list[Failover] = []
     try:
         node_kubeconfig, election_kubeconfig = _setup(state, str(binaries.kubectl), directory)
-        candidates = {name: Candidate(state, name, directory, node_kubeconfig, election_kubeconfig)
+        candidates = {name: Candidate(state, name, directory, node_kubeconfig, election_kubeconfig, timings)
                       for name in ("failover-a", "failover-b")}
         for candidate in candidates.values():
             candidate.start()
         probe = Probe(state)
         _wait(lambda: _settled(candidates, probe), 120, "a leader and a standby")
         # The burst spans the SIGKILL failovers (each about a lease duration and a settle).
-        burst = Burst(state.local.kubeconfig, pods, seconds=failovers * 22).start()
+        burst = Burst(state.local.kubeconfig, pods, seconds=failovers * (timings[0] + 7)).start()
         say(f"{pods} pods being created while the leader is killed {failovers} times (SIGKILL), then stopped "
             f"{graceful} times (SIGTERM)")
         for i in range(failovers):
@@ -297,7 +307,8 @@ def run(failovers: int, graceful: int, pods: int, out: Path | None, say: Say, se
         report = _outcome(probe, names, say)
         report.update({"failovers": [dataclasses.asdict(r) for r in results], "burst_create_errors": burst.errors,
                        "when": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-                       "machine": {"cpus": os.cpu_count()}})
+                       "machine": {"cpus": os.cpu_count()},
+                       "lease": dict(zip(("duration_s", "renew_deadline_s", "retry_period_s"), timings, strict=True))})
         for kind in ("SIGKILL", "SIGTERM"):
             rows = [r for r in results if r.kind == kind]
             if rows:
@@ -309,6 +320,8 @@ def run(failovers: int, graceful: int, pods: int, out: Path | None, say: Say, se
         for candidate in candidates.values():
             candidate.stop(signal.SIGKILL)
         ground.down()
+        if not given:
+            shutil.rmtree(root, ignore_errors=True)
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(report, indent=2))
@@ -345,10 +358,11 @@ def _cleanup(probe: Probe, candidates: dict[str, Candidate], say: Say) -> None:
 
 
 def table(report: dict) -> str:
-    lines = ["| # | kind | from → to | node Lease renewed s | new pod Running s |", "| --- | --- | --- | --- | --- |"]
+    lines = ["| # | kind | from → to | node Lease renewed s | new pod Running s | old leader's stop s |",
+             "| --- | --- | --- | --- | --- | --- |"]
     for i, r in enumerate(report["failovers"], 1):
         lines.append(f"| {i} | {r['kind']} | {r['old']} → {r['new']} | {r['node_lease_s']:.2f} | "
-                     f"{r['pod_running_s']:.2f} |")
+                     f"{r['pod_running_s']:.2f} | {r['stop_s']:.2f} |")
     lines.append("")
     for kind in ("SIGKILL", "SIGTERM"):
         if kind in report:
@@ -356,6 +370,10 @@ def table(report: dict) -> str:
             lines.append(f"{kind}: node Lease renewed p50 {f['node_lease_s']['p50']:.2f} s, max "
                          f"{f['node_lease_s']['max']:.2f} s; new pod Running p50 {f['pod_running_s']['p50']:.2f} s, "
                          f"max {f['pod_running_s']['max']:.2f} s")
+    if "lease" in report:
+        lease = report["lease"]
+        lines.append(f"lease {lease['duration_s']:g} s, renew deadline {lease['renew_deadline_s']:g} s, retry "
+                     f"{lease['retry_period_s']:g} s")
     lines.append(f"pods: {report['pods']}, lost: {len(report['lost'])}, duplicate mirrors: "
                  f"{report['duplicate_mirrors']}")
     return "\n".join(lines)
@@ -369,12 +387,25 @@ def add_parser(verbs) -> None:
     failover.add_argument("--failovers", type=int, default=10, help="SIGKILLs of the leader (default 10)")
     failover.add_argument("--graceful", type=int, default=3, help="SIGTERM stops of the leader after them (default 3)")
     failover.add_argument("--pods", type=int, default=200, help="pods created during the SIGKILLs (default 200)")
+    failover.add_argument("--lease-duration", type=float, default=15, metavar="S",
+                          help="the runtimes' --leader-elect-lease-duration in seconds (default 15, client-go's)")
+    failover.add_argument("--renew-deadline", type=float, default=10, metavar="S",
+                          help="their --leader-elect-renew-deadline (default 10)")
+    failover.add_argument("--retry-period", type=float, default=2, metavar="S",
+                          help="their --leader-elect-retry-period (default 2)")
     failover.add_argument("--out", help="also write the figures as JSON to this file")
     failover.set_defaults(func=cmd_failover)
 
 
 def cmd_failover(args) -> int:
+    from .dev.ground import GroundError
+
+    if not args.lease_duration > args.renew_deadline > args.retry_period * 1.2 > 0:
+        raise GroundError(f"--lease-duration {args.lease_duration:g}, --renew-deadline {args.renew_deadline:g}, "
+                          f"--retry-period {args.retry_period:g}: the runtime needs lease duration > renew "
+                          "deadline > retry period x 1.2 > 0, e.g. 15, 10, 2")
     report = run(args.failovers, args.graceful, args.pods, Path(args.out) if args.out else None,
-                 say=lambda line: print(line, file=sys.stderr, flush=True))
+                 say=lambda line: print(line, file=sys.stderr, flush=True),
+                 timings=(args.lease_duration, args.renew_deadline, args.retry_period))
     print(table(report))
     return 1 if report["lost"] or report["duplicate_mirrors"] else 0
