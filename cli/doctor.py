@@ -1,7 +1,8 @@
 """`k8sgpu doctor`: checks a cluster before anything is applied, each finding with its evidence and fix.
 
 The generic checks use only the Kubernetes API, as the cluster's admin: what the
-node identity may do (SubjectAccessReviews for `system:node:<node>`), whether
+node identity may do (SubjectAccessReviews for `system:node:<node>`), what the
+runtime's ServiceAccount may do for the leader election, whether
 kube-controller-manager signs kubelet serving certificates (a CSR round trip,
 deleted afterwards), k3s's egress selector mode, and whether a node of our name
 already exists.
@@ -19,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from kubernetes import client
 
 from k8sgpu.runtime.certificates import KUBELET_SERVING, SERVING_USAGES, serving_request
-from k8sgpu.runtime.rbac import extra_rules
+from k8sgpu.runtime.rbac import election_rules, extra_rules
 
 OK, WARN, FAIL, SKIP = "ok", "warn", "fail", "skip"
 
@@ -45,10 +46,10 @@ class Finding:
 
 
 def _allowed(authz: client.AuthorizationV1Api, user: str, verb: str, group: str, resource: str, namespace: str,
-             name: str = "") -> bool:
+             name: str = "", groups: tuple[str, ...] = ("system:nodes", "system:authenticated")) -> bool:
     resource, _, sub = resource.partition("/")
     review = authz.create_subject_access_review({
-        "spec": {"user": user, "groups": ["system:nodes", "system:authenticated"],
+        "spec": {"user": user, "groups": list(groups),
                  "resourceAttributes": {"verb": verb, "group": group, "resource": resource, "subresource": sub,
                                         "namespace": namespace, "name": name}}})
     return bool(review.status.allowed)
@@ -84,6 +85,26 @@ def check_extra_rbac(api: client.ApiClient, node: str, signer: str) -> Finding:
                        "k8sgpu-runtime bound to the node's user; its rules are listed in the README")
     return Finding("runtime-rbac", OK, f"{user} has the runtime's extra rules (services/status, approval of its "
                                        f"serving certificate from {signer})")
+
+
+def check_election_rbac(api: client.ApiClient, node: str, namespace: str, service_account: str) -> Finding:
+    """The ServiceAccount writes the leader election's Lease (named after the node) in the runtime's namespace."""
+    authz = client.AuthorizationV1Api(api)
+    user = f"system:serviceaccount:{namespace}:{service_account}"
+    groups = ("system:serviceaccounts", f"system:serviceaccounts:{namespace}", "system:authenticated")
+    denied = []
+    for rule in election_rules(node):
+        for verb in rule["verbs"]:
+            name = (rule.get("resourceNames") or [""])[0]
+            if not _allowed(authz, user, verb, rule["apiGroups"][0], rule["resources"][0], namespace, name, groups):
+                denied.append(f"{verb} leases" + (f" {name}" if name else ""))
+    if denied:
+        return Finding("leader-election-rbac", FAIL,
+                       f"{user} may not, in namespace {namespace}: {', '.join(denied)}; no replica could lead",
+                       "apply the node module (`make apply CLOUD=generic`), which grants the Role "
+                       f"{service_account}-leader-election; or give --namespace/--service-account of your runtime")
+    return Finding("leader-election-rbac", OK, f"{user} may create, read and renew the leader election Lease "
+                                               f"{namespace}/{node}")
 
 
 def check_serving_signer(api: client.ApiClient, node: str, signer: str, timeout: float = 30) -> Finding:
@@ -151,8 +172,10 @@ def check_node_name(api: client.ApiClient, node: str) -> Finding:
                    "choose another name with --node-name (and the node module's node_name)")
 
 
-def generic(api: client.ApiClient, node: str, signer: str = KUBELET_SERVING) -> list[Finding]:
+def generic(api: client.ApiClient, node: str, signer: str = KUBELET_SERVING, namespace: str = "k8sgpu",
+            service_account: str = "k8sgpu-runtime") -> list[Finding]:
     return [check_node_rights(api, node), check_extra_rbac(api, node, signer),
+            check_election_rbac(api, node, namespace, service_account),
             check_serving_signer(api, node, signer), check_egress_selector(api), check_node_name(api, node)]
 
 

@@ -241,7 +241,8 @@ def _doctor_generic(args: argparse.Namespace) -> list:
 
     from .doctor import generic
 
-    return generic(_kube_api(args), args.node_name, signer_name(args.csr_signer))
+    return generic(_kube_api(args), args.node_name, signer_name(args.csr_signer), args.namespace,
+                   args.service_account)
 
 
 def azure_aks_client(subscription_id: str):
@@ -323,6 +324,12 @@ def build_parser(aks_client=azure_aks_client, aws_session=boto3_session) -> argp
     bench.add_argument("--idle-seconds", type=int, default=60, help="how long idle CPU is measured (default 60)")
     bench.add_argument("--outage-seconds", type=int, default=60, help="length of the provider outage (default 60)")
     bench.set_defaults(func=cmd_bench)
+    chaos = nouns.add_parser("chaos", help="faults on a ground of its own, measured",
+                             description="Faults on a dev ground of its own, each measured.")
+    chaos_verbs = chaos.add_subparsers(dest="verb", metavar="FAULT", required=True)
+    from .failover import add_parser as add_failover
+
+    add_failover(chaos_verbs)
     doctor = nouns.add_parser(
         "doctor", help="check a cluster before installing: each finding with its evidence and fix",
         description="Checks what the virtual node needs before anything is applied; exit 1 when a finding blocks. "
@@ -347,6 +354,11 @@ def build_parser(aks_client=azure_aks_client, aws_session=boto3_session) -> argp
                              "runtime's RBAC (default: $KUBECONFIG, else those checks are skipped)")
     doctor.add_argument("--context", help="generic, eks: kubeconfig context (default: the current one)")
     doctor.add_argument("--node-name", default="k8s.gpu", help="the virtual node's name (default k8s.gpu)")
+    doctor.add_argument("--namespace", default="k8sgpu",
+                        help="generic: the runtime's namespace, where its ServiceAccount writes the leader election "
+                             "Lease (the node module's namespace; default k8sgpu)")
+    doctor.add_argument("--service-account", default="k8sgpu-runtime",
+                        help="generic: the runtime's ServiceAccount (the node module's name; default k8sgpu-runtime)")
     doctor.add_argument("--csr-signer", default="kubernetes.io/kubelet-serving",
                         help="generic: the serving certificate's signer, as given to k8sgpu-runtime (aws or a name)")
     doctor.add_argument("--subscription-id", default=os.environ.get("AZURE_SUBSCRIPTION_ID"),

@@ -12,6 +12,8 @@ import ipaddress
 import json
 import os
 import re
+import socket
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,7 @@ from .eks import ROLE_ARN, SESSION_NAME
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
+SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 TAINT_KEY = "virtual-kubelet.io/provider"
 TAINT_VALUE = "k8sgpu"
 
@@ -112,10 +115,37 @@ class ProviderConfig:
 
 
 @dataclasses.dataclass
+class LeaderElectionConfig:
+    leader_elect: bool = True
+    """Campaign for a leader election Lease, so that two or more runtimes serve one node, one at a time. On by
+    default where an identity to write the Lease exists (the pod's ServiceAccount, or kubeconfig); with none, off:
+    the runtime leads alone."""
+    lease_duration_seconds: float = 15.0
+    """How long a candidate waits, from the last change of the Lease it saw, before it takes a Lease another holds
+    (client-go's LeaseDuration)."""
+    renew_deadline_seconds: float = 10.0
+    """How long the leader tries to renew before it stops leading and exits (client-go's RenewDeadline)."""
+    retry_period_seconds: float = 2.0
+    """How often candidates try to take the Lease and the leader renews it (client-go's RetryPeriod)."""
+    resource_name: str = ""
+    """Name of the election's Lease; empty: the node's name."""
+    resource_namespace: str = ""
+    """Namespace of the election's Lease; empty: the pod's (its ServiceAccount's namespace file, else
+    $POD_NAMESPACE). Required outside a pod."""
+    kubeconfig: str = ""
+    """Kubeconfig of the identity that writes the election's Lease; empty: the pod's ServiceAccount. Not the node
+    identity: NodeRestriction lets a node write only its own Lease in kube-node-lease."""
+    identity: str = ""
+    """This candidate's holderIdentity; empty: $POD_NAME (a container the kubelet restarts in the same pod is the
+    same candidate), else the host name and a random suffix."""
+
+
+@dataclasses.dataclass
 class RuntimeConfig:
     node: NodeConfig = dataclasses.field(default_factory=NodeConfig)
     local: LocalClusterConfig = dataclasses.field(default_factory=LocalClusterConfig)
     provider: ProviderConfig = dataclasses.field(default_factory=ProviderConfig)
+    leader_election: LeaderElectionConfig = dataclasses.field(default_factory=LeaderElectionConfig)
 
     def validate(self) -> RuntimeConfig:
         if not _DNS_SUBDOMAIN.match(self.node.name):
@@ -185,7 +215,39 @@ class RuntimeConfig:
         if not _DNS_LABEL.match(self.provider.tenant_namespace):
             raise ConfigError("--tenant-namespace", f"{self.provider.tenant_namespace!r} is not a namespace name "
                                                     "(lower-case letters, digits and '-', at most 63)")
+        self._validate_leader_election()
         return self
+
+    def _validate_leader_election(self) -> None:
+        le = self.leader_election
+        if not le.leader_elect:
+            return
+        for flag, seconds in (("--leader-elect-lease-duration", le.lease_duration_seconds),
+                              ("--leader-elect-renew-deadline", le.renew_deadline_seconds),
+                              ("--leader-elect-retry-period", le.retry_period_seconds)):
+            if not seconds > 0:
+                raise ConfigError(flag, f"{seconds:g} s: must be more than 0")
+        if le.renew_deadline_seconds >= le.lease_duration_seconds:
+            raise ConfigError("--leader-elect-renew-deadline",
+                              f"{le.renew_deadline_seconds:g} s must be shorter than --leader-elect-lease-duration "
+                              f"({le.lease_duration_seconds:g} s): a leader must stop before others may take over")
+        # client-go's rule: the retry period with its jitter (x 1.2) fits in the renew deadline.
+        if le.retry_period_seconds * 1.2 >= le.renew_deadline_seconds:
+            raise ConfigError("--leader-elect-retry-period",
+                              f"{le.retry_period_seconds:g} s must be shorter than --leader-elect-renew-deadline "
+                              f"({le.renew_deadline_seconds:g} s) / 1.2, so the leader tries more than once")
+        if le.resource_name and not _DNS_SUBDOMAIN.match(le.resource_name):
+            raise ConfigError("--leader-elect-resource-name", f"{le.resource_name!r} is not a Lease name "
+                                                              "(lower-case letters, digits, '-' and '.')")
+        if not le.resource_namespace:
+            raise ConfigError("--leader-elect-resource-namespace",
+                              "missing: outside a pod name the namespace of the election's Lease (the runtime's "
+                              "own, where --leader-elect-kubeconfig may write Leases), or give --no-leader-elect")
+        if not _DNS_LABEL.match(le.resource_namespace):
+            raise ConfigError("--leader-elect-resource-namespace",
+                              f"{le.resource_namespace!r} is not a namespace name (lower-case letters, digits, '-')")
+        if le.kubeconfig and not Path(le.kubeconfig).is_file():
+            raise ConfigError("--leader-elect-kubeconfig", f"{le.kubeconfig} does not exist")
 
     def _validate_eks(self) -> None:
         local = self.local
@@ -239,7 +301,30 @@ SETTINGS: dict[str, tuple[str, str, str]] = {
     "eks_cluster": ("local", "eks_cluster_name", "K8SGPU_EKS_CLUSTER_NAME"),
     "eks_role_arn": ("local", "eks_role_arn", "K8SGPU_EKS_ROLE_ARN"),
     "region": ("local", "region", "AWS_REGION"),
+    "leader_elect": ("leader_election", "leader_elect", "K8SGPU_LEADER_ELECT"),
+    "leader_elect_lease_duration": ("leader_election", "lease_duration_seconds",
+                                    "K8SGPU_LEADER_ELECT_LEASE_DURATION"),
+    "leader_elect_renew_deadline": ("leader_election", "renew_deadline_seconds",
+                                    "K8SGPU_LEADER_ELECT_RENEW_DEADLINE"),
+    "leader_elect_retry_period": ("leader_election", "retry_period_seconds", "K8SGPU_LEADER_ELECT_RETRY_PERIOD"),
+    "leader_elect_resource_name": ("leader_election", "resource_name", "K8SGPU_LEADER_ELECT_RESOURCE_NAME"),
+    "leader_elect_resource_namespace": ("leader_election", "resource_namespace",
+                                        "K8SGPU_LEADER_ELECT_RESOURCE_NAMESPACE"),
+    "leader_elect_kubeconfig": ("leader_election", "kubeconfig", "K8SGPU_LEADER_ELECT_KUBECONFIG"),
 }
+
+_DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)(ms|s|m|h))+$|^\d+(?:\.\d+)?$")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
+
+
+def parse_seconds(value: str) -> float:
+    """Seconds from a number or a Go duration as kube-controller-manager's flags take it: 15, 15s, 500ms, 1m30s."""
+    text = value.strip()
+    if not _DURATION.match(text):
+        raise ValueError(value)
+    if re.fullmatch(r"\d+(?:\.\d+)?", text):
+        return float(text)
+    return sum(float(n) * _UNITS[unit] for n, unit in re.findall(r"(\d+(?:\.\d+)?)(ms|s|m|h)", text))
 
 
 def _set(config: RuntimeConfig, section: str, field: str, value: Any, source: str) -> None:
@@ -250,14 +335,23 @@ def _set(config: RuntimeConfig, section: str, field: str, value: Any, source: st
             value = value.lower() in ("true", "1", "yes")
         if not isinstance(value, bool):
             raise ConfigError(source, f"{value!r} is not true or false")
+    if kind is float and isinstance(value, str):
+        try:
+            value = parse_seconds(value)
+        except ValueError:
+            raise ConfigError(source, f"{value!r} is not a duration: write seconds, e.g. 15 or 15s") from None
     try:
         setattr(target, field, kind(value))
     except (TypeError, ValueError):
         raise ConfigError(source, f"{value!r} is not a valid {kind.__name__}") from None
 
 
+SECTIONS = ("node", "local", "provider", "leader_election")
+
+
 def load_file(config: RuntimeConfig, path: str) -> None:
-    """A YAML file shaped like the dataclasses: {node: {name: ...}, provider: {...}, local: {...}}."""
+    """A YAML file shaped like the dataclasses: {node: {name: ...}, provider: {...}, local: {...},
+    leader_election: {...}}."""
     try:
         data = yaml.safe_load(Path(path).read_text()) or {}
     except OSError as exc:
@@ -267,8 +361,8 @@ def load_file(config: RuntimeConfig, path: str) -> None:
     if not isinstance(data, dict):
         raise ConfigError("--config", f"{path} must hold a mapping with sections node, local, provider")
     for section, values in data.items():
-        if section not in ("node", "local", "provider") or not isinstance(values, dict):
-            raise ConfigError(f"--config {section}", "unknown section; known: node, local, provider")
+        if section not in SECTIONS or not isinstance(values, dict):
+            raise ConfigError(f"--config {section}", f"unknown section; known: {', '.join(SECTIONS)}")
         for key, value in values.items():
             known = {f.name for f in dataclasses.fields(getattr(config, section))}
             if key not in known:
@@ -309,8 +403,28 @@ def load_terraform_outputs(config: RuntimeConfig, path: str) -> None:
         _set(config, section, field, entry["value"], f"--terraform-outputs {name}")
 
 
-def build(flags: dict[str, Any], environ: dict[str, str] | None = None) -> RuntimeConfig:
-    """Defaults < config file < Terraform outputs < environment < flags; then validated."""
+def resolve_leader_election(config: RuntimeConfig, environ: dict[str, str],
+                            service_account_dir: Path = SERVICE_ACCOUNT_DIR) -> None:
+    """Fill in what the election takes from where the runtime runs: off with no identity to write its Lease (no
+    ServiceAccount, no kubeconfig), the node's name, the pod's namespace, the pod's name as identity."""
+    le = config.leader_election
+    in_pod = bool(environ.get("KUBERNETES_SERVICE_HOST")) and (service_account_dir / "token").is_file()
+    if not le.kubeconfig and not in_pod:
+        le.leader_elect = False
+    le.resource_name = le.resource_name or config.node.name
+    if not le.resource_namespace:
+        namespace_file = service_account_dir / "namespace"
+        if in_pod and namespace_file.is_file():
+            le.resource_namespace = namespace_file.read_text().strip()
+        else:
+            le.resource_namespace = environ.get("POD_NAMESPACE", "")
+    le.identity = le.identity or environ.get("POD_NAME") or f"{socket.gethostname()}_{uuid.uuid4()}"
+
+
+def build(flags: dict[str, Any], environ: dict[str, str] | None = None,
+          service_account_dir: Path = SERVICE_ACCOUNT_DIR) -> RuntimeConfig:
+    """Defaults < config file < Terraform outputs < environment < flags; then the election's defaults from where
+    it runs; then validated."""
     environ = dict(os.environ if environ is None else environ)
     config = RuntimeConfig()
     config_file = flags.get("config") or environ.get("K8SGPU_CONFIG")
@@ -324,4 +438,5 @@ def build(flags: dict[str, Any], environ: dict[str, str] | None = None) -> Runti
             _set(config, section, field, environ[env], env)
         if flags.get(flag) is not None:
             _set(config, section, field, flags[flag], "--" + flag.replace("_", "-"))
+    resolve_leader_election(config, environ, service_account_dir)
     return config.validate()

@@ -4,8 +4,9 @@
 part has been given up on (parts waiting for their restart are listed after "ok"); 500 naming each part
 that has stopped for good, one per line. It answers from the moment the process listens, so a start that waits
 (a CSR awaiting approval) is alive, merely not ready.
-`/readyz` (readiness): 200 once the node is registered (informers synced, provider listed); 503 saying
-what the runtime still waits for, and again while it stops.
+`/readyz` (readiness): 200 once the node is registered (informers synced, provider listed), and 200 for a
+standby of the leader election (`standby: leader is <holder>`), so a rollout goes on; 503 saying what the runtime
+still waits for, and again while it stops.
 """
 
 from __future__ import annotations
@@ -20,11 +21,12 @@ log = logging.getLogger(__name__)
 
 class HealthServer:
     """``problems()``: part name → why it is not alive (empty: alive). ``restarting()``: parts that stopped
-    and are being restarted (alive). ``waiting()``: what readiness waits for ("" once ready)."""
+    and are being restarted (alive). ``waiting()``: what readiness waits for ("" once ready). ``standby()``: a
+    line saying who leads while this runtime stands by ("" when it leads or elects no leader)."""
 
     def __init__(self, problems: Callable[[], dict[str, str]], waiting: Callable[[], str],
-                 restarting: Callable[[], dict[str, str]] = dict):
-        self.problems, self.waiting, self.restarting = problems, waiting, restarting
+                 restarting: Callable[[], dict[str, str]] = dict, standby: Callable[[], str] = str):
+        self.problems, self.waiting, self.restarting, self.standby = problems, waiting, restarting, standby
         self.port = 0
         self._runner: web.AppRunner | None = None
         app = web.Application()
@@ -61,6 +63,9 @@ class HealthServer:
         return web.Response(status=500, text=f"not alive: {len(problems)} part(s) stopped\n{lines}")
 
     async def _readyz(self, request: web.Request) -> web.Response:
+        standby = self.standby()
+        if standby:
+            return web.Response(text=f"{standby}\n")
         waiting = self.waiting()
         if not waiting:
             return web.Response(text="ok\n")

@@ -86,7 +86,33 @@ def build_parser() -> argparse.ArgumentParser:
                                               "EKS Pod Identity) must be allowed to assume it "
                                               "[env K8SGPU_EKS_ROLE_ARN]")
     start.add_argument("--region", help="AWS region of the EKS cluster (default: boto3's) [env AWS_REGION]")
-    start.add_argument("--config", help="YAML file with sections node, local, provider [env K8SGPU_CONFIG]")
+    start.add_argument("--leader-elect", action=argparse.BooleanOptionalAction, default=None,
+                       help="campaign for a leader election Lease, so that several runtimes (the node module runs "
+                            "2) serve one node, one at a time; the others stand by, Ready, and take over when the "
+                            "leader stops or dies (default: on where an identity can write the Lease: the pod's "
+                            "ServiceAccount or --leader-elect-kubeconfig; else off, and this runtime leads alone) "
+                            "[env K8SGPU_LEADER_ELECT]")
+    start.add_argument("--leader-elect-lease-duration", metavar="DURATION",
+                       help="how long a standby waits from the last change of the Lease it saw before taking it "
+                            "over (default 15s) [env K8SGPU_LEADER_ELECT_LEASE_DURATION]")
+    start.add_argument("--leader-elect-renew-deadline", metavar="DURATION",
+                       help="how long the leader tries to renew before it stops leading and exits; shorter than "
+                            "the lease duration (default 10s) [env K8SGPU_LEADER_ELECT_RENEW_DEADLINE]")
+    start.add_argument("--leader-elect-retry-period", metavar="DURATION",
+                       help="how often standbys try to take the Lease and the leader renews it (default 2s) "
+                            "[env K8SGPU_LEADER_ELECT_RETRY_PERIOD]")
+    start.add_argument("--leader-elect-resource-name", metavar="NAME",
+                       help="name of the election's Lease (default: the node name) "
+                            "[env K8SGPU_LEADER_ELECT_RESOURCE_NAME]")
+    start.add_argument("--leader-elect-resource-namespace", metavar="NAMESPACE",
+                       help="namespace of the election's Lease (default: the pod's, from its ServiceAccount; "
+                            "required outside a pod) [env K8SGPU_LEADER_ELECT_RESOURCE_NAMESPACE]")
+    start.add_argument("--leader-elect-kubeconfig", metavar="FILE",
+                       help="kubeconfig of the identity that writes the election's Lease (default: the pod's "
+                            "ServiceAccount; never the node identity, which may write only its node's Lease) "
+                            "[env K8SGPU_LEADER_ELECT_KUBECONFIG]")
+    start.add_argument("--config", help="YAML file with sections node, local, provider, leader_election "
+                                        "[env K8SGPU_CONFIG]")
     start.add_argument("--terraform-outputs", help="JSON of `terraform output -json` "
                                                    "[env K8SGPU_TERRAFORM_OUTPUTS]")
     start.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")

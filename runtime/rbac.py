@@ -8,6 +8,11 @@ approve its own serving certificate (kube-controller-manager never auto-approves
 kubernetes.io/kubelet-serving), and a node may not delete its own Node (the
 runtime does when its Deployment is deleted: `terraform destroy`), so those are
 the extra rules. The Terraform node module grants exactly these rules.
+
+Leader election (two replicas for one node) is not the node's work: its Lease lives in the runtime's own
+namespace and is written by the runtime's ServiceAccount (`election_rules`), because NodeRestriction lets a node
+write only its own Lease in kube-node-lease, and because the ServiceAccount is there for every way the node
+identity is had (bootstrap, kubeconfig, EKS login). The node module grants it in a Role of that namespace.
 """
 
 from __future__ import annotations
@@ -48,6 +53,42 @@ def extra_rules(signer: str = KUBELET_SERVING, node: str = "k8s.gpu") -> list[di
 
 
 EXTRA_RULES: list[dict] = extra_rules()
+
+
+def election_rules(lease: str = "k8s.gpu") -> list[dict]:
+    """What the runtime's ServiceAccount needs, in the runtime's namespace, for the election's Lease ``lease``
+    (by default named after the node)."""
+    return [
+        {
+            # Read and renew (or take over, or release) the election's Lease: this one only.
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "resourceNames": [lease],
+            "verbs": ["get", "update"],
+        },
+        {
+            # Create it the first time; RBAC cannot restrict create by name (the name is not known before).
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "verbs": ["create"],
+        },
+    ]
+
+
+ELECTION_RULES: list[dict] = election_rules()
+
+
+def election_rbac(namespace: str, service_account: str, lease: str = "k8s.gpu",
+                  name: str = "k8sgpu-runtime-leader-election") -> list[dict]:
+    """A Role with the election's rules in ``namespace`` and its binding to the ServiceAccount."""
+    return [
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+         "metadata": {"name": name, "namespace": namespace}, "rules": election_rules(lease)},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+         "metadata": {"name": name, "namespace": namespace},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+         "subjects": [{"kind": "ServiceAccount", "name": service_account, "namespace": namespace}]},
+    ]
 
 
 def extra_rbac(node_name: str = "k8s.gpu", name: str = "k8sgpu-runtime", signer: str = KUBELET_SERVING) -> list[dict]:

@@ -20,10 +20,16 @@ from .health import HealthServer
 from .kube import Kube, api_client
 from .kubelet.auth import Door
 from .kubelet.server import KubeletServer
+from .leader import LeaderElector
 from .provider.remote import RemoteClusterProvider
 from .supervisor import Supervisor
 
 log = logging.getLogger(__name__)
+
+
+class LeadershipLost(RuntimeError):
+    """The leader could not renew its election Lease in time: it stops leading, and the process exits non-zero
+    so that its Deployment starts it again as a candidate."""
 
 
 class VirtualNode:
@@ -39,6 +45,8 @@ class VirtualNode:
         self.certificate: ServingCertificate | None = None
         self.kubelet: KubeletServer | None = None
         self.health: HealthServer | None = None
+        self.election: LeaderElector | None = None  # None: leader election off, this runtime leads alone
+        self._election_kube: Kube | None = None
         # The long-running parts of the node and its controllers: restarted when they stop, and the process
         # stopped when one keeps failing.
         self.supervisor = Supervisor(on_give_up=self._report_failed)
@@ -64,25 +72,54 @@ class VirtualNode:
         """What readiness waits for; "" once the node is registered and every part started."""
         if self.stopping:
             return "stopping"
-        return "" if self.ready.is_set() else self.stage
+        if self.ready.is_set():
+            return ""
+        if self.election is not None and self.election.observed is None and self.election.error:
+            return f"{self.stage}: {self.election.error}"
+        return self.stage
+
+    def standby(self) -> str:
+        """While this runtime campaigns, prepared to lead: who leads (readiness is 200, so a rollout goes on)."""
+        election = self.election
+        if (self.stopping or election is None or election.leading.is_set() or self.local is None
+                or election.observed is None):
+            return ""
+        return f"standby: leader is {election.leader or 'unknown yet'}"
 
     async def start_health(self) -> None:
         """The health port, before anything else: liveness answers while the start waits."""
         cfg = self.config.node
         if not cfg.health_port:
             return
-        self.health = HealthServer(self.problems, self.waiting, self.supervisor.restarting)
+        self.health = HealthServer(self.problems, self.waiting, self.supervisor.restarting, self.standby)
         await self.health.start(self.config.resolved_health_bind_address(dict(os.environ)), cfg.health_port)
 
     # -- life ------------------------------------------------------------------------------
 
-    async def start(self) -> None:
+    async def connect(self) -> None:
+        """The node identity and the provider's client; a standby makes them before it leads (a bootstrap CSR,
+        an EKS role assumed), so that a failover does not wait for them."""
         cfg = self.config
         self.stage = "connecting to the local cluster as the node (a CSR may await approval: see the log)"
         self.local, self.identity = await local_cluster(cfg.local, cfg.node.name)
         self.remote = Kube(await api_client(cfg.provider.kubeconfig), "provider")
         for name, part in (self.identity.parts() if self.identity is not None else {}).items():
             self.supervisor.start(name, part)
+
+    async def campaign(self) -> None:
+        """Connect, then stand by until this runtime holds the election Lease (nothing without an election)."""
+        if self.election is None:
+            return
+        await self.connect()
+        self.supervisor.start("leader-election", self.election.run)
+        self.stage = (f"campaigning for leader election Lease {self.election.namespace}/{self.election.name} "
+                      f"as {self.election.identity}")
+        await self.election.leading.wait()
+
+    async def start(self) -> None:
+        cfg = self.config
+        if self.local is None:
+            await self.connect()
         provider = RemoteClusterProvider(self.remote, cfg.provider.tenant_namespace, cfg.node.name, self.address,
                                          supervisor=self.supervisor)
         self.services = ServiceController(self.local, provider, cfg.provider.load_balancer_class,
@@ -149,9 +186,13 @@ class VirtualNode:
         await self.supervisor.stop()
         if decommission:
             await self._decommission()
+        # After the controllers stopped, so the next leader starts at once; not after a decommission, where the
+        # Lease runs out instead, so a replica whose stop comes late cannot register the removed node again.
+        if self.election is not None and not decommission:
+            await self.election.release()
         if self.identity is not None:
             await self.identity.stop()
-        for kube in (self.remote, self.local):
+        for kube in (self.remote, self.local, self._election_kube):
             if kube is not None:
                 await kube.close()
         if self.health is not None:
@@ -169,7 +210,7 @@ class VirtualNode:
         """Whether this runtime stops because its Deployment is being deleted (gone, or deleting in the
         foreground as the node module's destroy does), asked with the pod's ServiceAccount."""
         namespace, _, name = self.config.node.deployment.partition("/")
-        if not name or self.pods is None:
+        if not name or self.pods is None or (self.election is not None and not self.election.leading.is_set()):
             return False
         try:
             account = Kube(await api_client(None), "local")
@@ -203,22 +244,49 @@ class VirtualNode:
             return
         log.info("node %s removed", name)
 
+    async def _elect(self) -> None:
+        """The elector, when leader election is on (its Lease written with the election's own identity)."""
+        le = self.config.leader_election
+        if not le.leader_elect:
+            log.info("leader election off (--no-leader-elect, or no ServiceAccount and no --leader-elect-kubeconfig):"
+                     " this runtime leads node %s alone", self.config.node.name)
+            return
+        self._election_kube = Kube(await api_client(le.kubeconfig or None), "local (leader election)")
+        self.election = LeaderElector(self._election_kube, le.resource_namespace, le.resource_name, le.identity,
+                                      lease_duration=le.lease_duration_seconds,
+                                      renew_deadline=le.renew_deadline_seconds, retry_period=le.retry_period_seconds)
+
     async def run_until(self, stop: asyncio.Event) -> None:
-        """Start, then run until ``stop``; a stop during the start (a CSR awaiting approval) ends it too. A part
-        that keeps failing ends it with `PartFailed` (the process exits non-zero; its Deployment restarts it)."""
+        """Campaign (where leader election is on), start once leading, then run until ``stop``; a stop while
+        standing by or during the start (a CSR awaiting approval) ends it too. A part that keeps failing ends it
+        with `PartFailed`, a lost election Lease with `LeadershipLost` (the process exits non-zero; its
+        Deployment restarts it)."""
         await self.start_health()  # a taken port fails here, before anything else has started
-        starting = asyncio.create_task(self.start(), name="start")
-        stopping = asyncio.create_task(stop.wait(), name="stop")
-        failing = asyncio.create_task(self.supervisor.run(), name="supervisor")
+        ends = [asyncio.create_task(stop.wait(), name="stop"),
+                asyncio.create_task(self.supervisor.run(), name="supervisor")]
+        stopping, failing = ends
+        starting = None
         try:
-            await asyncio.wait({starting, stopping, failing}, return_when=asyncio.FIRST_COMPLETED)
+            await self._elect()
+            if self.election is not None:
+                ends.append(asyncio.create_task(self.election.lost.wait(), name="leadership-lost"))
+            starting = asyncio.create_task(self._campaign_and_start(), name="start")
+            await asyncio.wait({starting, *ends}, return_when=asyncio.FIRST_COMPLETED)
             if starting.done() and not failing.done():
                 starting.result()
-                await asyncio.wait({stopping, failing}, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait(ends, return_when=asyncio.FIRST_COMPLETED)
             if failing.done():
                 failing.result()  # raises PartFailed
+            if self.election is not None and self.election.lost.is_set():
+                raise LeadershipLost(f"lost leader election Lease {self.election.namespace}/{self.election.name} "
+                                     f"(not renewed within {self.election.renew_deadline:g} s)")
         finally:
-            for task in (starting, stopping, failing):
+            tasks = [t for t in (starting, *ends) if t is not None]
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(starting, stopping, failing, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
             await self.stop()
+
+    async def _campaign_and_start(self) -> None:
+        await self.campaign()
+        await self.start()

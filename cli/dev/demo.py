@@ -120,9 +120,11 @@ def _start_in_cluster(state: State, out, terraform_dir: Path) -> None:
     step(local, "get", "nodes", "-o", "wide")
     if not set(internal) & set(pod_ips):
         raise GroundError(f"node {NODE} advertises {internal}, not the runtime pod's IP {pod_ips}")
-    print(f"\n{NODE} is Ready at {internal[0]}, the runtime pod's IP. Its log, through worker-0's kubelet:",
-          file=out)
-    step(local, "-n", "k8sgpu", "logs", "deploy/k8sgpu-runtime", "--tail=3")
+    # Two replicas: the one at the node's address leads (holds the election's Lease); the other stands by.
+    (leader,) = [p["metadata"]["name"] for p in pod if p["status"].get("podIP") in internal]
+    print(f"\n{NODE} is Ready at {internal[0]}, the IP of {leader}, the runtime pod that leads (the other stands "
+          "by). Its log, through worker-0's kubelet:", file=out)
+    step(local, "-n", "k8sgpu", "logs", leader, "--tail=3")
 
 
 def _start_as_process(ground: Ground, state: State, out) -> None:

@@ -271,6 +271,16 @@ def node_rules_hcl() -> str:
     return hcl(rules, {_SIGNER: "local.csr_signer_name", _NODE: "var.node_name"}, indent=1)
 
 
+def election_rules_hcl() -> str:
+    """The ServiceAccount's leader election rules (k8sgpu.runtime.rbac.election_rules, whose default is
+    ELECTION_RULES) in HCL, for the Lease named after the module's node."""
+    from k8sgpu.runtime import rbac
+
+    if rbac.election_rules() != rbac.ELECTION_RULES:
+        raise RenderError("k8sgpu.runtime.rbac: ELECTION_RULES differs from election_rules(); render needs them equal")
+    return hcl(rbac.election_rules(_NODE), {_NODE: "var.node_name"}, indent=1)
+
+
 # ---------------------------------------------------------------------------------------------- rendering
 
 def _environment():
@@ -288,6 +298,7 @@ def _context(cloud: str, values: dict[str, Any]) -> dict[str, Any]:
         "hcl": hcl,
         "backend": backend,
         "node_rules": node_rules_hcl(),
+        "election_rules": election_rules_hcl(),
         "image_tag": DEFAULT_VALUES["image_tag"],
         "kubernetes_version": PROVIDER_VERSIONS["kubernetes"],
         "kubectl_version": PROVIDER_VERSIONS["kubectl"],

@@ -61,6 +61,7 @@ module "node" {
   health_port                      = var.health_port
   resources                        = var.resources
   termination_grace_period_seconds = var.termination_grace_period_seconds
+  replicas                         = var.replicas
   csr_signer                       = "aws"
   # On EKS the IAM role is the node identity: no bootstrap token.
   bootstrap = false

@@ -41,6 +41,7 @@ module "node" {
   health_port                      = var.health_port
   resources                        = var.resources
   termination_grace_period_seconds = var.termination_grace_period_seconds
+  replicas                         = var.replicas
   csr_signer                       = "kubernetes.io/kubelet-serving"
   bootstrap                        = true
 }

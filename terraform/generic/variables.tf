@@ -141,3 +141,9 @@ variable "termination_grace_period_seconds" {
   default     = 60
 }
 
+variable "replicas" {
+  description = "Runtimes of the node: one leads (a leader election Lease), the others stand by and take over when it stops or dies."
+  type        = number
+  default     = 2
+}
+

@@ -106,7 +106,8 @@ def test_demo_applies_terraform_and_runs_the_guides_pod_on_the_virtual_node(bina
         # The runtime's pod, from its image, Running on the worker node; the node registered with its IP.
         assert any(line.startswith("k8sgpu-runtime-") and "Running" in line and "worker-0" in line
                    for line in demo.stdout.splitlines())
-        assert "k8s.gpu is Ready at 10.244." in demo.stdout and "the runtime pod's IP" in demo.stdout
+        # Two replicas: the node is at the IP of the one that leads.
+        assert "k8s.gpu is Ready at 10.244." in demo.stdout and "the runtime pod that leads" in demo.stdout
         assert "node/k8s.gpu condition met" in demo.stdout
         assert "pod/nvidia-smi condition met" in demo.stdout
         assert "pod/nvidia-smi-mig condition met" in demo.stdout and "nvidia.com/mig-1g.10gb" in demo.stdout

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from kubernetes import client
 
-from k8sgpu.runtime.rbac import extra_rbac
+from k8sgpu.runtime.rbac import election_rbac, extra_rbac
 
 from .helpers import api, kubectl
 
@@ -25,13 +25,24 @@ def doctor(ground, *args: str) -> tuple[int, dict]:
     return run.returncode, {f["check"]: f for f in json.loads(run.stdout)}
 
 
+DOCTOR_NS = "k8sgpu-doctor"
+
+
+def election(ground) -> str:
+    """The node module's leader election Role for the ServiceAccount doctor-runtime in a namespace of this module."""
+    namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": DOCTOR_NS}}
+    manifests = [namespace, *election_rbac(DOCTOR_NS, "doctor-runtime", "k8s.gpu")]
+    kubectl(ground.local.kubeconfig, "apply", "-f", "-", stdin=yaml.safe_dump_all(manifests))
+    return DOCTOR_NS
+
+
 def test_a_ready_cluster_passes_and_the_csr_round_trip_cleans_up(ground):
     kubectl(ground.local.kubeconfig, "apply", "-f", "-", stdin=yaml.safe_dump_all(extra_rbac()))
-    code, findings = doctor(ground)
+    code, findings = doctor(ground, "--namespace", election(ground), "--service-account", "doctor-runtime")
     assert code == 0, findings
     assert {k: f["status"] for k, f in findings.items()} == {
-        "node-identity": "ok", "runtime-rbac": "ok", "serving-signer": "ok", "k3s-egress-selector": "skip",
-        "node-name": "ok"}
+        "node-identity": "ok", "runtime-rbac": "ok", "leader-election-rbac": "ok", "serving-signer": "ok",
+        "k3s-egress-selector": "skip", "node-name": "ok"}
     assert "v1.32.13" in findings["k3s-egress-selector"]["evidence"]
     csrs = client.CertificatesV1Api(api(ground.local.kubeconfig)).list_certificate_signing_request().items
     assert not [c for c in csrs if c.metadata.name.startswith("k8sgpu-doctor-")]
@@ -51,6 +62,15 @@ def test_removed_runtime_rbac_is_found_with_its_fix(ground):
         assert findings["node-identity"]["status"] == "ok"  # the Node authorizer's part is untouched
     finally:
         kubectl(ground.local.kubeconfig, "apply", "-f", "-", stdin=yaml.safe_dump_all(extra_rbac()))
+
+
+def test_a_service_account_without_the_election_role_is_found_with_its_fix(ground):
+    code, findings = doctor(ground, "--namespace", election(ground), "--service-account", "someone-else")
+    assert code == 1
+    found = findings["leader-election-rbac"]
+    assert found["status"] == "fail"
+    assert "get leases k8s.gpu" in found["evidence"] and "create leases" in found["evidence"]
+    assert "someone-else-leader-election" in found["fix"]
 
 
 def test_a_foreign_node_of_our_name_blocks(ground):

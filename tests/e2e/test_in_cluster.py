@@ -1,5 +1,7 @@
 """The user's path: `terraform apply` of terraform/generic runs the runtime from its image on the ground's worker
-node (real kubelet, containerd, kube-proxy), with no identity but its ServiceAccount; Kubernetes restarts it."""
+node (real kubelet, containerd, kube-proxy), with no identity but its ServiceAccount: two replicas, one leading (the
+election's Lease), the other standing by; the leader's pod deleted, the standby takes over and Kubernetes adds a new
+standby."""
 
 from __future__ import annotations
 
@@ -83,10 +85,27 @@ def running_on_node(core: client.CoreV1Api, name: str):
     return pod if pod.spec.node_name == NODE and pod.status.phase == "Running" else None
 
 
+def two_ready(core: client.CoreV1Api) -> list:
+    pods = [p for p in runtime_pods(core) if ready(p)]
+    return pods if len(pods) == 2 else []
+
+
+def leader_of(ground) -> str:
+    coordination = client.CoordinationV1Api(api(ground.local.kubeconfig))
+    try:
+        return coordination.read_namespaced_lease(NODE, NAMESPACE).spec.holder_identity or ""
+    except ApiException:
+        return ""
+
+
 def test_the_runtime_runs_from_its_image_on_the_worker_and_registers_with_its_pod_ip(deployed, ground):
     core = client.CoreV1Api(api(ground.local.kubeconfig))
-    (pod,) = wait_for(lambda: [p for p in runtime_pods(core) if ready(p)], 60, "the runtime pod Ready")
-    assert pod.spec.node_name == "worker-0"
+    # Both replicas Ready: the leader once its node is registered, the standby while it stands by.
+    pods = wait_for(lambda: two_ready(core), 90, "both runtime pods Ready")
+    assert {p.spec.node_name for p in pods} == {"worker-0"}  # anti-affinity is preferred: one worker holds both
+    leader = wait_for(lambda: leader_of(ground), 60, "a leader in the election's Lease")
+    (pod,) = [p for p in pods if p.metadata.name == leader]
+    (standby,) = [p for p in pods if p.metadata.name != leader]
     assert pod.spec.containers[0].image == "k8sgpu-runtime:0.1.0"
     # Its only credential is its ServiceAccount: no kubeconfig file is mounted but the provider's.
     mounted = {m.mount_path for m in pod.spec.containers[0].volume_mounts}
@@ -102,6 +121,8 @@ def test_the_runtime_runs_from_its_image_on_the_worker_and_registers_with_its_po
     # The worker's real kubelet serves the runtime's own logs.
     logs = kubectl(ground.local.kubeconfig, "-n", NAMESPACE, "logs", pod.metadata.name).stdout
     assert f"node {NODE} ready at {pod.status.pod_ip}" in logs
+    waiting = kubectl(ground.local.kubeconfig, "-n", NAMESPACE, "logs", standby.metadata.name).stdout
+    assert f"is held by {leader}: standing by" in waiting and "ready at" not in waiting
 
 
 def test_a_pod_of_each_catalog_class_runs_with_logs_and_exec(deployed, ground):
@@ -127,21 +148,29 @@ def test_a_deleted_runtime_pod_is_recreated_and_the_node_and_its_pods_carry_on(d
     workloads = {name: core.read_namespaced_pod(name, "default").metadata.uid for name in CATALOG}
     before = mirrors()
     assert set(workloads.values()) <= set(before)
-    (old,) = runtime_pods(core)
+    pods = wait_for(lambda: two_ready(core), 90, "both runtime pods Ready")
+    (old,) = [p for p in pods if p.metadata.name == leader_of(ground)]
+    (standby,) = [p for p in pods if p is not old]
     core.delete_namespaced_pod(old.metadata.name, NAMESPACE)
 
-    # While Kubernetes replaces the runtime, the workloads stay Running and keep their mirrors.
+    # Another runtime takes over (the leader released the Lease as it stopped) and Kubernetes adds a new pod; the
+    # workloads stay Running and keep their mirrors.
     deadline = time.monotonic() + 120
     new = []
     while time.monotonic() < deadline and not new:
         for name in CATALOG:
             assert core.read_namespaced_pod(name, "default").status.phase == "Running"
-        new = [p for p in runtime_pods(core) if p.metadata.uid != old.metadata.uid and ready(p)]
+        new = [p for p in runtime_pods(core) if p.metadata.uid not in (old.metadata.uid, standby.metadata.uid)
+               and ready(p)]
         time.sleep(0.5)
     assert new, "no new runtime pod became Ready within 120 s"
-    node = wait_for(lambda: node_ready(core), 60, f"node {NODE} Ready again")
+    # The released Lease goes to whichever candidate tries first: the standby, or the new pod if it is ready by then.
+    leader = wait_for(lambda: (holder := leader_of(ground)) not in ("", old.metadata.name) and holder, 60,
+                      "another runtime to lead")
+    (now_leading,) = [p for p in runtime_pods(core) if p.metadata.name == leader]
+    node = wait_for(lambda: (n := node_ready(core)) and ("InternalIP", now_leading.status.pod_ip) in {
+        (a.type, a.address) for a in n.status.addresses} and n, 60, f"node {NODE} Ready at the new leader's address")
     assert node.metadata.uid == node_uid
-    assert {(a.type, a.address) for a in node.status.addresses} >= {("InternalIP", new[0].status.pod_ip)}
     assert {k: v for k, v in mirrors().items() if k in workloads.values()} == {
         uid: before[uid] for uid in workloads.values()}
     # Resynced: the new runtime serves the old pods and runs new ones.

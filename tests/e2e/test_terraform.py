@@ -19,7 +19,7 @@ from kubernetes.utils import parse_quantity
 from k8sgpu.cli.dev.ground import free_port
 from k8sgpu.cli.dev.tfvars import generic_tfvars, inline_kubeconfig
 from k8sgpu.runtime.catalog import runtime_class_manifest
-from k8sgpu.runtime.rbac import EXTRA_RULES
+from k8sgpu.runtime.rbac import EXTRA_RULES, election_rules
 from k8sgpu.runtime.translate import ORIGIN_UID_LABEL
 
 from .helpers import (
@@ -96,6 +96,13 @@ def test_apply_creates_everything(generic, ground):
         assert b.role_ref.name == role_name
         assert [(s.kind, s.name, s.namespace) for s in b.subjects] == [("ServiceAccount", "k8sgpu-runtime", NAMESPACE)]
 
+    # The leader election's Lease, named after the node, is the ServiceAccount's to write in the namespace.
+    election = rbac.read_namespaced_role("k8sgpu-runtime-leader-election", NAMESPACE)
+    assert api(ground.local.kubeconfig).sanitize_for_serialization(election)["rules"] == election_rules(NODE)
+    binding = rbac.read_namespaced_role_binding("k8sgpu-runtime-leader-election", NAMESPACE)
+    assert [(s.kind, s.name, s.namespace) for s in binding.subjects] == [("ServiceAccount", "k8sgpu-runtime",
+                                                                          NAMESPACE)]
+
     secret = core.read_namespaced_secret("k8sgpu-runtime-provider", NAMESPACE)
     assert base64.b64decode(secret.data["kubeconfig"]).decode() == inline_kubeconfig(ground.tenant_kubeconfig)
 
@@ -121,7 +128,13 @@ def test_deployment_runs_the_runtime_with_the_outputs_values(generic, ground):
     apps = client.AppsV1Api(api(ground.local.kubeconfig))
     dep = apps.read_namespaced_deployment("k8sgpu-runtime", NAMESPACE)
     spec = dep.spec.template.spec
-    assert dep.spec.strategy.type == "Recreate" and dep.spec.replicas == 1
+    # Two runtimes, one leading: a rollout brings a standby up before an old one goes.
+    assert dep.spec.replicas == 2 and dep.spec.strategy.type == "RollingUpdate"
+    rolling = dep.spec.strategy.rolling_update
+    assert (str(rolling.max_unavailable), str(rolling.max_surge)) == ("0", "1")
+    (spread,) = spec.affinity.pod_anti_affinity.preferred_during_scheduling_ignored_during_execution
+    assert spread.pod_affinity_term.topology_key == "kubernetes.io/hostname"
+    assert spread.pod_affinity_term.label_selector.match_labels == {"app.kubernetes.io/name": "k8sgpu-runtime"}
     assert spec.service_account_name == "k8sgpu-runtime"
     (container,) = spec.containers
     assert container.image == "registry.example/k8sgpu-runtime:test"
@@ -133,6 +146,8 @@ def test_deployment_runs_the_runtime_with_the_outputs_values(generic, ground):
     assert env["K8SGPU_DEFAULT_RUNTIME_CLASS"].value == "tf-nvidia-1xa6000"
     assert env["POD_IP"].value_from.field_ref.field_path == "status.podIP"
     assert env["K8SGPU_NODE_ADDRESS"].value_from.field_ref.field_path == "status.podIP"
+    assert env["POD_NAME"].value_from.field_ref.field_path == "metadata.name"
+    assert env["POD_NAMESPACE"].value_from.field_ref.field_path == "metadata.namespace"
     mounts = {m.mount_path: m for m in container.volume_mounts}
     mount = mounts[os.path.dirname(env["K8SGPU_PROVIDER_KUBECONFIG"].value)]
     volumes = {v.name: v for v in spec.volumes}

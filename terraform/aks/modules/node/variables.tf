@@ -125,6 +125,16 @@ variable "image_tag" {
   default     = "0.1.0"
 }
 
+variable "replicas" {
+  description = "Runtimes of the node: one leads (a leader election Lease in var.namespace), the others stand by and take over when it stops or dies. 1 turns the election's standby off (the Lease is still taken)."
+  type        = number
+  default     = 2
+  validation {
+    condition     = var.replicas >= 1 && floor(var.replicas) == var.replicas
+    error_message = "replicas must be a whole number >= 1, e.g. 2."
+  }
+}
+
 variable "wait_for_rollout" {
   description = "Wait for the Deployment's rollout on apply."
   type        = bool

@@ -40,6 +40,21 @@ locals {
     },
   ]
 
+  # Rendered from k8sgpu.runtime.rbac.ELECTION_RULES: the ServiceAccount's leader election Lease, in this namespace.
+  election_rules = [
+    {
+      apiGroups     = ["coordination.k8s.io"]
+      resources     = ["leases"]
+      resourceNames = [var.node_name]
+      verbs         = ["get", "update"]
+    },
+    {
+      apiGroups = ["coordination.k8s.io"]
+      resources = ["leases"]
+      verbs     = ["create"]
+    },
+  ]
+
   # The runtime's configuration: the same values the root's outputs give `k8sgpu-runtime start --terraform-outputs`.
   runtime_env = merge(var.runtime_env, {
     K8SGPU_NODE_NAME           = var.node_name
@@ -189,14 +204,28 @@ resource "kubectl_manifest" "deployment" {
     kind       = "Deployment"
     metadata   = { name = var.name, namespace = var.namespace, labels = local.labels }
     spec = {
-      replicas = 1
-      # Two runtimes for one node would fight over it: the old one stops before the new one starts.
-      strategy = { type = "Recreate" }
+      replicas = var.replicas
+      # One replica leads (the leader election Lease), the others stand by Ready: a new pod comes up as a standby
+      # before an old one goes, and the old leader's stop releases the Lease, so a rollout hands over at once.
+      strategy = { type = "RollingUpdate", rollingUpdate = { maxUnavailable = 0, maxSurge = 1 } }
       selector = { matchLabels = { "app.kubernetes.io/name" = var.name } }
       template = {
         metadata = { labels = local.labels }
         spec = {
           serviceAccountName = var.name
+          # Replicas on different nodes where the cluster has them, so one node's loss leaves a standby; preferred,
+          # so a one-node cluster still runs them all.
+          affinity = {
+            podAntiAffinity = {
+              preferredDuringSchedulingIgnoredDuringExecution = [{
+                weight = 100
+                podAffinityTerm = {
+                  topologyKey   = "kubernetes.io/hostname"
+                  labelSelector = { matchLabels = { "app.kubernetes.io/name" = var.name } }
+                }
+              }]
+            }
+          }
           # SIGTERM stops the parts in reverse order (kubelet API, certificates, Services, pods, Lease and status,
           # clients); the grace period lets that finish before SIGKILL.
           terminationGracePeriodSeconds = var.termination_grace_period_seconds
@@ -210,6 +239,10 @@ resource "kubectl_manifest" "deployment" {
               [for k in sort(keys(local.runtime_env)) : { name = k, value = local.runtime_env[k] }],
               [
                 { name = "POD_IP", valueFrom = { fieldRef = { fieldPath = "status.podIP" } } },
+                # The leader election's identity (a container restarted in the same pod is the same candidate) and
+                # the namespace of its Lease.
+                { name = "POD_NAME", valueFrom = { fieldRef = { fieldPath = "metadata.name" } } },
+                { name = "POD_NAMESPACE", valueFrom = { fieldRef = { fieldPath = "metadata.namespace" } } },
                 { name = "K8SGPU_NODE_ADDRESS", valueFrom = { fieldRef = { fieldPath = "status.podIP" } } },
               ]
             )
@@ -260,13 +293,36 @@ resource "kubectl_manifest" "deployment" {
   # node held on the provider (it reads this Deployment's deletion with the rule below), before the ServiceAccount,
   # the RBAC and the provider Secret go.
   wait       = true
-  depends_on = [kubectl_manifest.service_account, kubectl_manifest.provider_kubeconfig, kubectl_manifest.node_role_binding, kubectl_manifest.deployment_reader_binding]
+  depends_on = [kubectl_manifest.service_account, kubectl_manifest.provider_kubeconfig, kubectl_manifest.node_role_binding, kubectl_manifest.deployment_reader_binding, kubectl_manifest.leader_election_binding]
   lifecycle {
     precondition {
       condition     = var.default_runtime_class == "" || contains(keys(var.catalog), var.default_runtime_class)
       error_message = "default_runtime_class must name an entry of catalog (or be \"\" for none)."
     }
   }
+}
+
+# The runtime's ServiceAccount writes the leader election Lease (named after the node) in this namespace. Not the
+# node identity: NodeRestriction lets a node write only its own Lease in kube-node-lease.
+resource "kubectl_manifest" "leader_election" {
+  yaml_body = yamlencode({
+    apiVersion = "rbac.authorization.k8s.io/v1"
+    kind       = "Role"
+    metadata   = { name = "${var.name}-leader-election", namespace = var.namespace, labels = local.labels }
+    rules      = local.election_rules
+  })
+  depends_on = [kubectl_manifest.namespace]
+}
+
+resource "kubectl_manifest" "leader_election_binding" {
+  yaml_body = yamlencode({
+    apiVersion = "rbac.authorization.k8s.io/v1"
+    kind       = "RoleBinding"
+    metadata   = { name = "${var.name}-leader-election", namespace = var.namespace, labels = local.labels }
+    roleRef    = { apiGroup = "rbac.authorization.k8s.io", kind = "Role", name = "${var.name}-leader-election" }
+    subjects   = [{ kind = "ServiceAccount", name = var.name, namespace = var.namespace }]
+  })
+  depends_on = [kubectl_manifest.leader_election]
 }
 
 # The runtime's ServiceAccount may read its own Deployment: a stop while it is being deleted is a decommission.
