@@ -97,6 +97,7 @@ class KubeletServer:
         self._server: asyncio.base_events.Server | None = None
         self._address: tuple = ()
         self._connections: set[asyncio.Task] = set()
+        self._spdy: set[SpdyConnection] = set()  # connections switched to SPDY, while they last
 
     async def start(self, host: str, port: int, tls) -> None:
         """Listen now (a port taken fails here); `serve` then owns the listener."""
@@ -117,6 +118,11 @@ class KubeletServer:
             if current is not None and current.cancelling():
                 raise
         raise RuntimeError("the kubelet API's listener was closed")
+
+    def buffered_bytes(self) -> int:
+        """What kube-apiserver sent on exec, attach and port-forward streams that the provider has not taken yet,
+        all connections together: at most spdy.STREAM_BUFFER_BYTES (and one frame) per open stream."""
+        return sum(conn.buffered for conn in self._spdy)
 
     def problems(self) -> dict[str, str]:
         """The listener, if it has stopped serving (its supervisor says whether it is being restarted)."""
@@ -253,10 +259,13 @@ class KubeletServer:
             if not command:
                 raise HTTPError(400, "you must specify at least one command for the container", "BadRequest")
             session = await self.provider.exec(ns, pod, container, command, **flags)
+        spdy = None
         try:
             spdy = await _switch(conn, reader, writer, protocol)
+            self._spdy.add(spdy)
             await _run_container_session(spdy, session, flags)
         finally:
+            self._spdy.discard(spdy)
             await session.close()
         return True
 
@@ -278,9 +287,11 @@ class KubeletServer:
                 task.add_done_callback(tasks.discard)
 
         spdy = await _switch(conn, reader, writer, protocol, on_stream)
+        self._spdy.add(spdy)
         try:
             await spdy.serve()
         finally:
+            self._spdy.discard(spdy)
             for task in list(tasks):
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)

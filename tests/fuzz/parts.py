@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import hashlib
 import socket
 
 import h11
@@ -31,14 +32,23 @@ class OpenDoor(Door):
 
 
 class PausedSession:
-    """An exec, attach or port-forward into a paused container: stdin is never taken, nothing comes out."""
+    """An exec, attach or port-forward into a paused container: stdin is not taken until `resume()` (then it is
+    counted and hashed), nothing comes out until the session is closed."""
 
     def __init__(self):
         self.closed = asyncio.Event()
+        self.running = asyncio.Event()
         self.resizes: list[tuple[int, int]] = []
+        self.taken = 0
+        self.digest = hashlib.sha256()
+
+    def resume(self) -> None:
+        self.running.set()
 
     async def send_stdin(self, data: bytes) -> None:
-        await self.closed.wait()
+        await self.running.wait()
+        self.taken += len(data)
+        self.digest.update(data)
 
     send = send_stdin
 
