@@ -186,6 +186,8 @@ class SpdyConnection:
         # stream id, associated stream id, priority and slot, then the header block
         await self.send(control_frame(SYN_STREAM, 0, struct.pack(">IIH", stream_id, 0, 0)
                                       + self.codec.encode(headers)))
+        if self.closed.is_set():  # the peer went away before this stream was known: no reply will come
+            raise ConnectionError("the SPDY connection was closed by the peer")
         await asyncio.wait_for(stream.replied.wait(), timeout)
         return stream
 

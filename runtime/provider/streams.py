@@ -32,7 +32,7 @@ def exit_status(status: dict) -> dict:
     """The metav1.Status a kubelet gives for a command's end, from the provider's."""
     if status.get("status") != "Failure" or status.get("reason") == "NonZeroExitCode":
         return status
-    match = _EXIT_STATUS.search(status.get("message", ""))
+    match = _EXIT_STATUS.search(str(status.get("message", "")))
     if status.get("reason") != "InternalError" or not match:
         return status
     code = match.group(1)
@@ -70,9 +70,11 @@ class ContainerSession:
                 continue
             if kind == "status":
                 try:
-                    data = json.dumps(exit_status(json.loads(data))).encode()
+                    status = json.loads(data)
                 except ValueError:
-                    pass
+                    status = None
+                if isinstance(status, dict):  # anything else is passed on as it came, as a Status that is no JSON
+                    data = json.dumps(exit_status(status)).encode()
             return kind, data
         return None
 

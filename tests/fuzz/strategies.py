@@ -186,3 +186,10 @@ def spdy_frames(draw, codec: spdy.HeaderCodec | None = None) -> bytes:
     if kind == "short":
         return draw(st.binary(max_size=7))
     return draw(st.binary(max_size=64))
+
+
+@st.composite
+def spdy_sessions(draw) -> list[bytes]:
+    """What a peer sends on one connection: frames in order, header blocks in one compression context."""
+    codec = spdy.HeaderCodec()
+    return [draw(spdy_frames(codec)) for _ in range(draw(st.integers(0, 16)))]
