@@ -138,11 +138,12 @@ def test_the_provider_closing_port_forward_before_a_stream_is_opened_says_so_at_
         ours, theirs = socket.socketpair()
         reader, writer = await asyncio.open_connection(sock=theirs)
         conn = spdy.SpdyConnection(reader, writer)
-        ours.close()
+        ours.shutdown(socket.SHUT_WR)  # the peer is done sending (as a WebSocket closed by the provider), still reads
         await conn.serve()
         with pytest.raises(ConnectionError):
             await conn.open_stream({"streamtype": "data"}, timeout=3600)  # waited for the timeout
         writer.close()
+        ours.close()
 
     asyncio.run(main())
 
