@@ -346,7 +346,12 @@ async def _run_container_session(spdy: SpdyConnection, session, flags: dict[str,
     serving = asyncio.create_task(spdy.serve())
     opened = asyncio.create_task(complete.wait())
     # Until the streams are open, or the peer hangs up (then there is nobody to wait for), or the time is up.
-    await asyncio.wait({opened, serving}, timeout=STREAM_TIMEOUT, return_when=asyncio.FIRST_COMPLETED)
+    try:
+        await asyncio.wait({opened, serving}, timeout=STREAM_TIMEOUT, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        opened.cancel()
+        serving.cancel()
+        raise
     if not complete.is_set():
         opened.cancel()
         if not serving.done():
@@ -369,7 +374,7 @@ async def _run_container_session(spdy: SpdyConnection, session, flags: dict[str,
             while pending.strip():
                 try:
                     size, end = decoder.raw_decode(pending.lstrip())
-                except ValueError:
+                except (ValueError, RecursionError):  # RecursionError: [[[[… nested past the interpreter's limit
                     if len(pending) > RESIZE_MESSAGE_BYTES:
                         pending = ""  # not a terminal size, and never will be
                     break

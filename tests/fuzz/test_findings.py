@@ -85,9 +85,10 @@ def _resized(*messages: bytes) -> list[tuple[int, int]]:
     return server.provider.sessions[0].resizes
 
 
-def test_a_resize_stream_of_junk_is_dropped_and_the_next_size_applies():
-    # The pending text grew without bound, and no later size could parse.
-    assert _resized(b"{" * (1 << 20), b'{"Width": 80, "Height": 24}') == [(80, 24)]
+@pytest.mark.parametrize("junk", [b"{" * (1 << 20), b"[" * 100_000])
+def test_a_resize_stream_of_junk_is_dropped_and_the_next_size_applies(junk):
+    # The pending text grew without bound, and no later size could parse; [[[… raised RecursionError.
+    assert _resized(junk, b'{"Width": 80, "Height": 24}') == [(80, 24)]
 
 
 def test_resize_messages_of_the_wrong_shape_are_skipped():
