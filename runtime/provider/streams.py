@@ -87,7 +87,8 @@ class _WebSocketPipe:
 
     def __init__(self, ws: aiohttp.ClientWebSocketResponse):
         self.ws = ws
-        self._buffer = b""
+        # A bytearray: a frame of up to 16 MiB may come in many small messages, and bytes += would copy it each time.
+        self._buffer = bytearray()
         self._pending: list[bytes] = []
 
     async def readexactly(self, n: int) -> bytes:
@@ -97,8 +98,9 @@ class _WebSocketPipe:
                 self._buffer += message.data
             elif message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING,
                                   aiohttp.WSMsgType.ERROR):
-                raise asyncio.IncompleteReadError(self._buffer, n)
-        out, self._buffer = self._buffer[:n], self._buffer[n:]
+                raise asyncio.IncompleteReadError(bytes(self._buffer), n)
+        out = bytes(self._buffer[:n])
+        del self._buffer[:n]
         return out
 
     def write(self, data: bytes) -> None:
