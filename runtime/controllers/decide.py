@@ -132,6 +132,12 @@ def _phase(pod: dict) -> str:
     return (pod.get("status") or {}).get("phase", "Pending")
 
 
+def runtime_class_name(pod: dict) -> str:
+    """The pod's spec.runtimeClassName; "" for none, or for one that is no string (admission then says so)."""
+    name = pod["spec"].get("runtimeClassName")
+    return name if isinstance(name, str) else ""
+
+
 def own_mirrors(pod: dict | None, mirrors: list[RemotePod]) -> tuple[list[RemotePod], list[RemotePod]]:
     """The mirrors of this very pod (by UID), oldest first and live ones before deleting ones; and the others
     (of an earlier pod of the same name)."""
@@ -144,7 +150,7 @@ def admitted(pod: dict, mirrors: list[RemotePod], catalog: Mapping[str, GPUClass
     """Whether the pod runs or may run here: a mirror of it exists, or admission accepts it under its class."""
     if own_mirrors(pod, mirrors)[0]:
         return True
-    offer = catalog.get(pod["spec"].get("runtimeClassName") or "")
+    offer = catalog.get(runtime_class_name(pod))
     return isinstance(offer, GPUClass) and admit(pod, offer) is None
 
 
@@ -209,7 +215,7 @@ def decide(pod: dict | None, mirrors: list[RemotePod], *, provider_reachable: bo
 
 def _admit(pod: dict, catalog: Mapping[str, GPUClass | CatalogError], copies: Mapping[Ref, Copy]) -> Action:
     """A pending pod with no mirror: refused (shown on it), waiting for its copies, or created."""
-    rc_name = pod["spec"].get("runtimeClassName") or ""
+    rc_name = runtime_class_name(pod)
     offer = catalog.get(rc_name)
     if isinstance(offer, CatalogError):
         return Wait("InvalidRuntimeClass", str(offer), show=True)

@@ -35,6 +35,7 @@ from .decide import (
     admitted,
     claimed_objects,
     decide,
+    runtime_class_name,
 )
 from .objects import ObjectController
 
@@ -217,7 +218,7 @@ class PodController:
     def _takes(self, key: str, pod: dict) -> Resources | None:
         """What the pod takes from the node; None for a pod admission refuses (it never runs) or whose
         resources cannot be computed."""
-        offer = self.catalog.get(pod["spec"].get("runtimeClassName") or "")
+        offer = self.catalog.get(runtime_class_name(pod))
         if not isinstance(offer, GPUClass) or not admitted(pod, self._mirrors_of(key), self.catalog):
             return None
         try:

@@ -8,9 +8,10 @@ from hypothesis import strategies as st
 
 from k8sgpu.runtime.admission import Refusal, admit, pod_resources
 from k8sgpu.runtime.catalog import CatalogError, GPUClass, demo_catalog
+from k8sgpu.runtime.controllers.decide import decide
 from k8sgpu.runtime.translate import mirror_metadata_patch, referenced_objects, remote_pod
 
-from .strategies import pods, quantities
+from .strategies import pod_spec, pods, quantities
 
 CLASSES = [GPUClass.from_runtime_class(rc) for rc in demo_catalog()]
 
@@ -38,3 +39,15 @@ def test_a_runtime_class_is_a_gpu_class_or_a_catalog_error(annotations):
         GPUClass.from_runtime_class({"metadata": {"name": "rc", "annotations": annotations}, "handler": "nvidia"})
     except CatalogError as exc:
         assert str(exc)
+
+
+@given(spec=pod_spec, reachable=st.booleans())
+def test_the_pod_controllers_decision_takes_any_spec(spec, reachable):
+    """decide() on a pod whose envelope is the API's (metadata, uid, no status yet) and whose spec is anything
+    Pod-shaped: one action, never an exception."""
+    if not isinstance(spec, dict):
+        return  # the API server never hands out a pod whose spec is no object
+    pod = {"metadata": {"name": "p", "namespace": "default", "uid": "u1"}, "spec": spec}
+    catalog = {c.name: c for c in CLASSES}
+    action = decide(pod, [], provider_reachable=reachable, catalog=catalog, copies={}, now="2026-12-02T00:00:00Z")
+    assert action is not None

@@ -249,3 +249,14 @@ def _pod(**spec) -> dict:
 def test_pods_of_the_wrong_shape_are_refused_naming_the_field(pod, reason, words):
     refusal = admit(pod, A6000)
     assert refusal is not None and refusal.reason == reason and words in refusal.message, refusal
+
+
+def test_a_runtime_class_name_that_is_no_string_is_refused_by_the_pod_controllers_decision():
+    # decide() looked the name up in the catalog before admission: TypeError, unhashable list.
+    from k8sgpu.runtime.controllers.decide import decide
+
+    pod = {"metadata": {"name": "p", "namespace": "default", "uid": "u1"},
+           "spec": {"runtimeClassName": [None], "containers": []}}
+    action = decide(pod, [], provider_reachable=True, catalog={A6000.name: A6000}, copies={},
+                    now="2026-12-02T00:00:00Z")
+    assert "runtimeClassName must be a string" in action.message
