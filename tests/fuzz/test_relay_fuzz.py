@@ -16,6 +16,9 @@ from k8sgpu.runtime.provider.streams import ContainerSession, PortSession
 
 from .strategies import spdy_frames
 
+# How long one session may take before it counts as hung: generous, as a frame cut into single-byte WebSocket
+# messages is thousands of messages, and this machine is shared.
+HUNG = 60
 CHANNELS = st.sampled_from([0, 1, 2, 3, 4, 255, 7])
 channel_messages = st.one_of(
     st.tuples(CHANNELS, st.binary(max_size=64)).map(lambda m: bytes([m[0]]) + m[1]),
@@ -59,7 +62,7 @@ def test_exec_sessions_take_any_provider_messages(messages):
             async with aiohttp.ClientSession() as http, http.ws_connect(url, protocols=("v5.channel.k8s.io",)) as ws:
                 session = ContainerSession(ws)
                 out = []
-                while (item := await asyncio.wait_for(session.receive(), 20)) is not None:
+                while (item := await asyncio.wait_for(session.receive(), HUNG)) is not None:
                     out.append(item)
                 await session.close()
                 assert all(kind in ("stdout", "stderr", "status") for kind, _ in out)
@@ -83,11 +86,11 @@ def test_port_forward_sessions_take_any_provider_frames(frames, split):
                     url, protocols=("SPDY/3.1+portforward.k8s.io",)) as ws:
                 session = PortSession(ws, 7777)
                 try:
-                    await asyncio.wait_for(session.open(), 20)
+                    await asyncio.wait_for(session.open(), HUNG)
                 except (TimeoutError, ConnectionError, asyncio.IncompleteReadError):
                     await session.close()
                     return  # what RemoteProvider.port_forward turns into an error on the stream
-                while await asyncio.wait_for(session.receive(), 20) is not None:
+                while await asyncio.wait_for(session.receive(), HUNG) is not None:
                     pass
                 await session.close()
         finally:
