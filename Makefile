@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: packages install binaries providers image render plan apply dev-tfvars bench demo up down status test test-unit test-e2e lint clean
+.PHONY: packages install binaries providers image render plan apply dev-tfvars bench demo up down status test test-unit test-e2e fuzz lint clean
 
 CLOUD ?= generic
 # Extra .tfvars for plan/apply: make plan CLOUD=eks VAR_FILE=my.tfvars
@@ -88,6 +88,24 @@ test: binaries providers lint
 
 test-unit: install
 	$(BIN)/pytest -ra -m 'not e2e'
+
+# Long fuzzing runs (no ground): the hypothesis properties of tests/fuzz with FUZZ_EXAMPLES examples each (the normal
+# test run takes 60), then each atheris target of tests/fuzz/atheris for FUZZ_SECONDS, its corpus kept in .fuzz/<target>
+# and what crashes it written to .fuzz/. Atheris comes with the test extra where it has a wheel; elsewhere only the
+# hypothesis part runs, and this says so.
+FUZZ_EXAMPLES ?= 20000
+FUZZ_SECONDS  ?= 120
+fuzz: install
+	HYPOTHESIS_PROFILE=fuzz K8SGPU_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest -q -ra tests/fuzz
+	@if $(BIN)/python -c 'import atheris' 2>/dev/null; then \
+	  for t in tests/fuzz/atheris/fuzz_*.py; do n=$$(basename $$t .py); mkdir -p .fuzz/$$n; \
+	    echo "atheris: $$n for $(FUZZ_SECONDS) s"; \
+	    $(BIN)/python $$t .fuzz/$$n tests/fuzz/atheris/seeds/$$n -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 \
+	      -timeout=30 -artifact_prefix=.fuzz/ -print_final_stats=1 >.fuzz/$$n.log 2>&1 \
+	      || { tail -40 .fuzz/$$n.log; echo "make fuzz: $$n failed: see .fuzz/$$n.log and .fuzz/crash-*" >&2; exit 1; }; \
+	    grep -E '^(Done|stat::number_of_executed_units|stat::peak_rss_mb)' .fuzz/$$n.log; \
+	  done; \
+	else echo "make fuzz: atheris is not installed (no wheel for this platform): the hypothesis properties ran alone"; fi
 
 clean: down
 	rm -rf .k8sgpu $(VENV)

@@ -171,9 +171,95 @@ def check_remote_capable(pod: dict) -> Refusal | None:
     return None
 
 
+# The parts of a Pod that admission and translation read, with the types the Pod schema gives them: a pod the
+# API server took has them so, and anything else is refused naming the field instead of failing halfway through.
+@dataclasses.dataclass(frozen=True)
+class _Required:
+    shape: object
+
+
+_NAME = _Required(str)
+_NAMED = {"name": _NAME}
+_KEY_REF = {"name": _NAME, "optional": bool}
+_SECURITY_CONTEXT = {"privileged": bool, "capabilities": {"add": [str]}, "procMount": str,
+                     "seccompProfile": {"type": str}, "windowsOptions": {"hostProcess": bool}}
+_CONTAINER = {
+    "name": _NAME, "securityContext": _SECURITY_CONTEXT, "ports": [{"hostPort": int}],
+    "resources": {"requests": {str: (str, int, float)}, "limits": {str: (str, int, float)}},
+    "env": [{"name": _NAME, "valueFrom": {"configMapKeyRef": _KEY_REF, "secretKeyRef": _KEY_REF}}],
+    "envFrom": [{"configMapRef": _KEY_REF, "secretRef": _KEY_REF}],
+    "volumeMounts": [_NAMED],
+}
+_POD = {
+    "metadata": _Required({"name": _NAME, "namespace": _NAME, "uid": _NAME, "labels": {str: str},
+                           "annotations": {str: str}}),
+    "spec": _Required({
+        "runtimeClassName": str, "securityContext": {"sysctls": [_NAMED], "seccompProfile": {"type": str}},
+        "containers": [_CONTAINER], "initContainers": [_CONTAINER], "ephemeralContainers": [_CONTAINER],
+        "volumes": [{"name": _NAME, "configMap": _KEY_REF, "secret": {"secretName": _NAME, "optional": bool},
+                     "projected": {"sources": [{"configMap": _KEY_REF, "secret": _KEY_REF}]}}],
+        "imagePullSecrets": [_NAMED],
+    }),
+}
+_TYPE_NAMES = {str: "a string", bool: "true or false", int: "an integer", float: "a number", dict: "a mapping",
+               list: "a list"}
+
+
+def _shape_error(value: object, shape: object, path: str) -> str | None:
+    """Where ``value`` is not of ``shape`` (a type or tuple of types, {key: shape}, {str: shape} for any key,
+    [shape] for a list of them), and what it should be; None when it is. Absent and null fields are fine, but for
+    those marked required."""
+    if isinstance(shape, _Required):
+        shape = shape.shape
+        if value is None:
+            return f"{path} is required"
+    if value is None:
+        return None
+    if isinstance(shape, dict):
+        if not isinstance(value, dict):
+            return f"{path} must be a mapping"
+        for key, inner in shape.items():
+            if isinstance(inner, _Required) and value.get(key) is None:
+                return f"{path}.{key} is required"
+        for key, item in value.items():
+            if str in shape:
+                if not isinstance(key, str):
+                    return f"{path} has a key that is not a string"
+                inner = shape[str]
+            elif key in shape:
+                inner = shape[key]
+            else:
+                continue
+            if (error := _shape_error(item, inner, f"{path}.{key}")) is not None:
+                return error
+        return None
+    if isinstance(shape, list):
+        if not isinstance(value, list):
+            return f"{path} must be a list"
+        item_shape = shape[0] if isinstance(shape[0], _Required) else _Required(shape[0])  # no null items
+        for i, item in enumerate(value):
+            if (error := _shape_error(item, item_shape, f"{path}[{i}]")) is not None:
+                return error
+        return None
+    kinds = shape if isinstance(shape, tuple) else (shape,)
+    if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
+        return f"{path} must be {' or '.join(_TYPE_NAMES[k] for k in kinds)}"
+    return None
+
+
+def check_shape(pod: object) -> Refusal | None:
+    """The pod's fields that the rules and the mirror read have the Pod schema's types."""
+    if not isinstance(pod, dict):
+        return Refusal("InvalidPod", "the pod is not a mapping")
+    error = _shape_error(pod, _POD, "pod")
+    return Refusal("InvalidPod", f"{error.removeprefix('pod.')}; the pod cannot be read") if error else None
+
+
 def admit(pod: dict, gpu_class: GPUClass | None, default_runtime_class: str = "") -> Refusal | None:
     """None when the pod may run; otherwise the first rule it breaks. ``gpu_class`` is the offering the pod
     runs as: the one it names, else the node's default (``default_runtime_class``)."""
+    if (malformed := check_shape(pod)) is not None:
+        return malformed
     if gpu_class is None:
         rc = pod.get("spec", {}).get("runtimeClassName")
         if rc:

@@ -151,6 +151,28 @@ async def _wait_issued(kube: Kube, name: str) -> bytes:
             await asyncio.sleep(2)
 
 
+# TLS 1.2's suites the kubelet API takes: the six ECDHE AEAD suites of the CIS Kubernetes Benchmark's kubelet
+# --tls-cipher-suites (it allows "a subset"; its two TLS_RSA_WITH_AES_*_GCM suites are left out: RSA key exchange
+# has no forward secrecy, and Go's own defaults dropped it in 1.22). kube-apiserver, a Go client, offers these first.
+# No CBC suite. TLS 1.3's three suites are all AEAD and, as in Go, not configurable.
+TLS12_CIPHERS = (
+    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:"
+    "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
+)
+
+
+def serving_context(client_ca: bytes) -> ssl.SSLContext:
+    """The kubelet API's TLS: 1.2 at least, the suites above, client certificates of `client_ca` optional
+    (kube-apiserver presents its kubelet client certificate; bearer-token clients present none)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_ciphers(TLS12_CIPHERS)
+    context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE | ssl.OP_NO_RENEGOTIATION
+    context.verify_mode = ssl.CERT_OPTIONAL
+    context.load_verify_locations(cadata=client_ca.decode())
+    return context
+
+
 class ServingCertificate:
     """The TLS context of the kubelet API, with a certificate from files or from the CSR API."""
 
@@ -161,11 +183,7 @@ class ServingCertificate:
         self.signer, self.self_approve = signer_name(signer), self_approve
         self.on_state = on_state
         self.cert_file, self.key_file = cert_file, key_file
-        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self.context.minimum_version = ssl.TLSVersion.TLSv1_2
-        # kube-apiserver presents its kubelet client certificate; bearer-token clients present none.
-        self.context.verify_mode = ssl.CERT_OPTIONAL
-        self.context.load_verify_locations(cadata=client_ca.decode())
+        self.context = serving_context(client_ca)
         self.certificate_pem = b""
         self._rng = random.Random()
 

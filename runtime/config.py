@@ -334,16 +334,29 @@ def _set(config: RuntimeConfig, section: str, field: str, value: Any, source: st
         if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
             value = value.lower() in ("true", "1", "yes")
         if not isinstance(value, bool):
-            raise ConfigError(source, f"{value!r} is not true or false")
+            raise ConfigError(source, f"{_shown(value)} is not true or false")
+    # A setting is one scalar: a list or mapping (a YAML alias bomb too) is refused before str() could expand it,
+    # and a number must be a whole one (int() would cut 10250.7 and fail with OverflowError on .inf).
+    if isinstance(value, bool) and kind is not bool or not isinstance(value, str | int | float) or (
+            kind is int and isinstance(value, float) and not value.is_integer()):
+        raise ConfigError(source, f"{_shown(value)} is not a valid {kind.__name__}")
     if kind is float and isinstance(value, str):
         try:
             value = parse_seconds(value)
         except ValueError:
-            raise ConfigError(source, f"{value!r} is not a duration: write seconds, e.g. 15 or 15s") from None
+            raise ConfigError(source, f"{_shown(value)} is not a duration: write seconds, e.g. 15 or 15s") from None
     try:
         setattr(target, field, kind(value))
-    except (TypeError, ValueError):
-        raise ConfigError(source, f"{value!r} is not a valid {kind.__name__}") from None
+    except (TypeError, ValueError, OverflowError):
+        raise ConfigError(source, f"{_shown(value)} is not a valid {kind.__name__}") from None
+
+
+def _shown(value: Any) -> str:
+    """A setting's value for an error message: its type for a list or mapping, at most 80 characters else."""
+    if isinstance(value, list | dict):
+        return f"a {'list' if isinstance(value, list) else 'mapping'}"
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 SECTIONS = ("node", "local", "provider", "leader_election")
@@ -356,8 +369,12 @@ def load_file(config: RuntimeConfig, path: str) -> None:
         data = yaml.safe_load(Path(path).read_text()) or {}
     except OSError as exc:
         raise ConfigError("--config", f"cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError("--config", f"{path} is not UTF-8 text: {exc}") from None
     except yaml.YAMLError as exc:
         raise ConfigError("--config", f"{path} is not valid YAML: {exc}") from None
+    except RecursionError:
+        raise ConfigError("--config", f"{path} is nested too deep to be a configuration") from None
     if not isinstance(data, dict):
         raise ConfigError("--config", f"{path} must hold a mapping with sections node, local, provider")
     for section, values in data.items():
@@ -390,7 +407,7 @@ def load_terraform_outputs(config: RuntimeConfig, path: str) -> None:
         data = json.loads(Path(path).read_text())
     except OSError as exc:
         raise ConfigError("--terraform-outputs", f"cannot read {path}: {exc.strerror}") from None
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise ConfigError("--terraform-outputs", f"{path} is not the JSON of `terraform output -json`: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError("--terraform-outputs", f"{path} is not the JSON of `terraform output -json`")

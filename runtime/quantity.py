@@ -9,14 +9,18 @@ from __future__ import annotations
 
 from decimal import Decimal, InvalidOperation
 
+# apimachinery's Quantity holds an int64 of its unit at most (9.2e18): a quantity of more digits is no quantity.
+_MAX_DIGITS = 19
 _EXPONENTS = {"n": -3, "u": -2, "m": -1, "K": 1, "k": 1, "M": 2, "G": 3, "T": 4, "P": 5, "E": 6}
 
 
 def parse_quantity(quantity: str | int | float | Decimal) -> Decimal:
     """A quantity in canonical form (base 1024: Ki Mi Gi Ti Pi Ei; base 1000: n u m k M G T P E) as a Decimal;
     ValueError names what is wrong."""
+    if isinstance(quantity, bool):
+        raise ValueError(f"{quantity} is not a quantity")
     if isinstance(quantity, int | float | Decimal):
-        return Decimal(quantity)
+        quantity = str(Decimal(quantity))
     quantity = str(quantity)
     number, suffix = quantity, ""
     if len(quantity) >= 2 and quantity[-1] == "i":
@@ -28,6 +32,9 @@ def parse_quantity(quantity: str | int | float | Decimal) -> Decimal:
         value = Decimal(number)
     except InvalidOperation:
         raise ValueError(f"Invalid number format: {number}") from None
+    if not value.is_finite() or value.adjusted() > _MAX_DIGITS:
+        # NaN would raise in every comparison, and int() of 1e999999999 builds a billion-digit number.
+        raise ValueError(f"{quantity} is not a finite quantity of at most {_MAX_DIGITS} digits")
     if not suffix:
         return value
     if suffix.endswith("i"):

@@ -24,6 +24,15 @@ SYN_STREAM, SYN_REPLY, RST_STREAM, SETTINGS, PING, GOAWAY, HEADERS, WINDOW_UPDAT
 FLAG_FIN = 0x01
 RST_CANCEL = 5
 RST_PROTOCOL_ERROR = 1
+RST_REFUSED_STREAM = 3
+# What one stream holds of the peer's data before the connection stops reading (spdystream has no flow control,
+# so the only backpressure there is, as in Go's spdystream, is not reading the socket): a slow consumer, e.g. a
+# provider that does not take a container's stdin, makes the peer's writes wait instead of the runtime buffer.
+STREAM_BUFFER_BYTES = 1 << 20
+# A header block, decompressed (as a kubelet's MaxHeaderBytes): a small block of zeros inflates a thousandfold.
+MAX_HEADER_BYTES = 1 << 20
+# Streams one connection may have open at once: exec opens at most five, port-forward two per connection.
+MAX_STREAMS = 1000
 
 _WORDS = (
     "options head post put delete trace accept accept-charset accept-encoding accept-language accept-ranges "
@@ -66,7 +75,9 @@ class HeaderCodec:
 
     def decode(self, block: bytes) -> dict[str, str]:
         try:
-            raw = self._inflate.decompress(block)
+            raw = self._inflate.decompress(block, MAX_HEADER_BYTES)
+            if self._inflate.unconsumed_tail:
+                raise ProtocolError(f"SPDY header block larger than {MAX_HEADER_BYTES} bytes")
             (count,) = struct.unpack_from(">I", raw, 0)
             pos, headers = 4, {}
             for _ in range(count):
@@ -97,6 +108,9 @@ class Stream:
         self.conn, self.id, self.headers = conn, stream_id, headers
         self.replied = asyncio.Event()
         self._incoming: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self.buffered = 0  # bytes received and not yet read
+        self._room = asyncio.Event()
+        self._room.set()
         self.remote_closed = False
         self.local_closed = False
 
@@ -106,7 +120,13 @@ class Stream:
 
     async def read(self) -> bytes | None:
         """The next chunk the peer sent; None once it half-closed the stream (or the connection ended)."""
-        return await self._incoming.get()
+        chunk = await self._incoming.get()
+        if chunk:
+            self.buffered -= len(chunk)
+            self.conn.buffered -= len(chunk)
+            if self.buffered < STREAM_BUFFER_BYTES:
+                self._room.set()
+        return chunk
 
     async def write(self, data: bytes) -> None:
         if data and not self.local_closed:
@@ -116,13 +136,26 @@ class Stream:
         if not self.local_closed:
             self.local_closed = True
             await self.conn.send(data_frame(self.id, FLAG_FIN, b""))
+        self.conn._forget(self)
 
     def _feed(self, data: bytes | None) -> None:
         if data is None:
             if self.remote_closed:
                 return
             self.remote_closed = True
+            self._room.set()  # nothing more comes: whoever waits for room goes on
+            self.conn._forget(self)
+        elif self.remote_closed:
+            return  # data after the peer's FIN (or after the connection ended) is dropped
+        else:
+            self.buffered += len(data)
+            self.conn.buffered += len(data)
+            if self.buffered >= STREAM_BUFFER_BYTES:
+                self._room.clear()
         self._incoming.put_nowait(data)
+
+    async def _wait_for_room(self) -> None:
+        await self._room.wait()
 
 
 class SpdyConnection:
@@ -133,19 +166,28 @@ class SpdyConnection:
         self.reader, self.writer = reader, writer
         self.on_stream = on_stream
         self.codec = HeaderCodec()
-        self.streams: dict[int, Stream] = {}
+        self.streams: dict[int, Stream] = {}  # open streams: those closed both ways are forgotten
+        self._last_id = 0
+        self.buffered = 0  # bytes the peer sent that nobody has read yet, all streams together
         self._lock = asyncio.Lock()
         self.closed = asyncio.Event()
         self._next_id = 1  # client-initiated streams are odd
+
+    def _forget(self, stream: Stream) -> None:
+        if stream.local_closed and stream.remote_closed and self.streams.get(stream.id) is stream:
+            del self.streams[stream.id]
 
     async def open_stream(self, headers: dict[str, str], timeout: float = 30) -> Stream:
         """Open a stream (client side) and wait for the peer's SYN_REPLY."""
         stream_id, self._next_id = self._next_id, self._next_id + 2
         stream = Stream(self, stream_id, headers)
         self.streams[stream_id] = stream
+        self._last_id = max(self._last_id, stream_id)
         # stream id, associated stream id, priority and slot, then the header block
         await self.send(control_frame(SYN_STREAM, 0, struct.pack(">IIH", stream_id, 0, 0)
                                       + self.codec.encode(headers)))
+        if self.closed.is_set():  # the peer went away before this stream was known: no reply will come
+            raise ConnectionError("the SPDY connection was closed by the peer")
         await asyncio.wait_for(stream.replied.wait(), timeout)
         return stream
 
@@ -174,12 +216,13 @@ class SpdyConnection:
                         stream._feed(payload)
                     if flags & FLAG_FIN:
                         stream._feed(None)
+                    await stream._wait_for_room()
         except (asyncio.IncompleteReadError, ConnectionError, OSError):
             pass
-        except ProtocolError as exc:
+        except (ProtocolError, struct.error) as exc:
             log.warning("closing SPDY connection: %s", exc)
         finally:
-            for stream in self.streams.values():
+            for stream in list(self.streams.values()):
                 stream.replied.set()
                 stream._feed(None)
             self.closed.set()
@@ -191,8 +234,13 @@ class SpdyConnection:
             (stream_id,) = struct.unpack_from(">I", payload, 0)
             stream_id &= 0x7FFFFFFF
             headers = self.codec.decode(payload[10:])
+            if stream_id == 0 or stream_id in self.streams or len(self.streams) >= MAX_STREAMS:
+                why = RST_PROTOCOL_ERROR if stream_id == 0 or stream_id in self.streams else RST_REFUSED_STREAM
+                await self.send(control_frame(RST_STREAM, 0, struct.pack(">II", stream_id, why)))
+                return
             stream = Stream(self, stream_id, headers)
             self.streams[stream_id] = stream
+            self._last_id = max(self._last_id, stream_id)
             await self.send(control_frame(SYN_REPLY, 0, struct.pack(">I", stream_id) + self.codec.encode({})))
             if flags & FLAG_FIN:
                 stream._feed(None)
@@ -214,6 +262,7 @@ class SpdyConnection:
                 stream.local_closed = True
                 stream.replied.set()
                 stream._feed(None)
+                self._forget(stream)
         elif kind == PING:
             await self.send(control_frame(PING, 0, payload[:4]))
         elif kind == GOAWAY:
@@ -226,7 +275,7 @@ class SpdyConnection:
         """Half-close every stream still open on our side, say GOAWAY, and end the connection."""
         for stream in list(self.streams.values()):
             await stream.close()
-        last = max(self.streams, default=0)
+        last = self._last_id
         await self.send(control_frame(GOAWAY, 0, struct.pack(">II", last, 0)))
         try:
             self.writer.close()

@@ -132,6 +132,12 @@ def _phase(pod: dict) -> str:
     return (pod.get("status") or {}).get("phase", "Pending")
 
 
+def runtime_class_name(pod: dict) -> str:
+    """The pod's spec.runtimeClassName; "" for none, or for one that is no string (admission then says so)."""
+    name = pod["spec"].get("runtimeClassName")
+    return name if isinstance(name, str) else ""
+
+
 def own_mirrors(pod: dict | None, mirrors: list[RemotePod]) -> tuple[list[RemotePod], list[RemotePod]]:
     """The mirrors of this very pod (by UID), oldest first and live ones before deleting ones; and the others
     (of an earlier pod of the same name)."""
@@ -142,7 +148,7 @@ def own_mirrors(pod: dict | None, mirrors: list[RemotePod]) -> tuple[list[Remote
 
 def class_name(pod: dict, default_runtime_class: str = "") -> str:
     """The offering the pod runs as: the RuntimeClass it names, else the node's default."""
-    return pod["spec"].get("runtimeClassName") or default_runtime_class
+    return runtime_class_name(pod) or default_runtime_class
 
 
 def admitted(pod: dict, mirrors: list[RemotePod], catalog: Mapping[str, GPUClass | CatalogError],

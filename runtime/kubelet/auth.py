@@ -10,6 +10,7 @@ from .. import errors
 from ..kube import Kube
 
 AUTHENTICATED = "system:authenticated"
+_CACHE_ENTRIES = 10_000
 _VERBS = {"GET": "get", "HEAD": "get", "POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
 
 
@@ -58,9 +59,11 @@ class _TTLCache:
         return entry[1]
 
     def put(self, key: object, value: object, allowed: bool) -> None:
-        if len(self._entries) > 10_000:
+        if len(self._entries) > _CACHE_ENTRIES:
             now = time.monotonic()
             self._entries = {k: v for k, v in self._entries.items() if v[0] >= now}
+            while len(self._entries) > _CACHE_ENTRIES:  # still full of live answers: the oldest go first
+                del self._entries[next(iter(self._entries))]
         self._entries[key] = (time.monotonic() + (self.allowed_ttl if allowed else self.denied_ttl), value)
 
 

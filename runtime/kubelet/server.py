@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 EXEC_PROTOCOLS = ("v5.channel.k8s.io", "v4.channel.k8s.io")  # v5 over SPDY is v4: SPDY half-closes stdin
 PORT_FORWARD_PROTOCOL = "portforward.k8s.io"
 STREAM_TIMEOUT = 30.0
+IDLE_TIMEOUT = 90.0  # a kubelet's http.Server IdleTimeout: how long a connection may wait for its next request
+RESIZE_MESSAGE_BYTES = 4096  # a terminal size is {"Width":N,"Height":N}; more that does not parse is dropped
 LOG_OPTIONS = ("follow", "previous", "timestamps", "tailLines", "sinceSeconds", "sinceTime", "limitBytes")
 
 _ROUTES: list[tuple[str, re.Pattern]] = [
@@ -51,6 +53,21 @@ class HTTPError(Exception):
     def __init__(self, status: int, message: str, reason: str = ""):
         super().__init__(message)
         self.status, self.reason = status, reason
+
+
+def _parse(request: h11.Request) -> tuple[str, object, dict[str, str], list[str], dict[str, list[str]]]:
+    """Method, split target, headers (lower-case names), offered stream protocols and query of a request that
+    h11 accepted; HTTPError 400 for what h11 lets through but a URL or text cannot be (bytes that are not
+    ASCII, a broken IPv6 authority)."""
+    try:
+        method = request.method.decode("ascii")
+        target = urlsplit(request.target.decode("ascii"))
+        headers = {k.decode("ascii").lower(): v.decode("ascii") for k, v in request.headers}
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise HTTPError(400, f"malformed request: {exc}", "BadRequest") from None
+    offered = [p.strip() for k, v in request.headers if k.lower() == b"x-stream-protocol-version"
+               for p in v.decode("ascii").split(",")]
+    return method, target, headers, offered, parse_qs(target.query, keep_blank_values=True)
 
 
 def _status_of(exc: errors.KubeError) -> int:
@@ -80,6 +97,7 @@ class KubeletServer:
         self._server: asyncio.base_events.Server | None = None
         self._address: tuple = ()
         self._connections: set[asyncio.Task] = set()
+        self._spdy: set[SpdyConnection] = set()  # connections switched to SPDY, while they last
 
     async def start(self, host: str, port: int, tls) -> None:
         """Listen now (a port taken fails here); `serve` then owns the listener."""
@@ -100,6 +118,11 @@ class KubeletServer:
             if current is not None and current.cancelling():
                 raise
         raise RuntimeError("the kubelet API's listener was closed")
+
+    def buffered_bytes(self) -> int:
+        """What kube-apiserver sent on exec, attach and port-forward streams that the provider has not taken yet,
+        all connections together: at most spdy.STREAM_BUFFER_BYTES (and one frame) per open stream."""
+        return sum(conn.buffered for conn in self._spdy)
 
     def problems(self) -> dict[str, str]:
         """The listener, if it has stopped serving (its supervisor says whether it is being restarted)."""
@@ -123,7 +146,10 @@ class KubeletServer:
         conn = h11.Connection(h11.SERVER)
         try:
             while True:
-                event = await _next_event(conn, reader)
+                try:
+                    event = await asyncio.wait_for(_next_event(conn, reader), IDLE_TIMEOUT)
+                except TimeoutError:
+                    break
                 if not isinstance(event, h11.Request):
                     break
                 while not isinstance(await _next_event(conn, reader), h11.EndOfMessage):
@@ -132,7 +158,14 @@ class KubeletServer:
                 if upgraded or conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
                     break
                 conn.start_next_cycle()
-        except (h11.RemoteProtocolError, ConnectionError, OSError, asyncio.IncompleteReadError):
+        except h11.RemoteProtocolError as exc:
+            # As Go's net/http: a request that is not HTTP/1.1 gets 400 (431 for a head too large), then the end.
+            with contextlib.suppress(h11.LocalProtocolError, ConnectionError, OSError):
+                await _respond(conn, writer, exc.error_status_hint,
+                               _status_body(exc.error_status_hint, "BadRequest", f"malformed request: {exc}"))
+        except h11.LocalProtocolError as exc:
+            log.warning("kubelet API: ending a connection the server could not answer in HTTP/1.1: %s", exc)
+        except (ConnectionError, OSError, asyncio.IncompleteReadError):
             pass
         except asyncio.CancelledError:
             pass
@@ -144,13 +177,8 @@ class KubeletServer:
 
     async def _handle(self, conn: h11.Connection, reader, writer, request: h11.Request) -> bool:
         """Answers one request; True when the connection was switched to SPDY (and is now finished)."""
-        method = request.method.decode()
-        target = urlsplit(request.target.decode())
-        headers = {k.decode().lower(): v.decode() for k, v in request.headers}
-        offered = [p.strip() for k, v in request.headers if k.lower() == b"x-stream-protocol-version"
-                   for p in v.decode().split(",")]
-        query = parse_qs(target.query, keep_blank_values=True)
         try:
+            method, target, headers, offered, query = _parse(request)
             user = await self.door.authenticate(writer.get_extra_info("peercert"), headers.get("authorization", ""))
             if user is None:
                 raise HTTPError(401, "Unauthorized", "Unauthorized")
@@ -231,10 +259,13 @@ class KubeletServer:
             if not command:
                 raise HTTPError(400, "you must specify at least one command for the container", "BadRequest")
             session = await self.provider.exec(ns, pod, container, command, **flags)
+        spdy = None
         try:
             spdy = await _switch(conn, reader, writer, protocol)
+            self._spdy.add(spdy)
             await _run_container_session(spdy, session, flags)
         finally:
+            self._spdy.discard(spdy)
             await session.close()
         return True
 
@@ -256,9 +287,11 @@ class KubeletServer:
                 task.add_done_callback(tasks.discard)
 
         spdy = await _switch(conn, reader, writer, protocol, on_stream)
+        self._spdy.add(spdy)
         try:
             await spdy.serve()
         finally:
+            self._spdy.discard(spdy)
             for task in list(tasks):
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -311,11 +344,21 @@ async def _run_container_session(spdy: SpdyConnection, session, flags: dict[str,
 
     spdy.on_stream = on_stream
     serving = asyncio.create_task(spdy.serve())
+    opened = asyncio.create_task(complete.wait())
+    # Until the streams are open, or the peer hangs up (then there is nobody to wait for), or the time is up.
     try:
-        await asyncio.wait_for(complete.wait(), STREAM_TIMEOUT)
-    except TimeoutError:
-        log.warning("exec: kube-apiserver did not open the streams %s in time", sorted(wanted - streams.keys()))
+        await asyncio.wait({opened, serving}, timeout=STREAM_TIMEOUT, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        opened.cancel()
         serving.cancel()
+        raise
+    if not complete.is_set():
+        opened.cancel()
+        if not serving.done():
+            log.warning("exec: kube-apiserver did not open the streams %s in time",
+                        sorted(wanted - streams.keys()))
+        serving.cancel()
+        await asyncio.gather(opened, serving, return_exceptions=True)
         await spdy.close()
         return
 
@@ -331,10 +374,13 @@ async def _run_container_session(spdy: SpdyConnection, session, flags: dict[str,
             while pending.strip():
                 try:
                     size, end = decoder.raw_decode(pending.lstrip())
-                except ValueError:
+                except (ValueError, RecursionError):  # RecursionError: [[[[… nested past the interpreter's limit
+                    if len(pending) > RESIZE_MESSAGE_BYTES:
+                        pending = ""  # not a terminal size, and never will be
                     break
                 pending = pending.lstrip()[end:]
-                await session.resize(int(size.get("Width", 0)), int(size.get("Height", 0)))
+                if size := _terminal_size(size):
+                    await session.resize(*size)
 
     async def output() -> None:
         status = None
@@ -363,6 +409,16 @@ async def _run_container_session(spdy: SpdyConnection, session, flags: dict[str,
         await spdy.close()
         serving.cancel()
         await asyncio.gather(serving, return_exceptions=True)
+
+
+def _terminal_size(message: object) -> tuple[int, int] | None:
+    """(width, height) of a resize message {"Width": N, "Height": N}; None for anything else."""
+    if not isinstance(message, dict):
+        return None
+    width, height = message.get("Width", 0), message.get("Height", 0)
+    if not all(isinstance(n, int) and not isinstance(n, bool) and 0 <= n < 65536 for n in (width, height)):
+        return None
+    return width, height
 
 
 async def _switch(conn: h11.Connection, reader, writer, protocol: str, on_stream=None) -> SpdyConnection:
@@ -399,11 +455,14 @@ async def _next_event(conn: h11.Connection, reader: asyncio.StreamReader):
 
 async def _respond(conn: h11.Connection, writer: asyncio.StreamWriter, status: int, body: bytes,
                    content_type: str = "application/json") -> None:
-    if conn.our_state is not h11.SEND_RESPONSE:
-        return  # a stream already started; nothing can be said any more
+    # IDLE: the request could not be read (h11 lets a server answer that); later, a stream already started and
+    # nothing can be said any more.
+    if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+        return
     writer.write(conn.send(h11.Response(status_code=status, headers=[
         ("Content-Type", content_type), ("Content-Length", str(len(body)))])))
-    writer.write(conn.send(h11.Data(data=body)))
+    if getattr(conn, "_request_method", None) != b"HEAD":  # h11 refuses a body after HEAD, and says so privately
+        writer.write(conn.send(h11.Data(data=body)))
     writer.write(conn.send(h11.EndOfMessage()))
     await writer.drain()
 

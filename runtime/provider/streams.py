@@ -32,7 +32,7 @@ def exit_status(status: dict) -> dict:
     """The metav1.Status a kubelet gives for a command's end, from the provider's."""
     if status.get("status") != "Failure" or status.get("reason") == "NonZeroExitCode":
         return status
-    match = _EXIT_STATUS.search(status.get("message", ""))
+    match = _EXIT_STATUS.search(str(status.get("message", "")))
     if status.get("reason") != "InternalError" or not match:
         return status
     code = match.group(1)
@@ -70,9 +70,11 @@ class ContainerSession:
                 continue
             if kind == "status":
                 try:
-                    data = json.dumps(exit_status(json.loads(data))).encode()
+                    status = json.loads(data)
                 except ValueError:
-                    pass
+                    status = None
+                if isinstance(status, dict):  # anything else is passed on as it came, as a Status that is no JSON
+                    data = json.dumps(exit_status(status)).encode()
             return kind, data
         return None
 
@@ -85,7 +87,8 @@ class _WebSocketPipe:
 
     def __init__(self, ws: aiohttp.ClientWebSocketResponse):
         self.ws = ws
-        self._buffer = b""
+        # A bytearray: a frame of up to 16 MiB may come in many small messages, and bytes += would copy it each time.
+        self._buffer = bytearray()
         self._pending: list[bytes] = []
 
     async def readexactly(self, n: int) -> bytes:
@@ -95,8 +98,9 @@ class _WebSocketPipe:
                 self._buffer += message.data
             elif message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING,
                                   aiohttp.WSMsgType.ERROR):
-                raise asyncio.IncompleteReadError(self._buffer, n)
-        out, self._buffer = self._buffer[:n], self._buffer[n:]
+                raise asyncio.IncompleteReadError(bytes(self._buffer), n)
+        out = bytes(self._buffer[:n])
+        del self._buffer[:n]
         return out
 
     def write(self, data: bytes) -> None:

@@ -10,6 +10,7 @@ import re
 import socket
 import ssl
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -283,11 +284,11 @@ def test_kubectl_top_shows_what_the_provider_measures(ground, runtime, local):
 # -- the locked door -----------------------------------------------------------------------
 
 
-def _get(ground, runtime, path: str, *, cert: pki.KeyPair | None = None, token: str = "") -> int:
+def _get(ground, runtime, path: str, *, cert: pki.KeyPair | None = None, token: str = "", method: str = "GET") -> int:
     context = ssl.create_default_context(cafile=str(Path(ground.root) / "local-ca.crt"))
     if cert is not None:
         context.load_cert_chain(cert.cert, cert.key)
-    request = urllib.request.Request(f"https://{ground.node_address}:{runtime.port}{path}")
+    request = urllib.request.Request(f"https://{ground.node_address}:{runtime.port}{path}", method=method)
     if token:
         request.add_header("Authorization", f"Bearer {token}")
     try:
@@ -325,6 +326,97 @@ def test_bearer_tokens_are_reviewed_and_authorized(ground, runtime, local):
     assert _get(ground, runtime, "/stats/summary", token=token) == 200
     assert _get(ground, runtime, "/pods", token=token) == 403  # nodes/proxy, not granted
     assert _get(ground, runtime, "/pods", token="not-a-token") == 401
+
+
+# Who may do what at the door, decided by the real kube-apiserver's RBAC through SubjectAccessReviews, as for a
+# kubelet: its path → nodes subresource mapping (pkg/kubelet/server/auth.go: /stats → stats, /metrics → metrics,
+# /logs → log, anything else → proxy) and HTTP method → verb (GET get, POST create).
+_DOOR_USERS = {"door-proxy": ("proxy", ["get", "create"]), "door-stats": ("stats", ["get"]),
+               "door-metrics": ("metrics", ["get"]), "door-log": ("log", ["get"]),
+               "door-proxy-get": ("proxy", ["get"])}
+# (method, path, subresource, verb, what the runtime answers once allowed)
+_DOOR_REQUESTS = [
+    ("GET", "/pods", "proxy", "get", 200),
+    ("GET", "/runningpods/", "proxy", "get", 200),
+    ("GET", "/healthz", "proxy", "get", 200),
+    ("GET", "/containerLogs/default/{pod}/cuda", "proxy", "get", 200),
+    ("POST", "/exec/default/{pod}/cuda?command=ls&output=1", "proxy", "create", 400),  # allowed, but no upgrade
+    ("GET", "/stats/summary", "stats", "get", 200),
+    ("GET", "/metrics/resource", "metrics", "get", 200),
+    ("GET", "/logs/", "log", "get", 404),  # allowed; the virtual node has no /var/log to list
+]
+
+
+def test_authorization_matrix_at_the_door(ground, runtime, gpu_pod, tmp_path):
+    """Every user with exactly one nodes subresource (and verbs) against every endpoint: 403 where a kubelet says
+    403, through only the grant a kubelet checks; anonymous 401 everywhere."""
+    ca = pki.KeyPair(Path(ground.root) / "pki" / "local" / "ca.crt", Path(ground.root) / "pki" / "local" / "ca.key")
+    objects = []
+    for user, (sub, verbs) in _DOOR_USERS.items():
+        objects += [
+            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": user},
+             "rules": [{"apiGroups": [""], "resources": [f"nodes/{sub}"], "verbs": verbs}]},
+            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": user},
+             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": user},
+             "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}]},
+        ]
+    kubectl(ground.local.kubeconfig, "apply", "-f", "-", stdin=yaml.safe_dump_all(objects))
+    certs = {user: pki.issue(ca, tmp_path, user, user, client=True) for user in _DOOR_USERS}
+    seen, wanted = {}, {}
+    for method, path, sub, verb, answer in _DOOR_REQUESTS:
+        path = path.format(pod=gpu_pod)
+        seen[("anonymous", method, path)] = _get(ground, runtime, path, method=method)
+        wanted[("anonymous", method, path)] = 401
+        for user, (granted, verbs) in _DOOR_USERS.items():
+            seen[(user, method, path)] = _get(ground, runtime, path, cert=certs[user], method=method)
+            wanted[(user, method, path)] = answer if granted == sub and verb in verbs else 403
+    wrong = {key: (seen[key], wanted[key]) for key in wanted if seen[key] != wanted[key]}
+    assert not wrong, f"(user, method, path): (answered, expected): {wrong}"
+
+
+def _rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+def test_200_mb_into_exec_stdin_of_a_container_that_reads_nothing_keep_the_runtime_small(ground, runtime, gpu_pod):
+    """`kubectl exec -i` through kube-apiserver into a command that never reads its stdin (kwok runs `sleep`
+    with stdin on a pipe): kubectl is held back, and the runtime's memory stays within 64 MiB of what it was."""
+    total, block = 200 * 1024 * 1024, b"x" * 65536
+    proc = subprocess.Popen([str(find_kubectl()), f"--kubeconfig={ground.local.kubeconfig}", "exec", "-i", gpu_pod,
+                             "-c", "cuda", "--", "sleep", "600"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    written = 0
+
+    def push() -> None:
+        nonlocal written
+        try:
+            while written < total:
+                proc.stdin.write(block)
+                written += len(block)
+            proc.stdin.close()
+        except (BrokenPipeError, ValueError, OSError):
+            pass
+
+    before = _rss(runtime.proc.proc.pid)
+    pusher = threading.Thread(target=push, daemon=True)
+    pusher.start()
+    try:
+        last, still, deadline = -1, 0, time.monotonic() + 180
+        while still < 10 and time.monotonic() < deadline and written < total:  # until kubectl is held back
+            time.sleep(0.5)
+            still = still + 1 if written == last else 0
+            last = written
+        growth = _rss(runtime.proc.proc.pid) - before
+        print(f"kubectl held back after {written} bytes; the runtime's RSS grew {growth} bytes (from {before})")
+        assert written < total, "kubectl pushed all 200 MB: something on the way buffered it"
+        assert growth < 64 * 1024 * 1024
+        assert runtime.proc.alive()
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 # -- EKS's signer ------------------------------------------------------------------------------

@@ -57,7 +57,7 @@ def test_more_gpus_than_the_class_are_refused():
      "UnsupportedVolume", "persistentVolumeClaim"),
 ])
 def test_what_a_remote_node_cannot_run_is_refused(spec, reason, words):
-    p = {"metadata": {"name": "p", "namespace": "default"}, "spec": {"runtimeClassName": "x", **spec}}
+    p = {"metadata": {"name": "p", "namespace": "default", "uid": "u1"}, "spec": {"runtimeClassName": "x", **spec}}
     refusal = admit(p, A6000)
     assert refusal.reason == reason and words in refusal.message
 
