@@ -35,6 +35,7 @@ def aks_root(ground, tf_env, tmp_path_factory):
     tfvars = work / "aks.tfvars.json"
     tfvars.write_text(json.dumps({**generic_tfvars(ground), "kubeconfig_path": str(kubeconfig),
                                   "namespace": NAMESPACE, "node_name": "aks.gpu", "catalog": CATALOG,
+                                  "default_runtime_class": "aks-nvidia-1xa6000",
                                   "wait_for_rollout": False}))
     applied = k8sgpu(tf_env, "apply", "--cloud", "aks", "--dir", str(work / "terraform"), "--var-file", str(tfvars),
                      cwd=work)
