@@ -81,7 +81,7 @@ bench: binaries
 # to converge; exit 1 on any violation. About 15 minutes at full scale on 2 cores.
 CHAOS_SCALE ?= full
 chaos: binaries
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/k8sgpu chaos --scale $(CHAOS_SCALE) --report .k8sgpu/chaos/report.json
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/k8sgpu chaos faults --scale $(CHAOS_SCALE) --report .k8sgpu/chaos/report.json
 
 status: install
 	$(BIN)/k8sgpu dev status

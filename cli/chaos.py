@@ -34,9 +34,12 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .dev.ground import Ground, State, free_port
-from .invariants import InvariantChecker
+if TYPE_CHECKING:
+    import argparse
+
+    from .dev.ground import Ground, State
 
 Say = Callable[[str], None]
 
@@ -82,6 +85,8 @@ class Runtime:
     does next."""
 
     def __init__(self, state: State, kubeconfig: str, node: str, log: Path):
+        from .dev.ground import free_port
+
         self.health_port = free_port()
         self.argv = [sys.executable, "-m", "k8sgpu.runtime.main", "start", "--kubeconfig", kubeconfig,
                      "--node-name", node, "--provider-kubeconfig", state.tenant_kubeconfig,
@@ -159,6 +164,8 @@ class Chaos:
     def __init__(self, ground: Ground, state: State, scale: Scale, workdir: Path, say: Say = print,
                  node: str = NODE, namespace: str = NAMESPACE, seed: int = 13):
         from kubernetes import client
+
+        from .invariants import InvariantChecker
 
         self.ground, self.state, self.scale, self.say = ground, state, scale, say
         self.node, self.namespace = node, namespace
@@ -310,15 +317,22 @@ class Chaos:
         return [p for p in self.local.list_namespaced_pod(self.namespace, label_selector="app=chaos").items
                 if not p.metadata.deletion_timestamp]
 
+    def objects_of(self, pod_name: str) -> list[tuple[str, str]]:
+        """(kind, name) of the shared objects a pod of the population uses."""
+        i = int(pod_name.rsplit("-", 1)[1])
+        return [self._object(i % self.scale.objects), self._object((i + 1) % self.scale.objects)]
+
+    def update_object(self, kind: str, name: str, value: str) -> None:
+        body = {"data": self._data(kind, value)}
+        if kind == "ConfigMap":
+            self.local.patch_namespaced_config_map(name, self.namespace, body)
+        else:
+            self.local.patch_namespaced_secret(name, self.namespace, body)
+
     def _update_objects(self, count: int) -> None:
         for _ in range(count):
             kind, name = self._object(self.rng.randrange(self.scale.objects))
-            value = f"v{self.rng.randrange(10**9)}"
-            body = {"data": self._data(kind, value)}
-            if kind == "ConfigMap":
-                self.local.patch_namespaced_config_map(name, self.namespace, body)
-            else:
-                self.local.patch_namespaced_secret(name, self.namespace, body)
+            self.update_object(kind, name, f"v{self.rng.randrange(10**9)}")
 
     def _delete_some(self, count: int) -> None:
         from kubernetes.client import ApiException
@@ -535,7 +549,17 @@ class Chaos:
             refused = len(waiting)
         finally:
             self.provider.delete_namespaced_resource_quota(QUOTA, tenant)
-        return self._converge("provider-quota", f"({refused} pods waited with ProviderRefused)")
+        result = self._converge("provider-quota", f"({refused} pods waited with ProviderRefused, then ran)")
+
+        def not_running() -> list[str]:
+            return [n for n in waiting if self.local.read_namespaced_pod(n, self.namespace).status.phase != "Running"]
+
+        try:
+            _wait(lambda: not not_running(), self.scale.converge_timeout, "the refused pods to run")
+        except TimeoutError:
+            result.violations += [f"pod {self.namespace}/{n}: refused for the quota, not Running once it was raised"
+                                  for n in not_running()]
+        return result
 
     def fault_cleanup(self) -> FaultResult:
         for selector in ("app=chaos", "app=chaos-special"):
@@ -587,6 +611,7 @@ def run(scale_name: str, root: Path | None, say: Say, faults: tuple[str, ...] = 
     """`k8sgpu chaos`: a ground of its own (no worker node: the runtime runs as a process), the suite, the ground
     stopped again."""
     from .dev.binaries import ensure_binaries
+    from .dev.ground import Ground
 
     scale = SCALES[scale_name]
     root = root or Path(f"/tmp/k8sgpu-chaos-{os.getpid()}")
@@ -612,3 +637,41 @@ def table(report: dict) -> str:
         for line in r["violations"][:20]:
             lines.append(f"{r['fault']}: {line}")
     return "\n".join(lines)
+
+
+def add_parser(verbs) -> None:
+    """`k8sgpu chaos faults`, under the `chaos` noun."""
+    faults = verbs.add_parser(
+        "faults", help="the fault suite: each fault followed by the invariant checker until nothing is wrong",
+        description="Starts its own ground (no worker node) and the runtime of chaos.gpu as a process; runs each "
+                    "fault (runtime SIGKILLs during a burst of pods sharing ConfigMaps/Secrets, local kube-apiserver "
+                    "restart, provider kube-apiserver stopped and frozen, etcd compaction, a 1 MiB Secret, the "
+                    "provider's ResourceQuota full then raised, cleanup), polls the invariant checker after each "
+                    "until it finds no violation, and prints a table: fault, violations left, seconds to converge. "
+                    "Exit 1 when any violation is left.")
+    faults.add_argument("--scale", choices=tuple(SCALES), default="full",
+                        help="full: 300 pods, 20 ConfigMaps/Secrets, 10 kills, 60 s outages (default); short: 30 "
+                             "pods, 4 objects, 2 kills, 10 s outages")
+    faults.add_argument("--fault", action="append", choices=FAULTS,
+                        help="run only this fault (repeatable; run in the suite's order; kill-burst makes the pods "
+                             "the others change)")
+    faults.add_argument("--report", help="write the results as JSON to this file")
+    faults.add_argument("--root", help="where its ground lives (default /tmp/k8sgpu-chaos-<pid>; stopped at the "
+                                       "end)")
+    faults.set_defaults(func=cmd_faults)
+
+
+def cmd_faults(args: argparse.Namespace) -> int:
+    started = time.monotonic()
+
+    def say(message: str) -> None:
+        print(f"[{time.monotonic() - started:6.1f}s] {message}", file=sys.stderr, flush=True)
+
+    report = run(args.scale, Path(args.root) if args.root else None, say,
+                 tuple(f for f in FAULTS if not args.fault or f in args.fault))
+    print(table(report))
+    if args.report:
+        Path(args.report).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.report).write_text(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {args.report}", file=sys.stderr)
+    return 1 if any(r["violations"] for r in report["faults"]) else 0

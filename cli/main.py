@@ -228,19 +228,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_chaos(args: argparse.Namespace) -> int:
-    from .chaos import FAULTS, run, table
-
-    report = run(args.scale, Path(args.root) if args.root else None, _progress(time.monotonic()),
-                 tuple(args.fault or FAULTS))
-    print(table(report))
-    if args.report:
-        Path(args.report).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.report).write_text(json.dumps(report, indent=2) + "\n")
-        print(f"wrote {args.report}", file=sys.stderr)
-    return 1 if any(r["violations"] for r in report["faults"]) else 0
-
-
 def _kube_api(args: argparse.Namespace):
     from kubernetes import client, config
 
@@ -337,27 +324,12 @@ def build_parser(aks_client=azure_aks_client, aws_session=boto3_session) -> argp
     bench.add_argument("--idle-seconds", type=int, default=60, help="how long idle CPU is measured (default 60)")
     bench.add_argument("--outage-seconds", type=int, default=60, help="length of the provider outage (default 60)")
     bench.set_defaults(func=cmd_bench)
-    chaos = nouns.add_parser(
-        "chaos", help="the fault suite: faults on a ground of its own, each followed by the invariant checker",
-        description="Starts its own ground (no worker node) and the runtime of chaos.gpu as a process; runs each "
-                    "fault (runtime SIGKILLs during a burst of pods sharing ConfigMaps/Secrets, local kube-apiserver "
-                    "restart, provider kube-apiserver stopped and frozen, etcd compaction, a 1 MiB Secret, the "
-                    "provider's ResourceQuota full then raised, cleanup), polls the invariant checker after each "
-                    "until it finds no violation, and prints a table: fault, violations left, seconds to converge. "
-                    "Exit 1 when any violation is left.",
-    )
-    chaos.add_argument("--scale", choices=("short", "full"), default="full",
-                       help="full: 300 pods, 20 ConfigMaps/Secrets, 10 kills, 60 s outages (default); short: 30 "
-                            "pods, 4 objects, 2 kills, 10 s outages")
-    chaos.add_argument("--fault", action="append", choices=("kill-burst", "local-apiserver-restart",
-                                                            "provider-apiserver-down", "provider-apiserver-frozen",
-                                                            "etcd-compaction", "big-secret", "provider-quota",
-                                                            "cleanup"),
-                       help="run only this fault (repeatable; in the suite's order; kill-burst makes the pods "
-                            "the others change)")
-    chaos.add_argument("--report", help="write the results as JSON to this file")
-    chaos.add_argument("--root", help="where its ground lives (default /tmp/k8sgpu-chaos-<pid>; stopped at the end)")
-    chaos.set_defaults(func=cmd_chaos)
+    chaos = nouns.add_parser("chaos", help="faults on a ground of its own, measured",
+                             description="Faults on a dev ground of its own, each measured.")
+    chaos_verbs = chaos.add_subparsers(dest="verb", metavar="FAULT", required=True)
+    from .chaos import add_parser as add_faults
+
+    add_faults(chaos_verbs)
     doctor = nouns.add_parser(
         "doctor", help="check a cluster before installing: each finding with its evidence and fix",
         description="Checks what the virtual node needs before anything is applied; exit 1 when a finding blocks. "
