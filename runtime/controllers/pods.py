@@ -566,17 +566,20 @@ class ObjectReflection:
                 del self._users[ref]
             self._settle_later(ref)
 
-    def _settle_later(self, ref: Ref) -> None:
-        task = asyncio.get_running_loop().create_task(self._settle(ref), name=f"copy-{ref[0]}-{ref[1]}-{ref[2]}")
+    def _settle_later(self, ref: Ref, delay: float = 0.0) -> None:
+        task = asyncio.get_running_loop().create_task(self._settle(ref, delay),
+                                                      name=f"copy-{ref[0]}-{ref[1]}-{ref[2]}")
         self._own(task)
 
     def _own(self, task: asyncio.Task) -> None:
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
-    async def _settle(self, ref: Ref) -> None:
+    async def _settle(self, ref: Ref, delay: float = 0.0) -> None:
         """Bring the copy of ``ref`` to what its users need now: deleted when it has none, else the object's
-        current content with their UIDs."""
+        current content with their UIDs. A write that fails (the provider down) is tried again with backoff:
+        nothing else would bring that copy up to date before the object's next change."""
+        await asyncio.sleep(delay)
         try:
             async with self._serialised(ref):
                 if not self._users.get(ref):
@@ -587,7 +590,9 @@ class ObjectReflection:
                 if ref in self._mirrored and obj is not None:
                     await self.provider.put_object(obj, self._user_uids(ref))
         except errors.KubeError as exc:
-            log.warning("bringing the copy of %s %s/%s up to date failed: %s", *ref, exc)
+            retry = min(max(delay * 2, 1.0), MAX_RETRY_DELAY)
+            log.warning("bringing the copy of %s %s/%s up to date failed, retrying in %.0fs: %s", *ref, retry, exc)
+            self._settle_later(ref, retry)
 
     @contextlib.asynccontextmanager
     async def _serialised(self, ref: Ref):

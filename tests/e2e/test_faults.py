@@ -78,3 +78,20 @@ def test_the_checker_sees_drift_the_runtime_then_repairs(chaos, local, provider,
     chaos.runtime.wait_ready()
     result = chaos.checker.converge(chaos.scale.converge_timeout)
     assert result.violations == [], "\n".join(result.violations)
+
+
+def test_an_object_updated_while_the_provider_is_down_reaches_its_copy_once_it_answers(chaos):
+    """Found by the suite (provider-apiserver-down at full scale): a copy whose write failed during the outage stayed
+    stale until something else touched the object."""
+    name = chaos._new_pods(1)[0]
+    assert chaos.checker.converge(chaos.scale.converge_timeout).violations == []
+    kind, obj = chaos.objects_of(name)[0]
+    chaos.ground.stop_process("provider-kube-apiserver")
+    try:
+        chaos.update_object(kind, obj, "changed-while-the-provider-was-down")
+        chaos.checker.converge(5)  # the runtime meets the outage meanwhile
+    finally:
+        chaos.ground.start_process("provider-kube-apiserver", timeout=120)
+    result = chaos.checker.converge(chaos.scale.converge_timeout)
+    chaos._healthy_ground()
+    assert result.violations == [], "\n".join(result.violations)
