@@ -225,8 +225,17 @@ class Chaos:
     def teardown(self) -> None:
         from kubernetes.client import ApiException
 
+        from k8sgpu.runtime.translate import NODE_LABEL
+
         if self.runtime is not None:
             self.runtime.kill(signal.SIGTERM)
+        # What a suite stopped half-way leaves: the node's mirrors and copies on the provider, which no runtime
+        # will delete now (the local pods go with the namespace, forced: no kubelet finishes them).
+        owned, tenant = f"{NODE_LABEL}={self.node}", self.state.tenant_namespace
+        self.provider.delete_collection_namespaced_pod(tenant, label_selector=owned, grace_period_seconds=0)
+        self.provider.delete_collection_namespaced_config_map(tenant, label_selector=owned)
+        self.provider.delete_collection_namespaced_secret(tenant, label_selector=owned)
+        self.local.delete_collection_namespaced_pod(self.namespace, grace_period_seconds=0)
         from .dev.binaries import find_kubectl
 
         kubectl = [str(find_kubectl()), f"--kubeconfig={self.state.local.kubeconfig}"]
@@ -384,15 +393,30 @@ class Chaos:
 
     def _converge(self, fault: str, note: str = "") -> FaultResult:
         seen: list[float] = []
+        healed: list[str] = []
 
         def progress(found: list[str]) -> None:
+            healed.extend(self._heal_ground())
             now = time.monotonic()
             if not seen or now - seen[-1] > 15:
                 seen.append(now)
                 self.say(f"{fault}: {len(found)} violation(s) left, e.g. {found[0]}")
 
         done = self.checker.converge(self.scale.converge_timeout, progress=progress)
+        if healed:
+            note = f"{note} (the ground's {', '.join(sorted(set(healed)))} exited and was started again)".strip()
         return FaultResult(fault, done.seconds, done.violations, note)
+
+    def _heal_ground(self) -> list[str]:
+        """Starts again, as `k8sgpu dev up` would, the ground's processes that exited: its stand-ins of the
+        provider's machinery (kwok's simulated kubelets, the load-balancer controller) may die of an API server's
+        outage, which a real provider's kubelets outlive. Returns their names."""
+        dead = [proc.name for proc, alive in self.ground.status() if not alive]
+        for name in dead:
+            self.say(f"ground component {name} exited (its log: {self.state.root}/logs/{name}.log); starting it "
+                     "again")
+            self.ground.start_process(name, timeout=120)
+        return dead
 
     def fault_kill_burst(self) -> FaultResult:
         assert self.runtime is not None
@@ -453,7 +477,7 @@ class Chaos:
             return bool(nodes) and all(any(c.type == "Ready" and c.status == "True" for c in n.status.conditions or [])
                                        for n in nodes)
 
-        _wait(nodes_ready, 180, "every provider node to be Ready again")
+        _wait(lambda: not self._heal_ground() and nodes_ready(), 180, "every provider node to be Ready again")
 
     def fault_local_apiserver_restart(self) -> FaultResult:
         self.churn(self.scale.churn)
