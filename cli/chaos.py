@@ -404,19 +404,27 @@ class Chaos:
 
         done = self.checker.converge(self.scale.converge_timeout, progress=progress)
         if healed:
-            note = f"{note} (the ground's {', '.join(sorted(set(healed)))} exited and was started again)".strip()
+            note = f"{note} (exited and started again: {', '.join(sorted(set(healed)))})".strip()
         return FaultResult(fault, done.seconds, done.violations, note)
 
     def _heal_ground(self) -> list[str]:
-        """Starts again, as `k8sgpu dev up` would, the ground's processes that exited: its stand-ins of the
-        provider's machinery (kwok's simulated kubelets, the load-balancer controller) may die of an API server's
-        outage, which a real provider's kubelets outlive. Returns their names."""
-        dead = [proc.name for proc, alive in self.ground.status() if not alive]
-        for name in dead:
-            self.say(f"ground component {name} exited (its log: {self.state.root}/logs/{name}.log); starting it "
-                     "again")
-            self.ground.start_process(name, timeout=120)
-        return dead
+        """Starts again what exited: the runtime, as its Deployment would (it exits when it cannot start, e.g. its
+        API server is down), and, as `k8sgpu dev up` would, the ground's processes: its stand-ins of the provider's
+        machinery (kwok's simulated kubelets, the load-balancer controller) may die of an API server's outage, which
+        a real provider's kubelets outlive. Returns what it started."""
+        started = []
+        runtime = self.runtime
+        if runtime is not None and runtime.proc is not None and runtime.proc.poll() is not None:
+            code = runtime.proc.returncode
+            self.say(f"the runtime exited {code} (its log: {runtime.log}); starting it again")
+            runtime.start()
+            started.append(f"the runtime (exit {code})")
+        for proc, alive in self.ground.status():
+            if not alive:
+                self.say(f"ground component {proc.name} exited (its log: {proc.log}); starting it again")
+                self.ground.start_process(proc.name, timeout=120)
+                started.append(proc.name)
+        return started
 
     def fault_kill_burst(self) -> FaultResult:
         assert self.runtime is not None
