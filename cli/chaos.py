@@ -544,8 +544,16 @@ class Chaos:
         self._create(pod)
         self.churn(self.scale.churn)
         result = self._converge("big-secret")
-        big = self.local.read_namespaced_pod("big-0", self.namespace)
-        result.note = f"(big-0 {big.status.phase}{', ' + big.status.reason if big.status.reason else ''})"
+
+        def settled():
+            big = self.local.read_namespaced_pod("big-0", self.namespace)
+            return (big.status.phase == "Running" or big.status.reason) and big
+
+        try:
+            big = _wait(settled, self.scale.converge_timeout, "big-0 to run or show why not")
+            result.note = f"(big-0 {big.status.phase}{', ' + big.status.reason if big.status.reason else ''})"
+        except TimeoutError:
+            result.violations.append(f"pod {self.namespace}/big-0: neither Running nor a reason given")
         return result
 
     def fault_provider_quota(self) -> FaultResult:
