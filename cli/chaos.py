@@ -580,8 +580,11 @@ class Chaos:
 
             _wait(refuses, 60, "the provider's admission to enforce the full quota")
             waiting = self._new_pods(self.scale.churn)
-            _wait(lambda: all(self.local.read_namespaced_pod(n, self.namespace).status.reason == "ProviderRefused"
-                              for n in waiting), 90, f"{len(waiting)} new pods to wait with ProviderRefused")
+            try:
+                _wait(lambda: all(self.local.read_namespaced_pod(n, self.namespace).status.reason == "ProviderRefused"
+                                  for n in waiting), 90, f"{len(waiting)} new pods to wait with ProviderRefused")
+            except TimeoutError as exc:
+                raise TimeoutError(f"{exc}: {self._describe(waiting)}") from None
             refused = len(waiting)
         finally:
             self.provider.delete_namespaced_resource_quota(QUOTA, tenant)
@@ -596,6 +599,19 @@ class Chaos:
             result.violations += [f"pod {self.namespace}/{n}: refused for the quota, not Running once it was raised"
                                   for n in not_running()]
         return result
+
+    def _describe(self, names: list[str]) -> str:
+        """Where pods stand, and the node's Ready and taints: what a fault that could not be carried out met."""
+        pods = []
+        for name in names:
+            status = self.local.read_namespaced_pod(name, self.namespace)
+            pods.append(f"{name} on {status.spec.node_name or '(unbound)'} {status.status.phase} "
+                        f"{status.status.reason or ''}".strip())
+        node = self.local.read_node(self.node)
+        ready = next((c for c in node.status.conditions or [] if c.type == "Ready"), None)
+        taints = [f"{t.key}:{t.effect}" for t in node.spec.taints or []]
+        return (f"{'; '.join(pods)}; node {self.node} Ready={ready.status if ready else None} "
+                f"({ready.reason if ready else ''}), taints {taints}, allocatable {node.status.allocatable}")
 
     def fault_cleanup(self) -> FaultResult:
         for selector in ("app=chaos", "app=chaos-special"):
