@@ -78,7 +78,7 @@ bench: binaries
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/k8sgpu bench
 
 # The fault suite on a ground of its own (CHAOS_SCALE=full|short): a table of faults, violations left and seconds
-# to converge; exit 1 on any violation. About 15 minutes at full scale on 2 cores.
+# to converge; exit 1 on any violation. About 8 minutes at full scale on 2 shared cores.
 CHAOS_SCALE ?= full
 chaos: binaries
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/k8sgpu chaos faults --scale $(CHAOS_SCALE) --report .k8sgpu/chaos/report.json
