@@ -68,8 +68,7 @@ SCALES = {
     "full": Scale(pods=300, objects=20, kills=10, outage_seconds=60, churn=10, converge_timeout=300,
                   kill_interval=(3.0, 6.0)),
 }
-# etcd's restart comes last but cleanup: at full scale the local kube-scheduler bound no new pod for minutes after
-# it (seen twice), so a fault after it that needs new pods bound could not be carried out.
+# etcd's restart, the heaviest fault (both clusters' storage), comes last but cleanup.
 FAULTS = ("kill-burst", "local-apiserver-restart", "provider-apiserver-down", "provider-apiserver-frozen",
           "big-secret", "provider-quota", "etcd-compaction", "cleanup")
 
