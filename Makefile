@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: packages install binaries providers image render plan apply dev-tfvars bench demo up down status test test-unit test-e2e fuzz lint clean
+.PHONY: packages install binaries providers image render plan apply dev-tfvars bench chaos demo up down status test test-unit test-e2e fuzz lint clean
 
 CLOUD ?= generic
 # Extra .tfvars for plan/apply: make plan CLOUD=eks VAR_FILE=my.tfvars
@@ -71,6 +71,12 @@ demo: binaries
 # Measures the virtual node against the provider alone (BENCH_SCALE=quick|default|full); ~10 min by default.
 bench: binaries
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/k8sgpu bench
+
+# The fault suite on a ground of its own (CHAOS_SCALE=full|short): a table of faults, violations left and seconds
+# to converge; exit 1 on any violation. About 8 minutes at full scale on 2 shared cores.
+CHAOS_SCALE ?= full
+chaos: binaries
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/k8sgpu chaos faults --scale $(CHAOS_SCALE) --report .k8sgpu/chaos/report.json
 
 status: install
 	$(BIN)/k8sgpu dev status

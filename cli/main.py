@@ -298,7 +298,8 @@ def build_parser(aks_client=azure_aks_client, aws_session=boto3_session) -> argp
         prog="k8sgpu",
         description="k8sgpu: a virtual GPU node for Kubernetes. Terraform roots for EKS, AKS and any cluster "
                     "(render, plan, apply, output), a preflight check of a cluster (doctor), the dev ground (two "
-                    "real clusters on 127.0.0.1) and the benchmark; the node itself runs as k8sgpu-runtime.",
+                    "real clusters on 127.0.0.1), the benchmark and the fault suite (chaos); the node itself runs as "
+                    "k8sgpu-runtime.",
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks of failures")
     nouns = parser.add_subparsers(dest="noun", metavar="COMMAND", required=True)
@@ -330,6 +331,9 @@ def build_parser(aks_client=azure_aks_client, aws_session=boto3_session) -> argp
     from .failover import add_parser as add_failover
 
     add_failover(chaos_verbs)
+    from .chaos import add_parser as add_faults
+
+    add_faults(chaos_verbs)
     doctor = nouns.add_parser(
         "doctor", help="check a cluster before installing: each finding with its evidence and fix",
         description="Checks what the virtual node needs before anything is applied; exit 1 when a finding blocks. "

@@ -739,6 +739,20 @@ class Ground:
         if row is not None and row.ready is not None:
             self._wait(proc, row.ready, name, timeout)
 
+    def freeze(self, name: str) -> None:
+        """SIGSTOP one running component: its sockets stay open and nothing answers (a hung server)."""
+        os.kill(self._running(name).pid, signal.SIGSTOP)
+
+    def thaw(self, name: str) -> None:
+        """SIGCONT a component `freeze` stopped."""
+        os.kill(self._running(name).pid, signal.SIGCONT)
+
+    def _running(self, name: str) -> Process:
+        proc = self._process(self._require_state(), name)
+        if not proc.alive():
+            raise GroundError(f"component {name} is not running; `k8sgpu dev up` starts it again")
+        return proc
+
     def run_process(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Process:
         """Start one more process under the ground's care (the runtime, for the demo): recorded like the
         others, so that `status` watches it and `down` stops it. One already running is left alone."""
@@ -851,6 +865,7 @@ def _ip(*args: str) -> str | None:
 def _terminate(proc: Process, timeout: float) -> None:
     try:
         os.killpg(proc.pid, signal.SIGTERM)
+        os.killpg(proc.pid, signal.SIGCONT)  # a frozen one (`freeze`) handles its SIGTERM only once it runs
     except ProcessLookupError:
         return
     deadline = time.monotonic() + timeout

@@ -45,3 +45,20 @@ def test_quantities_parse_as_the_kubernetes_client_does():
     for bad in ("1ki", "abc", "1Zi"):
         with pytest.raises(ValueError):
             parse_quantity(bad)
+
+
+def test_chaos_has_help_naming_every_fault_of_the_suite():
+    from k8sgpu.cli.chaos import FAULTS
+
+    out = run("chaos", "faults", "--help")
+    assert out.returncode == 0
+    assert "--scale" in out.stdout and "--report" in out.stdout
+    for fault in FAULTS:
+        assert fault in out.stdout
+
+
+def test_chaos_refuses_an_unknown_scale_or_fault_naming_the_choices():
+    out = run("chaos", "faults", "--scale", "huge")
+    assert out.returncode == 2 and "invalid choice: 'huge'" in out.stderr
+    out = run("chaos", "faults", "--fault", "meteor")
+    assert out.returncode == 2 and "invalid choice: 'meteor'" in out.stderr
