@@ -11,7 +11,7 @@ provider-apiserver-down    the provider's kube-apiserver stopped (connections re
                            created, deleted, relabelled and objects updated meanwhile
 provider-apiserver-frozen  the same with the provider's kube-apiserver frozen (SIGSTOP) then SIGCONT
 big-secret                 a pod using a 1 MiB Secret (the provider's etcd takes ~1.5 MiB an object)
-provider-quota             the tenant's ResourceQuota full (pods wait with ProviderRefused), then raised
+provider-quota             the tenant's ResourceQuota full (new pods wait: unbound, or ProviderRefused), then raised
 etcd-compaction            etcd compacted to its current revision, then restarted, so that every watch resumes from
                            a compacted revision (410 Gone) and relists
 cleanup                    every pod deleted: no mirror, no copy left
@@ -581,15 +581,29 @@ class Chaos:
 
             _wait(refuses, 60, "the provider's admission to enforce the full quota")
             waiting = self._new_pods(self.scale.churn)
+
+            def held() -> dict[str, str]:
+                """How each new pod waits: unbound (the node offers no room while the quota is full: scheduling
+                truth), or bound and refused by the provider (bound before the node saw the quota)."""
+                found = {}
+                for n in waiting:
+                    pod = self.local.read_namespaced_pod(n, self.namespace)
+                    if pod.status.reason == "ProviderRefused":
+                        found[n] = "ProviderRefused"
+                    elif not pod.spec.node_name and pod.status.phase == "Pending":
+                        found[n] = "unbound"
+                return found
+
             try:
-                _wait(lambda: all(self.local.read_namespaced_pod(n, self.namespace).status.reason == "ProviderRefused"
-                                  for n in waiting), 90, f"{len(waiting)} new pods to wait with ProviderRefused")
+                _wait(lambda: len(held()) == len(waiting), 90,
+                      f"{len(waiting)} new pods to wait, unbound or with ProviderRefused")
             except TimeoutError as exc:
                 raise TimeoutError(f"{exc}: {self._describe(waiting)}") from None
-            refused = len(waiting)
+            ways = list(held().values())
         finally:
             self.provider.delete_namespaced_resource_quota(QUOTA, tenant)
-        result = self._converge("provider-quota", f"({refused} pods waited with ProviderRefused, then ran)")
+        result = self._converge("provider-quota", f"({ways.count('unbound')} pods waited unbound, "
+                                                  f"{ways.count('ProviderRefused')} with ProviderRefused, then ran)")
 
         def not_running() -> list[str]:
             return [n for n in waiting if self.local.read_namespaced_pod(n, self.namespace).status.phase != "Running"]
