@@ -40,7 +40,7 @@ from .decide import (
     class_name,
     decide,
 )
-from .objects import ObjectController
+from .objects import ObjectController, ref_key
 
 log = logging.getLogger(__name__)
 
@@ -183,6 +183,9 @@ class PodController:
             f"provider:{event.uid}:{event.reason}:{event.message}"
         self._provider_events[seed] = event
         self.event_copies.add(seed)
+
+    def copy_changed(self, kind: str, namespace: str, name: str) -> None:
+        self.objects.queue.add(ref_key((kind, namespace, name)))
 
     def service_changed(self, namespace: str, name: str, ingress: list[dict]) -> None:
         self._on_service(namespace, name, ingress)

@@ -106,6 +106,9 @@ class ProviderEvents(Protocol):
 
     def pod_event(self, event: RemoteEvent) -> None: ...
 
+    def copy_changed(self, kind: str, namespace: str, name: str) -> None:
+        """The provider's copy of the local ConfigMap/Secret ``namespace/name`` changed or went (any writer)."""
+
     def service_changed(self, namespace: str, name: str, ingress: list[dict]) -> None: ...
 
     def capacity_changed(self, capacity: Capacity) -> None: ...

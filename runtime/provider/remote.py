@@ -56,8 +56,8 @@ class RemoteClusterProvider:
         self._pods = Reflector(kube, "Pod", tenant_namespace, label_selector=owned, on_event=self._on_pod,
                                on_health=self._on_health)
         self._configmaps = Reflector(kube, "ConfigMap", tenant_namespace, label_selector=owned,
-                                     on_event=lambda *_: None)
-        self._secrets = Reflector(kube, "Secret", tenant_namespace, label_selector=owned, on_event=lambda *_: None)
+                                     on_event=self._on_copy)
+        self._secrets = Reflector(kube, "Secret", tenant_namespace, label_selector=owned, on_event=self._on_copy)
         self._services = Reflector(kube, "Service", tenant_namespace, label_selector=owned,
                                    on_event=self._on_service)
         self._pod_events = Reflector(kube, "Event", tenant_namespace, field_selector="involvedObject.kind=Pod",
@@ -257,6 +257,13 @@ class RemoteClusterProvider:
             await self.kube.delete(kind, self.namespace, remote_name(namespace, name))
         except errors.NotFound:
             pass
+
+    def _on_copy(self, kind: str, obj: dict) -> None:
+        # Level-triggered: whatever changed a copy (a write of ours that the API server committed late, after a
+        # newer one, or anyone else's), its object is synced again and brought back to what its users need.
+        ann = obj["metadata"].get("annotations") or {}
+        if self._events is not None and ann.get(ORIGIN_NAME):
+            self._events.copy_changed(obj.get("kind") or "", ann.get(ORIGIN_NAMESPACE, ""), ann[ORIGIN_NAME])
 
     def object_users(self) -> dict[tuple[str, str, str], list[str]]:
         out = {}

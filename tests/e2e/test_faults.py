@@ -1,15 +1,13 @@
-"""The fault suite's short form on the session ground: each fault, then the invariant checker until it finds no
+"""The fault suite's short form on a ground of its own: each fault, then the invariant checker until it finds no
 violation (cli/chaos.py, cli/invariants.py; `make chaos` runs the full sizes on a ground of its own).
 
 A node of its own (faults.gpu, its own RuntimeClasses, RBAC, namespace and ports), so that it never meets the other
-modules' nodes. The faults run in the suite's order: the first builds the pods the others change. After a fault of
-an API server or etcd the ground is left answering, its provider nodes Ready, for the next module."""
+modules' nodes. The faults run in the suite's order: the first builds the pods the others change."""
 
 from __future__ import annotations
 
 import base64
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -28,9 +26,27 @@ def _say(message: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def chaos(ground, tmp_path_factory):
-    run = Chaos(Ground(Path(ground.root), progress=_say), ground, SCALES["short"], tmp_path_factory.mktemp("faults"),
-                say=_say, node=NODE, namespace=NAMESPACE)
+def faults_ground(binaries, tmp_path_factory):
+    """A ground of its own (no worker node), as `k8sgpu chaos faults` uses: its faults restart API servers and etcd,
+    which must not reach the session ground the other modules share."""
+    ground = Ground(tmp_path_factory.mktemp("faults-ground"), progress=_say, worker=False)
+    state, _ = ground.up(binaries)
+    try:
+        yield ground, state
+    finally:
+        ground.down()
+
+
+@pytest.fixture(scope="module")
+def ground(faults_ground):
+    return faults_ground[1]
+
+
+@pytest.fixture(scope="module")
+def chaos(faults_ground, tmp_path_factory):
+    ground, state = faults_ground
+    run = Chaos(ground, state, SCALES["short"], tmp_path_factory.mktemp("faults"), say=_say, node=NODE,
+                namespace=NAMESPACE)
     run.setup()
     try:
         yield run

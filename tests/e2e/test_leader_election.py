@@ -125,10 +125,20 @@ def leader_and_standby(ground, pair: dict[str, Candidate], local) -> tuple[Candi
 
 
 def node_lease_renewed(local_api: client.ApiClient):
+    """The node's Lease renewed after now. It may not exist for a moment: a node registered just now gets its Lease
+    with the leader's first renewal, and a Lease left by an earlier Node of the name is collected with it."""
     coordination = client.CoordinationV1Api(local_api)
-    first = coordination.read_namespaced_lease(NODE, "kube-node-lease").spec.renew_time
-    wait_for(lambda: coordination.read_namespaced_lease(NODE, "kube-node-lease").spec.renew_time > first, 30,
-             "the node Lease to be renewed")
+
+    def renew_time():
+        try:
+            return coordination.read_namespaced_lease(NODE, "kube-node-lease").spec.renew_time
+        except client.exceptions.ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    first = wait_for(renew_time, 30, "the node Lease to exist")
+    wait_for(lambda: (renewed := renew_time()) is not None and renewed > first, 30, "the node Lease to be renewed")
 
 
 def pod_runs(local, name: str) -> None:
