@@ -102,7 +102,11 @@ def test_a_pod_refused_by_the_providers_quota_waits_with_a_reason_and_starts_whe
         # The API server's admission reads quotas from its cache, which may lag: wait until it refuses.
         wait_for(lambda: _quota_refuses(provider, tenant), 30, "the provider to refuse pods for the quota")
 
-        local.create_namespaced_pod(NAMESPACE, pod("quota-bound"))
+        # Bound by name, as a user pins a pod: with the quota full the node offers no room for the scheduler to
+        # bind a pod to (scheduling truth), so only a pod bound before the node saw the quota meets the refusal.
+        pinned = pod("quota-bound")
+        pinned["spec"]["nodeName"] = NODE
+        local.create_namespaced_pod(NAMESPACE, pinned)
         refused = wait_for(lambda: (p := local.read_namespaced_pod("quota-bound", NAMESPACE)).status.reason and p,
                            30, "the provider's refusal on the local pod")
         assert refused.status.phase == "Pending"
