@@ -7,6 +7,7 @@ that has stopped for good, one per line. It answers from the moment the process 
 `/readyz` (readiness): 200 once the node is registered (informers synced, provider listed), and 200 for a
 standby of the leader election (`standby: leader is <holder>`), so a rollout goes on; 503 saying what the runtime
 still waits for, and again while it stops.
+`/metrics`: the runtime's Prometheus metrics (runtime/metrics.py), without credentials; nothing else is served.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import logging
 from collections.abc import Callable
 
 from aiohttp import web
+
+from .metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -25,13 +28,17 @@ class HealthServer:
     line saying who leads while this runtime stands by ("" when it leads or elects no leader)."""
 
     def __init__(self, problems: Callable[[], dict[str, str]], waiting: Callable[[], str],
-                 restarting: Callable[[], dict[str, str]] = dict, standby: Callable[[], str] = str):
+                 restarting: Callable[[], dict[str, str]] = dict, standby: Callable[[], str] = str,
+                 metrics: Metrics | None = None):
         self.problems, self.waiting, self.restarting, self.standby = problems, waiting, restarting, standby
+        self.metrics = metrics
         self.port = 0
         self._runner: web.AppRunner | None = None
         app = web.Application()
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
+        if metrics is not None:
+            app.router.add_get("/metrics", self._metrics)
         self._app = app
 
     async def start(self, host: str, port: int) -> None:
@@ -47,7 +54,8 @@ class HealthServer:
             raise RuntimeError(f"cannot listen on the health port {host}:{port}: {exc.strerror or exc}; give "
                                "--health-port another port, or 0 to turn the health port off") from None
         self.port = self._runner.addresses[0][1]
-        log.info("health port listening on http://%s:%d (/healthz, /readyz)", host, self.port)
+        log.info("health port listening on http://%s:%d (/healthz, /readyz%s)", host, self.port,
+                 ", /metrics" if self.metrics is not None else "")
 
     async def stop(self) -> None:
         if self._runner is not None:
@@ -70,3 +78,6 @@ class HealthServer:
         if not waiting:
             return web.Response(text="ok\n")
         return web.Response(status=503, text=f"not ready: {waiting}\n")
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        return web.Response(body=self.metrics.exposition(), headers={"Content-Type": self.metrics.content_type})

@@ -21,6 +21,7 @@ from .kube import Kube, api_client
 from .kubelet.auth import Door
 from .kubelet.server import KubeletServer
 from .leader import LeaderElector
+from .metrics import Metrics
 from .provider.remote import RemoteClusterProvider
 from .supervisor import Supervisor
 
@@ -50,6 +51,7 @@ class VirtualNode:
         # The long-running parts of the node and its controllers: restarted when they stop, and the process
         # stopped when one keeps failing.
         self.supervisor = Supervisor(on_give_up=self._report_failed)
+        self.metrics = Metrics(config.node.name)
         self.ready = asyncio.Event()
         self.stage = "starting"
         """What the start is doing now: /readyz says it until the node is ready."""
@@ -91,7 +93,8 @@ class VirtualNode:
         cfg = self.config.node
         if not cfg.health_port:
             return
-        self.health = HealthServer(self.problems, self.waiting, self.supervisor.restarting, self.standby)
+        self.health = HealthServer(self.problems, self.waiting, self.supervisor.restarting, self.standby,
+                                   metrics=self.metrics)
         await self.health.start(self.config.resolved_health_bind_address(dict(os.environ)), cfg.health_port)
 
     # -- life ------------------------------------------------------------------------------

@@ -86,3 +86,21 @@ def test_a_taken_health_port_fails_naming_the_flag():
             await first.stop()
 
     asyncio.run(scenario())
+
+
+def test_metrics_are_served_without_credentials_and_nothing_else_is():
+    from k8sgpu.runtime.metrics import Metrics
+
+    async def scenario():
+        health = HealthServer(dict, str, metrics=Metrics("k8s.gpu"))
+        await health.start("127.0.0.1", 0)
+        try:
+            return await _get(health.port, "/metrics"), await _get(health.port, "/metrics/../stats/summary")
+        finally:
+            await health.stop()
+
+    (status, body), (other_status, _) = asyncio.run(scenario())
+    assert status == 200
+    assert '# HELP k8sgpu_build_info ' in body
+    assert 'k8sgpu_build_info{node="k8s.gpu",version="' in body
+    assert other_status == 404
