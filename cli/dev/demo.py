@@ -129,6 +129,12 @@ def _start_in_cluster(state: State, out, terraform_dir: Path) -> None:
     print(f"\n{NODE} is Ready at {internal[0]}, the IP of {leader}, the runtime pod that leads (the other stands "
           "by). Its log, through worker-0's kubelet:", file=out)
     step(local, "-n", "k8sgpu", "logs", leader, "--tail=3")
+    # The ground's Prometheus scrapes both replicas' health ports (the leader exports the GPU accounting).
+    health = next(port["containerPort"] for p in pod for c in p["spec"]["containers"] for port in c.get("ports") or []
+                  if port.get("name") == "health")
+    for p in pod:
+        if p["status"].get("podIP"):
+            add_scrape_target(state, p["metadata"]["name"], f"{p['status']['podIP']}:{health}")
 
 
 def _start_as_process(ground: Ground, state: State, out) -> None:

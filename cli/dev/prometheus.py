@@ -1,10 +1,10 @@
 """The ground's Prometheus: Debian's `prometheus` package's binary, run by the ground on 127.0.0.1 with a
 generated configuration and its data under the ground's root, stopped by PID with it.
 
-It scrapes every runtime of the ground every 2 s: the runtime's pods on the worker node (Kubernetes service
-discovery in the local cluster: the pods of namespace k8sgpu with a container port named `health`) and runtimes
-run as processes (the demo without a worker, the tests), which register their health port as a file under
-``<root>/prometheus/targets/`` (file service discovery).
+It scrapes every runtime of the ground every 2 s. Each runtime is registered as a file under
+``<root>/prometheus/targets/`` (file service discovery): the demo registers its runtime's pods on the worker node
+(their pod IPs, after the rollout) or its runtime process, the tests their runtime processes. Debian's build leaves
+Kubernetes service discovery out (`kubernetes_sd_configs` is unknown to it), hence the files.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import yaml
 from .components import Component
 
 SCRAPE_INTERVAL = "2s"
-RUNTIME_NAMESPACE = "k8sgpu"  # the node module's namespace, where the demo's runtime pods run
 INSTALL_HINT = ("the dev ground's Prometheus is Debian's package: run `make packages`, or "
                 "`apt-get install --no-install-recommends prometheus` (then `systemctl disable --now prometheus` "
                 "where systemd started its service)")
@@ -64,21 +63,10 @@ def remove_scrape_target(state, name: str) -> None:
 
 
 def config(state) -> dict:
-    jobs: list[dict] = [{
+    jobs = [{
         "job_name": "k8sgpu-runtime",
         "file_sd_configs": [{"files": [str(targets_dir(state) / "*.json")], "refresh_interval": SCRAPE_INTERVAL}],
     }]
-    if state.worker:
-        jobs.append({
-            "job_name": "k8sgpu-runtime-pods",
-            "kubernetes_sd_configs": [{"role": "pod", "kubeconfig_file": state.local.kubeconfig,
-                                       "namespaces": {"names": [RUNTIME_NAMESPACE]}}],
-            "relabel_configs": [
-                {"source_labels": ["__meta_kubernetes_pod_container_port_name"], "regex": "health",
-                 "action": "keep"},
-                {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "runtime"},
-            ],
-        })
     return {"global": {"scrape_interval": SCRAPE_INTERVAL, "scrape_timeout": SCRAPE_INTERVAL,
                        "evaluation_interval": SCRAPE_INTERVAL},
             "scrape_configs": jobs}
