@@ -18,14 +18,13 @@ import pytest
 import yaml
 from kubernetes.client.rest import ApiException
 
-from k8sgpu.cli.dev.ground import free_port
 from k8sgpu.cli.dev.kwok import EXIT_CODE_ANNOTATION, RUN_FOR_ANNOTATION
 from k8sgpu.cli.dev.prometheus import add_scrape_target, prometheus_url, remove_scrape_target
 from k8sgpu.runtime.catalog import runtime_class_manifest
 from k8sgpu.runtime.rbac import extra_rbac
 from k8sgpu.runtime.translate import ORIGIN_UID_LABEL
 
-from .helpers import RuntimeProcess, health_ready, kubectl, node_kubeconfig, remove_node, wait_for
+from .helpers import NodeRuntime, kubectl, remove_node, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -42,30 +41,12 @@ CATALOG = [
 DASHBOARD = Path(__file__).parents[2] / "dashboards" / "k8sgpu.json"
 
 
-class Runtime:
-    def __init__(self, ground, directory: Path):
-        self.health_port = free_port()
-        self.proc = RuntimeProcess(["--kubeconfig", node_kubeconfig(ground, NODE, directory), "--node-name", NODE,
-                                    "--provider-kubeconfig", ground.tenant_kubeconfig,
-                                    "--tenant-namespace", ground.tenant_namespace,
-                                    "--node-address", ground.node_address, "--kubelet-port", str(free_port()),
-                                    "--health-port", str(self.health_port), "-v"], directory / "runtime.log")
-
-    def start(self) -> None:
-        self.proc.start()
-        wait_for(lambda: health_ready(self.health_port), 90, f"{NODE}'s runtime to be ready")
-
-    def kill(self) -> None:
-        self.proc.kill()
-        wait_for(lambda: not health_ready(self.health_port), 10, "the killed runtime to stop answering")
-
-
 @pytest.fixture(scope="module")
 def runtime(ground, local, tmp_path_factory):
     namespaces = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}} for ns in (TEAM_A, TEAM_B)]
     kubectl(ground.local.kubeconfig, "apply", "-f", "-",
             stdin=yaml.safe_dump_all([*namespaces, *CATALOG, *extra_rbac(NODE, RBAC_NAME)]))
-    rt = Runtime(ground, tmp_path_factory.mktemp("usage"))
+    rt = NodeRuntime(ground, NODE, tmp_path_factory.mktemp("usage"))
     add_scrape_target(ground, "usage-gpu", f"127.0.0.1:{rt.health_port}")
     try:
         rt.start()
