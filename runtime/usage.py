@@ -109,6 +109,7 @@ class PodUsageCollector(Collector):
                  clock: Callable[[], float] = time.time):
         self._mirrors, self._retention, self._clock = mirrors, retention, clock
         self._gone: dict[str, tuple[PodAllocation, float]] = {}  # uid → (allocation ended, exported until)
+        self._seen: dict[str, tuple[str, PodAllocation]] = {}  # mirror UID → (its resourceVersion, allocation)
 
     def mirror_gone(self, mirror: dict) -> None:
         """The provider saw ``mirror`` deleted: its last state, ended now if it was still running."""
@@ -123,11 +124,16 @@ class PodUsageCollector(Collector):
     def pods(self, now: float) -> list[PodAllocation]:
         for uid in [uid for uid, (_, until) in self._gone.items() if until < now]:
             del self._gone[uid]
-        live = {}
+        live, seen = {}, {}
         for mirror in self._mirrors():
-            pod = allocation(mirror)
+            meta = mirror["metadata"]
+            known = self._seen.get(meta.get("uid", ""))
+            # Read again only when the mirror changed: a scrape of thousands of pods stays cheap.
+            pod = known[1] if known and known[0] == meta.get("resourceVersion") else allocation(mirror)
+            seen[meta.get("uid", "")] = (meta.get("resourceVersion"), pod)
             if pod.uid:
                 live[pod.uid] = pod
+        self._seen = seen
         # A UID both gone and listed again (a relist's deletion before a re-create): the listed mirror counts.
         return [*live.values(), *(pod for uid, (pod, _) in self._gone.items() if uid not in live)]
 

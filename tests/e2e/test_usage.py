@@ -117,6 +117,7 @@ def test_gpu_seconds_per_namespace_across_a_runtime_restart(runtime, local, prov
     wait_for(lambda: all(mirror_phase(provider, ground, uids[n]) in ("Running", "Succeeded") for n in uids), 60,
              "the mirrors to run")
     wait_for(lambda: mirror_phase(provider, ground, uids["quick"]) == "Succeeded", 30, "quick to end")
+    times = {"quick": ran_for(mirror(provider, ground, uids["quick"]))}  # before its mirror goes
 
     runtime.kill()
     wait_for(lambda: mirror_phase(provider, ground, uids["short"]) == "Succeeded", 40,
@@ -127,10 +128,11 @@ def test_gpu_seconds_per_namespace_across_a_runtime_restart(runtime, local, prov
     wait_for(lambda: mirror(provider, ground, uids["quick"]) is None, 60, "quick's mirror to go")
     wait_for(lambda: mirror_phase(provider, ground, uids["long"]) == "Succeeded", 60, "long to end")
 
-    times = {name: ran_for(mirror(provider, ground, uids[name])) for name in ("short", "long")}
+    times.update({name: ran_for(mirror(provider, ground, uids[name])) for name in ("short", "long")})
+    seconds = {name: end - start for name, (start, end) in times.items()}
     # The simulated durations are what the mirrors recorded (kwok ends a pod within a second or two).
-    assert 19 <= times["short"][1] - times["short"][0] <= 24, times
-    assert 44 <= times["long"][1] - times["long"][0] <= 49, times
+    for name, run_for in (("quick", 8), ("short", 20), ("long", 45)):
+        assert run_for - 1 <= seconds[name] <= run_for + 4, seconds
     last_end = max(end for _, end in times.values())
     wait_for(lambda: [s for s in query(url, 'timestamp(k8sgpu_build_info{runtime="usage-gpu"})')
                       if float(s["value"][1]) > last_end + 4], 30, "a scrape after the last pod ended")
@@ -138,14 +140,13 @@ def test_gpu_seconds_per_namespace_across_a_runtime_restart(runtime, local, prov
     out = usage(url, "--by", "namespace", "-o", "json", "--from", f"{started - 60:.0f}")
     assert out.returncode == 0, out.stderr
     result = {row["namespace"]: row for row in json.loads(out.stdout)["rows"]}
-    short, long = (end - start for start, end in (times["short"], times["long"]))
-    # quick's truth: it ran 8 s on 2 GPUs (its mirror is gone; its last exported value stays in Prometheus).
-    truth = {TEAM_A: 1 * short + 2 * 8, TEAM_B: 2 * long}
+    # quick's mirror is gone: its last exported value stays in Prometheus.
+    truth = {TEAM_A: 1 * seconds["short"] + 2 * seconds["quick"], TEAM_B: 2 * seconds["long"]}
     for ns, seconds in truth.items():
         assert ns in result, (ns, out.stdout)
         assert abs(result[ns]["gpu_seconds"] - seconds) <= 0.05 * seconds, (ns, result[ns], seconds)
     assert result[TEAM_A]["pods"] == 2 and result[TEAM_B]["pods"] == 1
-    assert abs(result[TEAM_B]["cpu_core_seconds"] - 16 * long) <= 0.05 * 16 * long
+    assert abs(result[TEAM_B]["cpu_core_seconds"] - 16 * seconds["long"]) <= 0.05 * 16 * seconds["long"]
 
     table = usage(url, "--by", "runtime-class", "--price", f"{TWO_GPUS}=2.50/h", "--from", f"{started - 60:.0f}")
     assert table.returncode == 0, table.stderr
