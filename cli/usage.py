@@ -144,9 +144,9 @@ def pod_usage(query: Query, start: float, end: float) -> list[PodUse]:
     """Each pod's use in [start, end]: its counters at the end less at the start."""
     window = f"{max(int(round(end - start)), 1)}s"
     grouping = ", ".join(POD_LABELS)
-    present = query(f'count(count_over_time({{__name__=~"k8sgpu_.+"}}[{window}]))', end)
-    if not present:
-        present = query(f'count(count_over_time({{__name__=~"k8sgpu_.+"}}[{window}]))', start)
+    # A range over one metric name each: over a name pattern, two metrics' series of the same labels would collide.
+    seen = " or ".join(f"count(last_over_time({name}[{window}]))" for name in ("k8sgpu_build_info", *METRICS.values()))
+    present = query(seen, end) or query(seen, start)
     if not present:
         raise UsageError("Prometheus has no k8sgpu series in that window: is it scraping the runtime's health port "
                          "(/metrics)? See README, GPU accounting")

@@ -5,21 +5,24 @@ errors against a real Prometheus with no k8sgpu series and against none at all."
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import types
 import urllib.request
 from decimal import Decimal
 
 import pytest
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest, start_http_server
 from prometheus_client.parser import text_string_to_metric_families
 
 from k8sgpu.cli import usage as cli_usage
 from k8sgpu.cli.dev.ground import free_port
-from k8sgpu.cli.dev.prometheus import find_prometheus
+from k8sgpu.cli.dev.prometheus import add_scrape_target, find_prometheus, prometheus_url
+from k8sgpu.cli.dev.prometheus import component as ground_prometheus
 from k8sgpu.runtime.admission import pod_resources
 from k8sgpu.runtime.catalog import GPUClass, demo_catalog
 from k8sgpu.runtime.translate import remote_pod
@@ -233,31 +236,73 @@ def test_an_unreachable_prometheus_is_a_clear_error():
     assert f"cannot reach Prometheus at http://127.0.0.1:{port}" in out.stderr and "--prometheus" in out.stderr
 
 
-def test_a_prometheus_without_k8sgpu_series_is_a_clear_error(tmp_path):
-    """A real Prometheus (Debian's binary) that scrapes only itself."""
+@pytest.fixture
+def prometheus(tmp_path):
+    """A real Prometheus (Debian's binary) run as the ground runs it: its generated configuration, file service
+    discovery of ``<root>/prometheus/targets``, a 2 s scrape interval; stopped by PID."""
     binary = find_prometheus()
     assert binary, "no prometheus binary: make packages"
-    port = free_port()
-    (tmp_path / "prometheus.yml").write_text(
-        f"global: {{scrape_interval: 1s}}\nscrape_configs:\n- job_name: self\n  static_configs:\n"
-        f"  - targets: ['127.0.0.1:{port}']\n")
+    state = types.SimpleNamespace(root=str(tmp_path), worker=None, ports={"prometheus": free_port()},
+                                  binaries={"prometheus": binary})
+    row = ground_prometheus(state, lambda url: False)
+    row.prepare()
     log = open(tmp_path / "prometheus.log", "wb")
-    proc = subprocess.Popen([binary, f"--config.file={tmp_path / 'prometheus.yml'}",
-                             f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
-                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(list(row.argv), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            start_new_session=True)
     log.close()
+    url = prometheus_url(state)
     try:
         deadline = time.monotonic() + 30
         while True:
             try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/-/ready", timeout=1).close()
+                urllib.request.urlopen(f"{url}/-/ready", timeout=1).close()
                 break
             except OSError:
                 assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "prometheus.log").read_text()
                 time.sleep(0.2)
-        out = run("usage", "--prometheus", f"http://127.0.0.1:{port}", "--since", "5m")
-        assert out.returncode == 1, out
-        assert "has no k8sgpu series" in out.stderr
+        yield state, url
     finally:
         os.kill(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
+
+
+def test_a_prometheus_without_k8sgpu_series_is_a_clear_error(prometheus):
+    _, url = prometheus
+    out = run("usage", "--prometheus", url, "--since", "5m")
+    assert out.returncode == 1, out
+    assert "has no k8sgpu series" in out.stderr
+
+
+def test_usage_from_a_real_prometheus_scraping_two_replicas_counts_each_pod_once(prometheus):
+    """Two exporters of the same mirrors (a leader and a replica during a failover), scraped by the ground's
+    Prometheus configuration: each pod counted once, its GPU-seconds as the collector computes them."""
+    state, url = prometheus
+    now = time.time()
+    mirrors = [mirror("train", "seeweb-nvidia-2xa6000", started=now - T0.timestamp() - 100),
+               mirror("done", "seeweb-nvidia-1xa6000", started=now - T0.timestamp() - 300,
+                      finished=now - T0.timestamp() - 240)]
+    collector = PodUsageCollector(lambda: mirrors)
+    servers = []
+    try:
+        for name in ("leader", "replica"):
+            registry = CollectorRegistry()
+            registry.register(collector)
+            port = free_port()
+            servers.append(start_http_server(port, "127.0.0.1", registry=registry)[0])
+            add_scrape_target(state, name, f"127.0.0.1:{port}")
+        deadline = time.monotonic() + 40
+        while True:
+            out = run("usage", "--prometheus", url, "--since", "10m", "--by", "pod", "-o", "json")
+            rows = {r["pod"]: r for r in json.loads(out.stdout)["rows"]} if out.returncode == 0 else {}
+            if len(rows) == 2 or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+        assert out.returncode == 0, out.stderr
+        assert rows["team-a/done"]["gpu_seconds"] == pytest.approx(60, abs=0.5)
+        assert rows["team-a/done"]["pods"] == 1 and rows["team-a/train"]["pods"] == 1
+        expected = 2 * allocation(mirrors[0]).running_seconds(time.time())  # its start: whole seconds
+        assert expected - 2 * 5 <= rows["team-a/train"]["gpu_seconds"] <= expected  # scraped within the last 5 s
+    finally:
+        for server in servers:
+            server.shutdown()
+            server.server_close()
