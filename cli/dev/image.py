@@ -17,6 +17,7 @@ containerd with `Image.import_command()`.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import gzip
 import hashlib
 import json
@@ -44,6 +45,7 @@ BASE_PACKAGES = ("python3", "python3-venv", "ca-certificates")
 BASE_TRIM = ("usr/share/man", "usr/share/info", "usr/share/locale", "usr/share/lintian", "usr/share/linda",
              "usr/share/bug", "var/lib/apt/lists", "var/cache/apt", "var/cache/debconf", "var/log")
 BASE_VERSION = 1  # bump when the way the base is made changes
+KEPT_ARCHIVES = 4  # runtime image archives kept in the cache (several checkouts, a test session and the demo)
 # The interpreter the base has (bookworm's python3 is 3.11) decides which wheels are downloaded.
 # pip does not widen a given --platform to older manylinux tags itself: glibc 2.36 (bookworm) runs them all.
 WHEEL_PLATFORM = ("--implementation", "cp", "--python-version", "3.11", "--abi", "cp311", "--only-binary=:all:",
@@ -336,20 +338,26 @@ def _ensure_image(progress: Progress, source: Path, version: str | None) -> Imag
     wheels = build_wheels(context / "wheels", progress, source)
     key = content_hash(containerfile.read_bytes(), {w.name: wheel_digest(w) for w in wheels}, base_id, ref)
     archive = image_dir() / f"k8sgpu-runtime-{key}.tar"
-    if not archive.exists():
-        started = time.monotonic()
-        _run("buildah bud", _buildah("bud", "--isolation", "chroot", "--format", "oci", "--build-arg",
-                                     f"BASE={BASE_REF}", "-f", str(containerfile), "-t", ref, str(context)),
-             context, progress)
-        partial = context / "archive.partial"
-        _run("buildah push", _buildah("push", "--quiet", ref,
-                                      f"oci-archive:{partial}:{ref}"), context, progress)
-        partial.rename(archive)
-        for old in image_dir().glob("k8sgpu-runtime-*"):
-            if old.stem != archive.stem:
-                old.unlink()
-        _quiet(_buildah("rmi", "--prune"))  # the images this build replaced
-        progress(f"image {ref} built in {time.monotonic() - started:.0f}s")
+    # One build at a time on this machine (grounds of several checkouts share the cache and buildah's store), and
+    # the archives other checkouts may still import are kept: the newest few, not only this one.
+    with open(image_dir() / "build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not archive.exists():
+            started = time.monotonic()
+            _run("buildah bud", _buildah("bud", "--isolation", "chroot", "--format", "oci", "--build-arg",
+                                         f"BASE={BASE_REF}", "-f", str(containerfile), "-t", ref, str(context)),
+                 context, progress)
+            partial = context / "archive.partial"
+            _run("buildah push", _buildah("push", "--quiet", ref,
+                                          f"oci-archive:{partial}:{ref}"), context, progress)
+            partial.rename(archive)
+            archives = sorted(image_dir().glob("k8sgpu-runtime-*.tar"), key=lambda path: path.stat().st_mtime)
+            for old in archives[:-KEPT_ARCHIVES]:
+                old.unlink(missing_ok=True)
+                old.with_suffix(".size").unlink(missing_ok=True)
+            _quiet(_buildah("rmi", "--prune"))  # the images this build replaced
+            progress(f"image {ref} built in {time.monotonic() - started:.0f}s")
+        archive.touch()  # the newest in use: kept by the next build
     shutil.rmtree(context, ignore_errors=True)
     sized = archive.with_suffix(".size")
     if not sized.exists():
