@@ -142,9 +142,9 @@ def test_gpu_seconds_per_namespace_across_a_runtime_restart(runtime, local, prov
     result = {row["namespace"]: row for row in json.loads(out.stdout)["rows"]}
     # quick's mirror is gone: its last exported value stays in Prometheus.
     truth = {TEAM_A: 1 * seconds["short"] + 2 * seconds["quick"], TEAM_B: 2 * seconds["long"]}
-    for ns, seconds in truth.items():
+    for ns, expected in truth.items():
         assert ns in result, (ns, out.stdout)
-        assert abs(result[ns]["gpu_seconds"] - seconds) <= 0.05 * seconds, (ns, result[ns], seconds)
+        assert abs(result[ns]["gpu_seconds"] - expected) <= 0.05 * expected, (ns, result[ns], expected)
     assert result[TEAM_A]["pods"] == 2 and result[TEAM_B]["pods"] == 1
     assert abs(result[TEAM_B]["cpu_core_seconds"] - 16 * seconds["long"]) <= 0.05 * 16 * seconds["long"]
 
