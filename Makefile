@@ -14,6 +14,8 @@ install: $(STAMP)
 
 # Debian's packages of the dev ground's worker node (containerd, runc, CNI plugins, iptables), of its pause image
 # (gcc, a static libc) and of the runtime's image (debootstrap, buildah); installed with apt-get when missing.
+# Its Prometheus is Debian's too, installed without recommends (no node exporter); the package's own service is
+# disabled where systemd started it: the ground runs its own prometheus process on 127.0.0.1.
 DEBIAN_PACKAGES := containerd runc containernetworking-plugins iptables iproute2 util-linux gcc libc6-dev debootstrap buildah
 packages:
 	@missing=$$(for p in $(DEBIAN_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
@@ -21,6 +23,12 @@ packages:
 	  if [ "$$(id -u)" != 0 ]; then echo "make: the dev ground needs Debian packages: $$missing; run: sudo apt-get install $$missing" >&2; exit 1; fi; \
 	  echo "installing Debian packages: $$missing"; \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null) || { echo "make: apt-get install $$missing failed" >&2; exit 1; }; \
+	fi
+	@if ! dpkg-query -W -f='$${Status}\n' prometheus 2>/dev/null | grep -q 'install ok installed'; then \
+	  if [ "$$(id -u)" != 0 ]; then echo "make: the dev ground needs Debian's prometheus; run: sudo apt-get install --no-install-recommends prometheus" >&2; exit 1; fi; \
+	  echo "installing Debian package: prometheus (without its recommended node exporter)"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null) || { echo "make: apt-get install prometheus failed" >&2; exit 1; }; \
+	  if [ -d /run/systemd/system ]; then systemctl disable --now prometheus.service >/dev/null 2>&1 || true; fi; \
 	fi
 
 $(STAMP): pyproject.toml

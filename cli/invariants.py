@@ -39,7 +39,6 @@ from k8sgpu.runtime.translate import (
     ORIGIN_NAMESPACE,
     ORIGIN_UID_LABEL,
     USED_BY,
-    mirror_metadata,
     referenced_objects,
     remote_name,
     remote_pod,
@@ -131,7 +130,8 @@ def mirror_drift(pod: dict, mirror: dict, offer: GPUClass, node_name: str) -> li
                     drift.append(f"container {name} {field} {a!r}, want {b!r}")
             if _quantities(m.get("resources")) != _quantities(c.get("resources")):
                 drift.append(f"container {name} resources {m.get('resources')}, want {c.get('resources')}")
-    labels, annotations = mirror_metadata(pod["metadata"], node_name)
+    # What the local pod's metadata makes, and the runtime's own annotations of the mirror (its offering).
+    labels, annotations = want["metadata"]["labels"], want["metadata"]["annotations"]
     for field, wanted_map in (("labels", labels), ("annotations", annotations)):
         have_map = meta.get(field) or {}
         wrong = {k: have_map.get(k) for k, v in wanted_map.items() if have_map.get(k) != v}

@@ -57,6 +57,8 @@ def cmd_dev_up(args: argparse.Namespace) -> int:
 
 
 def _print_ground(state, output: str) -> None:
+    from .dev.prometheus import prometheus_url
+
     info = {
         "local": {"server": state.local.server, "kubeconfig": state.local.kubeconfig},
         "provider": {"server": state.provider.server, "kubeconfig": state.provider.kubeconfig},
@@ -68,6 +70,7 @@ def _print_ground(state, output: str) -> None:
         "aws_endpoint": state.aws_endpoint,
         "eks_cluster_name": state.eks_cluster_name,
         "worker": state.worker,
+        "prometheus": prometheus_url(state),
     }
     if output == "json":
         print(json.dumps(info, indent=2))
@@ -83,6 +86,8 @@ def _print_ground(state, output: str) -> None:
     print(f"AWS (moto)        {state.aws_endpoint}  (AWS_ENDPOINT_URL; IAM, STS, EKS)")
     print(f"  EKS login       tokens signed for {state.eks_cluster_name} are checked through STS and aws-auth "
           "(k8sgpu-runtime --eks-cluster)")
+    if info["prometheus"]:
+        print(f"Prometheus        {info['prometheus']}  (scrapes the ground's runtimes every 2 s; `k8sgpu usage`)")
     if state.worker:
         print(f"worker node       worker-0 at {state.worker['node_ip']} (kubelet, containerd, kube-proxy; "
               f"pods {state.worker['pod_cidr']})")
@@ -298,8 +303,8 @@ def build_parser(aks_client=azure_aks_client, aws_session=boto3_session) -> argp
         prog="k8sgpu",
         description="k8sgpu: a virtual GPU node for Kubernetes. Terraform roots for EKS, AKS and any cluster "
                     "(render, plan, apply, output), a preflight check of a cluster (doctor), the dev ground (two "
-                    "real clusters on 127.0.0.1), the benchmark and the fault suite (chaos); the node itself runs as "
-                    "k8sgpu-runtime.",
+                    "real clusters on 127.0.0.1), GPU-hours from Prometheus (usage), the benchmark and the fault "
+                    "suite (chaos); the node itself runs as k8sgpu-runtime.",
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks of failures")
     nouns = parser.add_subparsers(dest="noun", metavar="COMMAND", required=True)
@@ -377,6 +382,10 @@ def build_parser(aks_client=azure_aks_client, aws_session=boto3_session) -> argp
                              "AWS profile's)")
     doctor.add_argument("--output", "-o", choices=("table", "json"), default="table")
     doctor.set_defaults(func=cmd_doctor, parser=doctor, aks_client=aks_client, aws_session=aws_session)
+
+    from .usage import add_parser as add_usage
+
+    add_usage(nouns, os.environ.get("K8SGPU_DEV_ROOT", str(DEFAULT_DEV_ROOT)))
 
     render = nouns.add_parser(
         "render", help="render the Terraform root of a cloud from the templates in modules/",
@@ -491,8 +500,9 @@ def _known_errors() -> tuple[type[Exception], ...]:
     from .doctor_eks import AwsLoginError
     from .tf.render import RenderError
     from .tf.runner import TerraformError
+    from .usage import UsageError
 
-    return (BuildError, GroundError, WorkerError, RenderError, TerraformError, OSError, ApiException,
+    return (UsageError, BuildError, GroundError, WorkerError, RenderError, TerraformError, OSError, ApiException,
             ConfigException, AzureLoginError, AzureError, AwsLoginError, BotoCoreError, ClientError)
 
 

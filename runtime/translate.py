@@ -22,11 +22,13 @@ ORIGIN_NAME = "k8sgpu.io/origin-name"
 KIND_LABEL = "k8sgpu.io/kind"
 # Which pods use a reflected object: a comma-separated list of origin UIDs.
 USED_BY = "k8sgpu.io/used-by"
+# On a mirror pod: the offering (RuntimeClass) it runs as, so that its GPU accounting needs nothing but the mirror.
+RUNTIME_CLASS = "k8sgpu.io/runtime-class"
 # On a mirror pod: the label and annotation keys copied from the local pod (JSON), so that a key the user
 # removes is removed from the mirror too, and keys others put on the mirror (the provider's) are left alone.
 COPIED_KEYS = "k8sgpu.io/copied-keys"
 _OWN_LABELS = (NODE_LABEL, ORIGIN_UID_LABEL, KIND_LABEL)
-_OWN_ANNOTATIONS = (ORIGIN_NAMESPACE, ORIGIN_NAME, COPIED_KEYS)
+_OWN_ANNOTATIONS = (ORIGIN_NAMESPACE, ORIGIN_NAME, COPIED_KEYS, RUNTIME_CLASS)
 # The pod conditions a kubelet owns; the others belong to other writers (PodScheduled to the scheduler,
 # DisruptionTarget to the API server and controllers, readiness gates' to their controllers).
 KUBELET_CONDITIONS = ("PodReadyToStartContainers", "Initialized", "ContainersReady", "Ready")
@@ -124,6 +126,7 @@ def remote_pod(pod: dict, gpu_class: GPUClass, node_name: str, wanted: Resources
     containers = [_container(c, namespace, dropped) for c in spec.get("containers") or []]
     _apply_gpu_resources(containers, gpu_class, wanted)
     labels, annotations = mirror_metadata(meta, node_name)
+    annotations[RUNTIME_CLASS] = gpu_class.name
     remote_spec = {
         "containers": containers,
         "restartPolicy": spec.get("restartPolicy", "Always"),

@@ -24,6 +24,7 @@ from .leader import LeaderElector
 from .metrics import Metrics
 from .provider.remote import RemoteClusterProvider
 from .supervisor import Supervisor
+from .usage import PodUsageCollector
 
 log = logging.getLogger(__name__)
 
@@ -123,8 +124,11 @@ class VirtualNode:
         cfg = self.config
         if self.local is None:
             await self.connect()
+        # GPU accounting is exported by the leader only: registered here, once this runtime leads.
+        usage = PodUsageCollector(lambda: provider.mirror_objects())
         provider = RemoteClusterProvider(self.remote, cfg.provider.tenant_namespace, cfg.node.name, self.address,
-                                         supervisor=self.supervisor)
+                                         supervisor=self.supervisor, on_mirror_gone=usage.mirror_gone)
+        self.metrics.registry.register(usage)
         self.services = ServiceController(self.local, provider, cfg.provider.load_balancer_class,
                                           supervisor=self.supervisor)
         # The node counts what the pod controller holds; the pod controller reports to the node.

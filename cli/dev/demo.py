@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import time
+from decimal import Decimal
 from pathlib import Path
 
 import yaml
@@ -25,6 +26,7 @@ from k8sgpu.runtime.catalog import DEMO_DEFAULT_RUNTIME_CLASS, DEMO_MIG_RUNTIME_
 
 from .binaries import find_kubectl
 from .ground import Ground, GroundError, State, free_port
+from .prometheus import add_scrape_target, prometheus_url
 
 NODE = "k8s.gpu"
 DEMO_POD = "nvidia-smi"
@@ -52,11 +54,12 @@ def demo_pod(name: str = DEMO_POD, runtime_class: str = "seeweb-nvidia-1xa6000")
     }
 
 
-def runtime_argv(state: State) -> list[str]:
+def runtime_argv(state: State, health_port: int | None = None) -> list[str]:
     return [sys.executable, "-m", "k8sgpu.runtime.main", "start", "--kubeconfig", state.node_kubeconfig,
             "--provider-kubeconfig", state.tenant_kubeconfig, "--tenant-namespace", state.tenant_namespace,
             "--node-address", state.node_address, "--kubelet-port", str(free_port()),
-            "--health-port", str(free_port()), "--default-runtime-class", DEMO_DEFAULT_RUNTIME_CLASS, "-v"]
+            "--health-port", str(health_port or free_port()), "--default-runtime-class", DEMO_DEFAULT_RUNTIME_CLASS,
+            "-v"]
 
 
 def _stepper(out):
@@ -84,6 +87,7 @@ def run_demo(ground: Ground, out=sys.stdout, terraform_dir: Path = Path("terrafo
     else:
         _start_as_process(ground, state, out)
     _run_the_guides_pod(state, out)
+    _show_usage(state, out)
 
 
 def _start_in_cluster(state: State, out, terraform_dir: Path) -> None:
@@ -125,6 +129,12 @@ def _start_in_cluster(state: State, out, terraform_dir: Path) -> None:
     print(f"\n{NODE} is Ready at {internal[0]}, the IP of {leader}, the runtime pod that leads (the other stands "
           "by). Its log, through worker-0's kubelet:", file=out)
     step(local, "-n", "k8sgpu", "logs", leader, "--tail=3")
+    # The ground's Prometheus scrapes both replicas' health ports (the leader exports the GPU accounting).
+    health = next(port["containerPort"] for p in pod for c in p["spec"]["containers"] for port in c.get("ports") or []
+                  if port.get("name") == "health")
+    for p in pod:
+        if p["status"].get("podIP"):
+            add_scrape_target(state, p["metadata"]["name"], f"{p['status']['podIP']}:{health}")
 
 
 def _start_as_process(ground: Ground, state: State, out) -> None:
@@ -139,8 +149,12 @@ def _start_as_process(ground: Ground, state: State, out) -> None:
     step(local, "apply", "-f", "-", stdin=yaml.safe_dump_all([*demo_catalog(NODE), *extra_rbac(NODE)]))
 
     print(f"\n2. The runtime, as system:node:{NODE} (log: {state.root}/logs/{RUNTIME_PROCESS}.log):", file=out)
-    proc = ground.run_process(RUNTIME_PROCESS, runtime_argv(state))
-    print(f"$ {shlex.join(['k8sgpu-runtime', *runtime_argv(state)[3:]])}   # pid {proc.pid}", file=out, flush=True)
+    health_port = free_port()
+    argv = runtime_argv(state, health_port)
+    proc = ground.run_process(RUNTIME_PROCESS, argv)
+    # The ground's Prometheus scrapes its health port (file service discovery).
+    add_scrape_target(state, RUNTIME_PROCESS, f"127.0.0.1:{health_port}")
+    print(f"$ {shlex.join(['k8sgpu-runtime', *argv[3:]])}   # pid {proc.pid}", file=out, flush=True)
     _wait_registered(kubectl, local)
     step(local, "wait", "--for=condition=Ready", f"node/{NODE}", "--timeout=90s")
 
@@ -189,9 +203,40 @@ The ground and the runtime stay up. Try next:
   kubectl describe pod big      # refused: more cpu than its RuntimeClass allows
   kubectl --kubeconfig={provider} -n {state.tenant_namespace} get pods   # the provider side
   k8sgpu dev status
+  k8sgpu usage --by runtime-class -o json   # GPU-hours from the ground's Prometheus
 Stop everything with: k8sgpu dev down""",
         file=out,
     )
+
+
+def _show_usage(state: State, out, timeout: float = 60) -> None:
+    """The ground's Prometheus and what `k8sgpu usage` makes of it: the demo pods' GPU-seconds so far."""
+    from k8sgpu.cli.usage import UsageError, http_query, pod_usage, render, report
+
+    url = prometheus_url(state)
+    if not url:
+        print("\nThis ground has no Prometheus (started by an older k8sgpu): `k8sgpu dev down`, then `make demo`.",
+              file=out)
+        return
+    query = http_query(url)
+    deadline = time.monotonic() + timeout
+    while True:
+        now = time.time()
+        try:
+            pods = pod_usage(query, now - 3600, now)
+        except UsageError:
+            pods = []
+        if any(p.pod in (DEMO_POD, DEMO_MIG_POD) for p in pods) or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    if not pods:
+        raise GroundError(f"Prometheus at {url} has no GPU usage of the demo's pods after {timeout:.0f}s: is it "
+                          f"scraping the runtime? See {Path(state.root) / 'logs' / 'prometheus.log'}")
+    print(f"\nPrometheus (scrapes the runtime's /metrics every 2 s): {url}", file=out)
+    print(f"$ k8sgpu usage --prometheus {url} --since 1h --by pod --price {DEMO_DEFAULT_RUNTIME_CLASS}=1.20/h",
+          file=out)
+    print(render(report(pods, "pod", {DEMO_DEFAULT_RUNTIME_CLASS: Decimal("1.20")}, now - 3600, now), "table"),
+          file=out, flush=True)
 
 
 def _wait_registered(kubectl: str, kubeconfig: str, timeout: float = 60) -> None:

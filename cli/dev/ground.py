@@ -35,6 +35,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from . import pki
+from . import prometheus as prometheus_parts
 from . import worker as worker_parts
 from .binaries import Binaries, cache_root
 from .catalog import DEFAULT_POOLS, TENANT_NAMESPACE, GPUPool
@@ -244,6 +245,10 @@ class Ground:
         if state is not None and not state.ports:
             raise GroundError(f"the ground in {self.root} was started by an older k8sgpu (its state names no ports): "
                               "stop it with `k8sgpu dev down`, then run `k8sgpu dev up`")
+        if state is not None and "prometheus" not in state.ports:  # a ground from before it had Prometheus
+            state.ports["prometheus"] = free_port()
+            state.binaries["prometheus"] = self._prometheus()
+            state.save(self.state_file)
         if state is not None:
             table = self.components(state)
             dead = [c.name for c in table if c.argv and not self._alive(state, c.name)]
@@ -257,6 +262,7 @@ class Ground:
         missing = binaries.missing()
         if missing:
             raise GroundError(f"binaries missing: {', '.join(map(str, missing))}; run `k8sgpu dev build`")
+        self._prometheus()
         if self.with_worker and os.geteuid() == 0:
             lacking = worker_parts.missing_tools()
             if lacking:
@@ -273,6 +279,13 @@ class Ground:
             raise
         self.progress(f"ground up in {time.monotonic() - started:.1f}s")
         return state, False
+
+    @staticmethod
+    def _prometheus() -> str:
+        found = prometheus_parts.find_prometheus()
+        if not found:
+            raise GroundError(f"no prometheus binary: {prometheus_parts.INSTALL_HINT}")
+        return found
 
     def _etcd_data_dir(self) -> Path:
         # tmpfs when there is one: the ground's data is throwaway and fsync on disk is its bottleneck.
@@ -296,7 +309,8 @@ class Ground:
             tenant_namespace=TENANT_NAMESPACE,
             etcd_data=str(data),
             created=time.time(),
-            binaries={k: str(v) for k, v in dataclasses.asdict(binaries).items()},
+            binaries={**{k: str(v) for k, v in dataclasses.asdict(binaries).items()},
+                      "prometheus": self._prometheus()},
         )
         state.save(self.state_file)  # from here on, `down` can undo what follows
         state.node_address = self._claim_node_address()
@@ -308,7 +322,7 @@ class Ground:
         # The API servers listen where pods on the worker reach them: the node address, not loopback.
         api_address = state.node_address if state.worker else "127.0.0.1"
         names = ["etcd-client", "etcd-peer", "moto", "eks-authenticator", "local-kube-apiserver",
-                 "provider-kube-apiserver", "local-metrics-server", "provider-metrics-server"]
+                 "provider-kube-apiserver", "local-metrics-server", "provider-metrics-server", "prometheus"]
         names += [f"provider-kwok-{pool.name}" for pool in self.pools]
         state.ports = {name: free_port() for name in names}
         state.aws_endpoint = f"http://127.0.0.1:{state.ports['moto']}"
@@ -405,6 +419,7 @@ class Ground:
                 rows.append(self._metrics_server(state, cluster, cp, kubelet_cas[cluster]))
         if state.worker:
             rows += self._worker(state)
+        rows.append(prometheus_parts.component(state, _http_ok))
         return rows
 
     def _control_plane(self, state: State, cluster: str, cp: _PKI, etcd_url: str,

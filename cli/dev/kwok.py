@@ -103,7 +103,7 @@ containerStatuses:
       exitCode: {{ $code }}
       finishedAt: {{ $now | Quote }}
       reason: {{ if eq $code "0" }}Completed{{ else }}Error{{ end }}
-      startedAt: {{ $now | Quote }}
+      startedAt: {{ or $.status.startTime $now | Quote }}
 {{ end }}
 phase: {{ if eq $code "0" }}Succeeded{{ else }}Failed{{ end }}
 """.replace("@EXIT_CODE@", EXIT_CODE_ANNOTATION)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from decimal import Decimal
 
 from .. import errors
@@ -41,8 +41,10 @@ log = logging.getLogger(__name__)
 
 class RemoteClusterProvider:
     def __init__(self, kube: Kube, tenant_namespace: str, node_name: str, node_address: str, *,
-                 supervisor: Supervisor | None = None):
-        """Its informers run under ``supervisor`` (the node's; absent, one of its own)."""
+                 supervisor: Supervisor | None = None, on_mirror_gone: Callable[[dict], None] = lambda obj: None):
+        """Its informers run under ``supervisor`` (the node's; absent, one of its own); ``on_mirror_gone`` gets
+        each mirror's last state when it is deleted (GPU accounting ends it there)."""
+        self._on_mirror_gone = on_mirror_gone
         self.kube = kube
         self._own_supervisor = supervisor is None
         self.supervisor = supervisor or Supervisor()
@@ -123,6 +125,7 @@ class RemoteClusterProvider:
         pod = self._remote_pod(obj)
         if kind == "DELETED":
             self._by_remote_name.pop(obj["metadata"]["name"], None)
+            self._on_mirror_gone(obj)
             if self._events:
                 self._events.pod_gone(pod)
             return
@@ -136,6 +139,10 @@ class RemoteClusterProvider:
 
     def pods(self) -> list[RemotePod]:
         return [self._remote_pod(obj) for obj in self._pods.store.values()]
+
+    def mirror_objects(self) -> list[dict]:
+        """The mirrors as the provider has them (status, resources, times), from the cache."""
+        return list(self._pods.store.values())
 
     async def create_pod(self, pod: dict, offer: GPUClass, resources: Resources) -> None:
         manifest = remote_pod(pod, offer, self.node_name, resources)

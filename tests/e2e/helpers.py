@@ -16,6 +16,7 @@ from kubernetes import client, config
 
 from k8sgpu.cli.dev import pki
 from k8sgpu.cli.dev.binaries import find_kubectl
+from k8sgpu.cli.dev.ground import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -119,6 +120,32 @@ class RuntimeProcess:
 
     def tail(self, lines: int = 40) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+
+class NodeRuntime:
+    """The runtime of a test's own node as a process, with its own ports; `kill` SIGKILLs it, `restart` kills it and
+    starts it with the same arguments, each returning once it stopped answering / is ready again (its start-up sweep
+    done, its node registered)."""
+
+    def __init__(self, ground, node: str, directory: Path):
+        self.node, self.health_port = node, free_port()
+        self.proc = RuntimeProcess(["--kubeconfig", node_kubeconfig(ground, node, directory), "--node-name", node,
+                                    "--provider-kubeconfig", ground.tenant_kubeconfig,
+                                    "--tenant-namespace", ground.tenant_namespace,
+                                    "--node-address", ground.node_address, "--kubelet-port", str(free_port()),
+                                    "--health-port", str(self.health_port), "-v"], directory / "runtime.log")
+
+    def start(self) -> None:
+        self.proc.start()
+        wait_for(lambda: health_ready(self.health_port), 90, f"{self.node}'s runtime to be ready")
+
+    def kill(self) -> None:
+        self.proc.kill()
+        wait_for(lambda: not health_ready(self.health_port), 10, "the killed runtime to stop answering")
+
+    def restart(self) -> None:
+        self.kill()
+        self.start()
 
 
 # A root around the EKS root's aws_auth module as rendered, for the local cluster.

@@ -7,7 +7,6 @@ modules' k8s.gpu."""
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pytest
 import yaml
@@ -15,12 +14,11 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 from kubernetes.utils import parse_quantity
 
-from k8sgpu.cli.dev.ground import free_port
 from k8sgpu.runtime.catalog import runtime_class_manifest
 from k8sgpu.runtime.rbac import extra_rbac
 from k8sgpu.runtime.translate import ORIGIN_UID_LABEL, USED_BY, remote_name
 
-from .helpers import RuntimeProcess, health_ready, kubectl, node_kubeconfig, remove_node, wait_for
+from .helpers import NodeRuntime, kubectl, remove_node, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -36,34 +34,12 @@ CATALOG = [
 ]
 
 
-class Runtime:
-    """The runtime of resync.gpu as a process; `restart` kills it with SIGKILL and starts it with the same
-    arguments, returning once the new one is ready (its start-up sweep done, its node registered)."""
-
-    def __init__(self, ground, directory: Path):
-        self.health_port = free_port()
-        self.proc = RuntimeProcess(["--kubeconfig", node_kubeconfig(ground, NODE, directory), "--node-name", NODE,
-                                    "--provider-kubeconfig", ground.tenant_kubeconfig,
-                                    "--tenant-namespace", ground.tenant_namespace,
-                                    "--node-address", ground.node_address, "--kubelet-port", str(free_port()),
-                                    "--health-port", str(self.health_port), "-v"], directory / "runtime.log")
-
-    def start(self) -> None:
-        self.proc.start()
-        wait_for(lambda: health_ready(self.health_port), 90, f"{NODE}'s runtime to be ready")
-
-    def restart(self) -> None:
-        self.proc.kill()
-        wait_for(lambda: not health_ready(self.health_port), 10, "the killed runtime to stop answering")
-        self.start()
-
-
 @pytest.fixture(scope="module")
 def runtime(ground, local, tmp_path_factory):
     namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}
     kubectl(ground.local.kubeconfig, "apply", "-f", "-",
             stdin=yaml.safe_dump_all([namespace, *CATALOG, *extra_rbac(NODE, RBAC_NAME)]))
-    rt = Runtime(ground, tmp_path_factory.mktemp("resync"))
+    rt = NodeRuntime(ground, NODE, tmp_path_factory.mktemp("resync"))
     try:
         rt.start()
         yield rt
