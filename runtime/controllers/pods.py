@@ -335,7 +335,7 @@ class PodController:
                 self._reported.pop(key, None)
             case DeleteMirror():
                 log.info("%s: deleting mirror %s (%s; grace %ss)", key, action.mirror.mirror_name, action.why,
-                         action.grace, extra=_about(key, pod or {"metadata": {"uid": action.mirror.uid}}))
+                         action.grace, extra=_about(key, pod, action.mirror.uid))
                 await self.provider.delete_pod(namespace, name, action.grace,
                                                mirror_name=action.mirror.mirror_name or None)
             case PatchStatus():
@@ -359,7 +359,7 @@ class PodController:
         """The pod waits, saying why, with one Warning Event per reason and message; with ``once_per_reason``
         one per reason (what a provider says changes with its quota's usage, retry after retry)."""
         log.info("%s/%s refused: %s: %s", pod["metadata"]["namespace"], pod["metadata"]["name"], reason, message,
-                 extra=_about(key_of(pod), pod))
+                 extra=_about_meta(pod["metadata"]))
         await self._event_once(pod, reason, message, "Warning", per_reason=once_per_reason)
         await self._set_pending(pod, reason, message)
 
@@ -478,10 +478,10 @@ class PodController:
         await self.kube.patch("Event", meta["namespace"], name, {"count": event.count, "lastTimestamp": last})
 
 
-def _about(key: str, pod: dict | None) -> dict:
-    """``extra=`` of a log line about the pod ``key`` (its UID where known): JSON logs carry it."""
+def _about(key: str, pod: dict | None, uid: str = "") -> dict:
+    """``extra=`` of a log line about the pod ``key`` (its UID: the local pod's, else ``uid``): JSON logs carry it."""
     namespace, _, name = key.partition("/")
-    return about_pod(namespace, name, ((pod or {}).get("metadata") or {}).get("uid", ""))
+    return about_pod(namespace, name, pod["metadata"]["uid"] if pod is not None else uid)
 
 
 def _about_meta(meta: dict) -> dict:
