@@ -51,9 +51,9 @@ def samples(port: int) -> dict[str, list[tuple[dict, float]]]:
     return found
 
 
-def value(found: dict, name: str, **labels: str) -> float:
-    """The sum of the samples of ``name`` whose labels include ``labels``."""
-    return sum(v for have, v in found.get(name, []) if labels.items() <= have.items())
+def value(found: dict, sample: str, /, **labels: str) -> float:
+    """The sum of the samples named ``sample`` whose labels include ``labels``."""
+    return sum(v for have, v in found.get(sample, []) if labels.items() <= have.items())
 
 
 @pytest.fixture(scope="module")
