@@ -29,6 +29,7 @@ from cryptography.x509.oid import NameOID
 
 from . import errors
 from .kube import Kube, resource_path
+from .metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -174,17 +175,19 @@ def serving_context(client_ca: bytes) -> ssl.SSLContext:
 
 
 class ServingCertificate:
-    """The TLS context of the kubelet API, with a certificate from files or from the CSR API."""
+    """The TLS context of the kubelet API, with a certificate from files or from the CSR API; its expiry goes to
+    ``metrics``."""
 
     def __init__(self, kube: Kube, node_name: str, addresses: list[str], *, signer: str, self_approve: bool,
                  client_ca: bytes, on_state: Callable[[bool, str, str], None],
-                 cert_file: str = "", key_file: str = ""):
+                 cert_file: str = "", key_file: str = "", metrics: Metrics | None = None):
         self.kube, self.node_name, self.addresses = kube, node_name, addresses
         self.signer, self.self_approve = signer_name(signer), self_approve
         self.on_state = on_state
         self.cert_file, self.key_file = cert_file, key_file
         self.context = serving_context(client_ca)
         self.certificate_pem = b""
+        self.metrics = metrics
         self._rng = random.Random()
 
     @property
@@ -195,6 +198,8 @@ class ServingCertificate:
         """The certificate given as files: loaded once, never renewed by the runtime."""
         self.certificate_pem = Path(self.cert_file).read_bytes()
         self.context.load_cert_chain(self.cert_file, self.key_file)
+        if self.metrics is not None:
+            self.metrics.certificate_expires("serving", self.certificate_pem)
         self.on_state(True, "CertificateFromFile", f"serving certificate from {self.cert_file}")
 
     async def run(self) -> None:
@@ -217,6 +222,8 @@ class ServingCertificate:
             labels={"k8sgpu.io/node": self.node_name}, approve=self.self_approve, on_awaiting=self._awaiting)
         _load_chain(self.context, cert, private_pem(key))
         self.certificate_pem = cert
+        if self.metrics is not None:
+            self.metrics.certificate_expires("serving", cert)
         expires = x509.load_pem_x509_certificate(cert).not_valid_after_utc
         log.info("serving certificate issued by %s, valid until %s", self.signer, expires.isoformat())
         self.on_state(True, "CertificateIssued", f"serving certificate from signer {self.signer}, "

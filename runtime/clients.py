@@ -32,6 +32,7 @@ from .certificates import keep_renewed, pem_files, private_pem, request_certific
 from .config import LocalClusterConfig
 from .eks import EksToken
 from .kube import Kube, api_client
+from .metrics import Metrics
 from .supervisor import Part
 
 log = logging.getLogger(__name__)
@@ -92,10 +93,11 @@ def _node_api(host: str, ca_pem: bytes | None, cert_pem: bytes, key_pem: bytes) 
 
 
 class NodeClientCertificate:
-    """Obtains the node's client certificate with the bootstrap credentials and keeps it fresh."""
+    """Obtains the node's client certificate with the bootstrap credentials and keeps it fresh; its expiry goes
+    to ``metrics``."""
 
-    def __init__(self, bootstrap: Kube, ca_pem: bytes | None, node_name: str):
-        self.bootstrap, self.node_name = bootstrap, node_name
+    def __init__(self, bootstrap: Kube, ca_pem: bytes | None, node_name: str, metrics: Metrics | None = None):
+        self.bootstrap, self.node_name, self.metrics = bootstrap, node_name, metrics
         self.ca_pem = ca_pem
         self.certificate_pem = b""
         self.kube: Kube | None = None
@@ -104,7 +106,7 @@ class NodeClientCertificate:
 
     async def start(self) -> Kube:
         api = await self._obtain()
-        self.kube = Kube(api, "local")
+        self.kube = Kube(api, "local", metrics=self.bootstrap.metrics)
         return self.kube
 
     def parts(self) -> dict[str, Part]:
@@ -127,6 +129,8 @@ class NodeClientCertificate:
             request=client_request(self.node_name, key), signer=KUBELET_CLIENT, usages=CLIENT_USAGES,
             labels={"k8sgpu.io/node": self.node_name}, approve=False, on_awaiting=self._awaiting)
         self.certificate_pem = cert
+        if self.metrics is not None:
+            self.metrics.certificate_expires("client", cert)
         expires = x509.load_pem_x509_certificate(cert).not_valid_after_utc
         log.info("node client certificate for system:node:%s issued, valid until %s", self.node_name,
                  expires.isoformat())
@@ -154,7 +158,8 @@ class EksLogin:
         self.token, self.ca_pem = token, ca_pem
 
     @classmethod
-    async def start(cls, local: LocalClusterConfig, node_name: str) -> tuple[Kube, EksLogin]:
+    async def start(cls, local: LocalClusterConfig, node_name: str,
+                    metrics: Metrics | None = None) -> tuple[Kube, EksLogin]:
         # Finding the source credentials may ask the instance metadata or Pod Identity agent: blocking I/O.
         token = await asyncio.to_thread(
             EksToken, local.eks_cluster_name, local.eks_role_arn, node_name, local.region,
@@ -172,7 +177,8 @@ class EksLogin:
         # The client runs the refresh hook only for a key it already has.
         await token.refresh_hook(api.configuration)
         api.configuration.refresh_api_key_hook = token.refresh_hook
-        return Kube(api, "local", on_unauthorized=token.unauthorized), cls(token, ca_pem)
+        return (Kube(api, "local", on_unauthorized=token.unauthorized,
+                     metrics=metrics.rest_client if metrics else None), cls(token, ca_pem))
 
     def parts(self) -> dict[str, Part]:
         return {}  # tokens are signed on demand: no long-running part
@@ -181,15 +187,24 @@ class EksLogin:
         pass
 
 
-async def local_cluster(local: LocalClusterConfig,
-                        node_name: str) -> tuple[Kube, NodeClientCertificate | EksLogin | None]:
-    """The local cluster as the node: from its kubeconfig, an EKS login, or bootstrapped."""
+async def local_cluster(local: LocalClusterConfig, node_name: str,
+                        metrics: Metrics | None = None) -> tuple[Kube, NodeClientCertificate | EksLogin | None]:
+    """The local cluster as the node: from its kubeconfig, an EKS login, or bootstrapped. Its requests, and the
+    expiry of a client certificate it logs in with, go to ``metrics``."""
+    requests = metrics.rest_client if metrics else None
     if local.kubeconfig:
-        return Kube(await api_client(local.kubeconfig), "local"), None
+        api = await api_client(local.kubeconfig)
+        cert_file = api.configuration.cert_file  # the kubeconfig's client certificate, if it names one
+        if metrics is not None and cert_file and Path(cert_file).is_file():
+            try:
+                metrics.certificate_expires("client", Path(cert_file).read_bytes())
+            except ValueError as exc:  # not PEM: the TLS handshake will say so
+                log.warning("cannot read the client certificate of %s: %s", local.kubeconfig, exc)
+        return Kube(api, "local", metrics=requests), None
     if local.eks_cluster_name:
-        return await EksLogin.start(local, node_name)
+        return await EksLogin.start(local, node_name, metrics)
     api, ca_pem = await bootstrap_api(local)
-    identity = NodeClientCertificate(Kube(api, "local (bootstrap)"), ca_pem, node_name)
+    identity = NodeClientCertificate(Kube(api, "local (bootstrap)", metrics=requests), ca_pem, node_name, metrics)
     try:
         return await identity.start(), identity
     except BaseException:

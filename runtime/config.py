@@ -22,6 +22,7 @@ import yaml
 from .eks import ROLE_ARN, SESSION_NAME
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+LOG_FORMATS = ("text", "json")
 _DNS_SUBDOMAIN = re.compile(r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
 SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
@@ -77,6 +78,9 @@ class NodeConfig:
     health_bind_address: str = ""
     """Address the health port listens on; empty: 0.0.0.0 in a pod ($POD_IP set: kubelet probes come to the
     pod IP, `kubectl port-forward` to loopback), else 127.0.0.1 (a runtime on a workstation opens no port)."""
+    log_format: str = "text"
+    """How log lines are written to stderr: text (for people) or json (one object a line: ts, level, logger,
+    msg, and pod {namespace, name, uid} on lines about a pod)."""
 
 
 @dataclasses.dataclass
@@ -166,6 +170,9 @@ class RuntimeConfig:
                                                "(--kubelet-port): give another, e.g. 10248, or 0 for none")
         if self.node.deployment and not re.match(r"^[a-z0-9-]+/[a-z0-9.-]+$", self.node.deployment):
             raise ConfigError("--deployment", f"{self.node.deployment!r} is not NAMESPACE/NAME of a Deployment")
+        if self.node.log_format not in LOG_FORMATS:
+            raise ConfigError("--log-format", f"{self.node.log_format!r} is not a log format: give "
+                                              f"{' or '.join(LOG_FORMATS)}")
         if self.node.default_runtime_class and not _DNS_SUBDOMAIN.match(self.node.default_runtime_class):
             raise ConfigError("--default-runtime-class", f"{self.node.default_runtime_class!r} is not a RuntimeClass "
                                                          "name: give a catalog entry, e.g. seeweb-nvidia-1xa6000")
@@ -291,6 +298,7 @@ SETTINGS: dict[str, tuple[str, str, str]] = {
     "kubelet_port": ("node", "kubelet_port", "K8SGPU_KUBELET_PORT"),
     "health_port": ("node", "health_port", "K8SGPU_HEALTH_PORT"),
     "health_bind_address": ("node", "health_bind_address", "K8SGPU_HEALTH_BIND_ADDRESS"),
+    "log_format": ("node", "log_format", "K8SGPU_LOG_FORMAT"),
     "deployment": ("node", "deployment", "K8SGPU_DEPLOYMENT"),
     "default_runtime_class": ("node", "default_runtime_class", "K8SGPU_DEFAULT_RUNTIME_CLASS"),
     "csr_signer": ("node", "csr_signer", "K8SGPU_CSR_SIGNER"),

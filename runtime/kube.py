@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -19,6 +20,7 @@ from kubernetes_asyncio import client as k8s_client
 from kubernetes_asyncio import config as k8s_config
 
 from . import errors
+from .metrics import RestClientMetrics
 
 log = logging.getLogger(__name__)
 
@@ -67,12 +69,16 @@ async def api_client(kubeconfig: str | None) -> k8s_client.ApiClient:
 
 
 class Kube:
-    """JSON over the Kubernetes REST API, for one cluster."""
+    """JSON over the Kubernetes REST API, for one cluster. Every request is counted in ``metrics`` under the
+    cluster label ``local`` or ``provider`` (the first word of ``name``)."""
 
     def __init__(self, api: k8s_client.ApiClient, name: str,
-                 on_unauthorized: Callable[[str], Awaitable[None]] | None = None):
+                 on_unauthorized: Callable[[str], Awaitable[None]] | None = None,
+                 metrics: RestClientMetrics | None = None):
         self.api = api
         self.name = name  # "local" or "provider", for messages
+        self.cluster = name.split(" ", 1)[0]
+        self.metrics = metrics
         self._host = api.configuration.host.rstrip("/")
         # Credentials that can be renewed (EKS tokens) hear of a 401 with the Authorization header that got it.
         self.on_unauthorized = on_unauthorized
@@ -116,17 +122,25 @@ class Kube:
     async def _request(self, method: str, path: str, params: dict[str, Any] | None, data: str | None,
                        content_type: str, timeout: float) -> dict:
         headers = await self._headers(content_type if data is not None else None)
+        started = time.monotonic()
         try:
             async with self._session().request(
                 method, self._host + path, params=_params(params), data=data, headers=headers,
                 timeout=aiohttp.ClientTimeout(total=timeout),
             ) as resp:
                 payload = await resp.read()
+                self._observe(method, resp.status, started)
                 if resp.status >= 300:
                     raise await self._error(method, path, resp.status, payload, headers)
                 return json.loads(payload) if payload else {}
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            self._observe(method, "<error>", started)
             raise errors.Unavailable(f"{self.name} cluster unreachable ({method} {path}): {exc!r}") from exc
+
+    def _observe(self, verb: str, code: int | str, started: float) -> None:
+        """Count one request by its answer's status ("<error>": no answer)."""
+        if self.metrics is not None:
+            self.metrics.observe(self.cluster, verb, code, time.monotonic() - started)
 
     async def _error(self, method: str, path: str, status: int, payload: bytes,
                      headers: dict[str, str]) -> errors.KubeError:
@@ -138,16 +152,21 @@ class Kube:
         """The body of a GET as it arrives (pod logs); errors before the first byte raise as in `request`."""
         headers = await self._headers()
         headers["Accept"] = "*/*"
+        started, answered = time.monotonic(), False
         try:
             async with self._session().get(
                 self._host + path, params=_params(params), headers=headers,
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
             ) as resp:
+                self._observe("GET", resp.status, started)
+                answered = True
                 if resp.status >= 300:
                     raise await self._error("GET", path, resp.status, await resp.read(), headers)
                 async for chunk in resp.content.iter_any():
                     yield chunk
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            if not answered:
+                self._observe("GET", "<error>", started)
             raise errors.Unavailable(f"{self.name} cluster unreachable (GET {path}): {exc!r}") from exc
 
     async def websocket(self, path: str, query: list[tuple[str, str]],
@@ -155,15 +174,20 @@ class Kube:
         """A WebSocket to a pod subresource (exec, attach, portforward) with the cluster's credentials."""
         headers = await self._headers()
         del headers["Accept"]  # passed on to the kubelet, whose routes refuse application/json (406)
+        started = time.monotonic()
         try:
-            return await self._session().ws_connect(
+            socket = await self._session().ws_connect(
                 self._host + path, params=query, headers=headers, protocols=protocols, max_msg_size=0,
                 timeout=aiohttp.ClientWSTimeout(ws_close=5), autoping=True,
             )
+            self._observe("CONNECT", 101, started)
+            return socket
         except aiohttp.WSServerHandshakeError as exc:
+            self._observe("CONNECT", exc.status, started)
             raise await self._error("CONNECT", path, exc.status, json.dumps({"message": exc.message}).encode(),
                                     headers) from None
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            self._observe("CONNECT", "<error>", started)
             raise errors.Unavailable(f"{self.name} cluster unreachable (CONNECT {path}): {exc!r}") from exc
 
     async def get(self, kind: str, namespace: str | None, name: str) -> dict:
@@ -203,11 +227,14 @@ class Kube:
         query = {**params, "watch": "true", "resourceVersion": resource_version,
                  "allowWatchBookmarks": "true", "timeoutSeconds": str(timeout_seconds)}
         path = resource_path(kind, namespace)
+        started, answered = time.monotonic(), False
         try:
             async with self._session().get(
                 self._host + path, params=_params(query), headers=headers,
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=timeout_seconds + 30),
             ) as resp:
+                self._observe("WATCH", resp.status, started)
+                answered = True
                 if resp.status >= 300:
                     raise await self._error("WATCH", path, resp.status, await resp.read(), headers)
                 async for line in resp.content:
@@ -220,6 +247,8 @@ class Kube:
                                                  json.dumps(status).encode())
                     yield event
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            if not answered:
+                self._observe("WATCH", "<error>", started)
             raise errors.Unavailable(f"{self.name} cluster unreachable (watch {path}): {exc!r}") from exc
 
 

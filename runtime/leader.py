@@ -29,6 +29,7 @@ from collections.abc import Callable
 
 from . import errors
 from .kube import Kube
+from .metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +104,7 @@ class LeaderElector:
                  renew_deadline: float = 10, retry_period: float = 2,
                  clock: Callable[[], float] = time.monotonic,
                  wall_clock: Callable[[], datetime.datetime] = lambda: datetime.datetime.now(datetime.UTC),
-                 rng: random.Random | None = None):
+                 rng: random.Random | None = None, metrics: Metrics | None = None):
         if not lease_duration > renew_deadline > retry_period * JITTER_FACTOR > 0:
             # client-go refuses these too: a leader must be able to try more than once before its lease ends.
             raise ValueError("leader election needs lease duration > renew deadline > retry period x 1.2 > 0, got "
@@ -118,6 +119,8 @@ class LeaderElector:
         self._renewed_at = 0.0
         self.leading = asyncio.Event()
         self.lost = asyncio.Event()
+        # leader_election_master_status{name}: 0 while standing by, 1 while leading (client-go's).
+        self._status = metrics.leader.labels(name) if metrics is not None else None
         self.error = ""
         """Why the last attempt could not read or write the Lease ("" when it could): a standby that cannot read
         it (RBAC) is not ready."""
@@ -199,6 +202,7 @@ class LeaderElector:
 
     async def _campaign(self) -> None:
         log.info("campaigning for leader election Lease %s/%s as %s", self.namespace, self.name, self.identity)
+        self._report(False)
         seen = None
         while not await self.try_acquire_or_renew():
             if self.leader != seen:
@@ -208,7 +212,12 @@ class LeaderElector:
             await asyncio.sleep(self._pause())
         self._renewed_at = self._clock()
         log.info("acquired leader election Lease %s/%s as %s: leading", self.namespace, self.name, self.identity)
+        self._report(True)
         self.leading.set()
+
+    def _report(self, leading: bool) -> None:
+        if self._status is not None:
+            self._status.set(1 if leading else 0)
 
     async def _renew(self) -> None:
         """Every retry period; each attempt bounded by what is left of the renew deadline since the last
@@ -229,6 +238,7 @@ class LeaderElector:
                 if self._clock() >= self._renewed_at + self.renew_deadline:
                     log.error("leader election Lease %s/%s not renewed within %.0f s (held by %s now): stopped "
                               "leading", self.namespace, self.name, self.renew_deadline, self.leader or "nobody")
+                    self._report(False)
                     self.lost.set()
                     return
                 await asyncio.sleep(min(self.retry_period, max(left, 0)))
@@ -251,5 +261,6 @@ class LeaderElector:
                         self.name, self.lease_duration, exc)
             return False
         self.observed = record
+        self._report(False)
         log.info("released leader election Lease %s/%s", self.namespace, self.name)
         return True

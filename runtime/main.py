@@ -10,6 +10,7 @@ import sys
 
 from . import __version__
 from .config import ConfigError, build
+from .logs import configure
 
 DESCRIPTION = """\
 The k8sgpu runtime registers the virtual node (default k8s.gpu) in a Kubernetes
@@ -115,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
                                         "[env K8SGPU_CONFIG]")
     start.add_argument("--terraform-outputs", help="JSON of `terraform output -json` "
                                                    "[env K8SGPU_TERRAFORM_OUTPUTS]")
+    start.add_argument("--log-format", metavar="text|json",
+                       help="log lines as text (default) or as JSON objects, one a line: ts, level, logger, msg, "
+                            "and pod {namespace, name, uid} on lines about a pod [env K8SGPU_LOG_FORMAT]")
     start.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
     return parser
 
@@ -126,10 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"k8sgpu-runtime: error: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose > 1 else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr,
-    )
+    configure(config.node.log_format, logging.DEBUG if args.verbose > 1 else logging.INFO)
     logging.getLogger("aiohttp").setLevel(logging.WARNING)
     # botocore's debug log carries signed requests, session tokens among them: never at debug.
     logging.getLogger("botocore").setLevel(logging.WARNING)

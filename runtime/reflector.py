@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from . import errors
 from .kube import Kube
+from .metrics import QueueMetrics, WorkQueueMetrics
 
 log = logging.getLogger(__name__)
 
@@ -139,14 +140,17 @@ class WorkQueue:
     A key added while it is being processed is processed again afterwards, once. A key retried backs off per key,
     exponentially from ``base_delay`` up to ``max_delay``, each delay shortened by up to ``jitter`` of itself at
     random (so keys refused together do not come back together); its count of failures is forgotten only when a
-    sync of it succeeds. ``call_later`` and ``rand`` are the clock and dice (tests pass their own).
+    sync of it succeeds. ``call_later`` and ``rand`` are the clock and dice (tests pass their own). ``metrics``:
+    the node's workqueue families (absent: ones nobody reads).
     """
 
     def __init__(self, handler: Callable[[str], Awaitable[Result | None]], *, workers: int = 8, name: str = "queue",
                  base_delay: float = 0.2, max_delay: float = 30.0, jitter: float = 0.2,
                  call_later: Callable[[float, Callable[[], None]], asyncio.TimerHandle] | None = None,
-                 rand: Callable[[], float] = random.random):
+                 rand: Callable[[], float] = random.random, metrics: WorkQueueMetrics | None = None):
         self.handler, self.workers, self.name = handler, workers, name
+        self.metrics: QueueMetrics = (metrics or WorkQueueMetrics(None)).queue(name)
+        self.metrics.depth = lambda: len(self._queued)
         self.base_delay, self.max_delay, self.jitter = base_delay, max_delay, jitter
         self._call_later, self._rand = call_later, rand
         self._queue: asyncio.Queue[str] = asyncio.Queue()
@@ -158,10 +162,13 @@ class WorkQueue:
 
     def add(self, key: str) -> None:
         if key in self._active:
-            self._dirty.add(key)
+            if key not in self._dirty:
+                self._dirty.add(key)
+                self.metrics.added(key)
         elif key not in self._queued:
             self._queued.add(key)
             self._queue.put_nowait(key)
+            self.metrics.added(key)
 
     def add_after(self, key: str, delay: float) -> None:
         if key in self._timers:
@@ -182,6 +189,7 @@ class WorkQueue:
         """Process ``key`` again after its next backoff delay (returned); its failures count one more."""
         n = self._failures.get(key, 0) + 1
         self._failures[key] = n
+        self.metrics.retried()
         delay = self.backoff(n)
         self.add_after(key, delay)
         return delay
@@ -218,6 +226,7 @@ class WorkQueue:
         """One sync of ``key`` (taken off the queue), and what its result says."""
         self._queued.discard(key)
         self._active.add(key)
+        self.metrics.started(key)
         started = time.monotonic()
         try:
             result = await self.handler(key)
@@ -231,9 +240,11 @@ class WorkQueue:
             self.apply(key, result)
         finally:
             self._active.discard(key)
-            if key in self._dirty:
+            self.metrics.finished(key)
+            if key in self._dirty:  # counted as an add when it was marked
                 self._dirty.discard(key)
-                self.add(key)
+                self._queued.add(key)
+                self._queue.put_nowait(key)
 
     def close(self) -> None:
         for timer in self._timers.values():

@@ -105,8 +105,8 @@ class VirtualNode:
         an EKS role assumed), so that a failover does not wait for them."""
         cfg = self.config
         self.stage = "connecting to the local cluster as the node (a CSR may await approval: see the log)"
-        self.local, self.identity = await local_cluster(cfg.local, cfg.node.name)
-        self.remote = Kube(await api_client(cfg.provider.kubeconfig), "provider")
+        self.local, self.identity = await local_cluster(cfg.local, cfg.node.name, self.metrics)
+        self.remote = Kube(await api_client(cfg.provider.kubeconfig), "provider", metrics=self.metrics.rest_client)
         for name, part in (self.identity.parts() if self.identity is not None else {}).items():
             self.supervisor.start(name, part)
 
@@ -130,14 +130,15 @@ class VirtualNode:
                                          supervisor=self.supervisor, on_mirror_gone=usage.mirror_gone)
         self.metrics.registry.register(usage)
         self.services = ServiceController(self.local, provider, cfg.provider.load_balancer_class,
-                                          supervisor=self.supervisor)
+                                          supervisor=self.supervisor, metrics=self.metrics)
         # The node counts what the pod controller holds; the pod controller reports to the node.
-        self.node = NodeController(self.local, cfg.node, self.address, used=lambda: self.pods.used())
+        self.node = NodeController(self.local, cfg.node, self.address, used=lambda: self.pods.used(),
+                                   metrics=self.metrics)
         self.pods = PodController(self.local, provider, cfg.node.name, on_node_change=self.node.pods_changed,
                                   on_capacity=self.node.set_capacity,
                                   on_reachability=self.node.set_provider_reachable,
                                   on_service=self.services.ingress_changed, supervisor=self.supervisor,
-                                  default_runtime_class=cfg.node.default_runtime_class)
+                                  default_runtime_class=cfg.node.default_runtime_class, metrics=self.metrics)
 
         # The provider is listed first, so the node registers with its real capacity.
         self.stage = "listing the local pods and RuntimeClasses and the provider's tenant namespace"
@@ -170,7 +171,7 @@ class VirtualNode:
         self.certificate = ServingCertificate(
             self.local, cfg.name, [self.address], signer=cfg.csr_signer, self_approve=cfg.csr_self_approve,
             client_ca=client_ca, on_state=self.node.set_serving_certificate,
-            cert_file=cfg.tls_cert_file, key_file=cfg.tls_private_key_file)
+            cert_file=cfg.tls_cert_file, key_file=cfg.tls_private_key_file, metrics=self.metrics)
         self.kubelet = KubeletServer(provider, Door(self.local, cfg.name), cfg.name,
                                      pods=lambda: list(self.pods.pods.store.values()),
                                      started=datetime.datetime.now(datetime.UTC))
@@ -258,10 +259,12 @@ class VirtualNode:
             log.info("leader election off (--no-leader-elect, or no ServiceAccount and no --leader-elect-kubeconfig):"
                      " this runtime leads node %s alone", self.config.node.name)
             return
-        self._election_kube = Kube(await api_client(le.kubeconfig or None), "local (leader election)")
+        self._election_kube = Kube(await api_client(le.kubeconfig or None), "local (leader election)",
+                                   metrics=self.metrics.rest_client)
         self.election = LeaderElector(self._election_kube, le.resource_namespace, le.resource_name, le.identity,
                                       lease_duration=le.lease_duration_seconds,
-                                      renew_deadline=le.renew_deadline_seconds, retry_period=le.retry_period_seconds)
+                                      renew_deadline=le.renew_deadline_seconds, retry_period=le.retry_period_seconds,
+                                      metrics=self.metrics)
 
     async def run_until(self, stop: asyncio.Event) -> None:
         """Campaign (where leader election is on), start once leading, then run until ``stop``; a stop while

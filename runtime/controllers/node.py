@@ -11,6 +11,7 @@ from .. import __version__, errors
 from ..accounting import PRODUCTS_PREFIX, NodeUsage, node_resources, products
 from ..config import TAINT_KEY, TAINT_VALUE, NodeConfig
 from ..kube import Kube
+from ..metrics import Metrics
 from ..provider import Capacity
 
 log = logging.getLogger(__name__)
@@ -48,13 +49,14 @@ class NodeController:
     (`k8sgpu.runtime.accounting`)."""
 
     def __init__(self, kube: Kube, config: NodeConfig, address: str, used: Callable[[], NodeUsage],
-                 clock: Callable[[], datetime.datetime] = _now):
+                 clock: Callable[[], datetime.datetime] = _now, metrics: Metrics | None = None):
         self.kube, self.config, self.address = kube, config, address
         self.used = used
         self.clock = clock
         self.capacity = Capacity("0", "0", "0", "0")
         self.provider_reachable = True
         self.provider_why = ""
+        self._reachable_gauge = metrics.provider_reachable if metrics is not None else None
         self.certificate: tuple[bool, str, str] = (False, "Requested", "the kubelet API's serving certificate is "
                                                                        "being requested")
         self.failed_part: tuple[str, str] | None = None  # (name, why) of a part the runtime gave up on
@@ -75,6 +77,8 @@ class NodeController:
         if reachable != self.provider_reachable:
             log.warning("provider %s%s", "reachable again" if reachable else "unreachable: ", why)
         self.provider_reachable, self.provider_why = reachable, why
+        if self._reachable_gauge is not None:
+            self._reachable_gauge.set(1 if reachable else 0)
         self._changed.set()
 
     def set_serving_certificate(self, ok: bool, reason: str, message: str) -> None:

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable, Mapping
 
 from .. import errors
 from ..kube import Kube
+from ..metrics import WorkQueueMetrics
 from ..provider import PodProvider
 from ..reflector import DONE, RETRY, Reflector, Result, WorkQueue
 from ..supervisor import Supervisor
@@ -48,10 +49,12 @@ class ObjectController:
     for it are synced again."""
 
     def __init__(self, kube: Kube, provider: PodProvider, supervisor: Supervisor, *,
-                 on_copy: Callable[[Iterable[str]], None], workers: int = 4, max_delay: float = 60.0):
+                 on_copy: Callable[[Iterable[str]], None], workers: int = 4, max_delay: float = 60.0,
+                 queue_metrics: WorkQueueMetrics | None = None):
         self.kube, self.provider, self.supervisor = kube, provider, supervisor
         self._on_copy = on_copy
-        self.queue = WorkQueue(self.sync, workers=workers, name="objects", max_delay=max_delay)
+        self.queue = WorkQueue(self.sync, workers=workers, name="objects", max_delay=max_delay,
+                               metrics=queue_metrics)
         self._users: dict[Ref, dict[str, str]] = {}  # object → pod key → pod UID
         self._claims: dict[str, tuple[str, frozenset[Ref]]] = {}  # pod key → (UID, objects it uses)
         self._watches: dict[Ref, Reflector] = {}

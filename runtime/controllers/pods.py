@@ -13,6 +13,7 @@ import dataclasses
 import datetime
 import hashlib
 import logging
+import time
 from collections.abc import Callable
 
 from .. import errors
@@ -20,6 +21,8 @@ from ..accounting import NodeUsage, PodUse
 from ..admission import Resources, pod_resources
 from ..catalog import CatalogError, GPUClass
 from ..kube import Kube
+from ..logs import about_pod
+from ..metrics import Metrics, PodMetrics
 from ..placement import pod_requests
 from ..provider import Capacity, PodProvider, RemoteEvent, RemotePod
 from ..reflector import DONE, RETRY, Reflector, Result, WorkQueue, key_of, requeue_after
@@ -67,10 +70,12 @@ class PodController:
                  on_capacity: Callable[[Capacity], None] = lambda c: None,
                  on_reachability: Callable[[bool, str], None] = lambda ok, why: None,
                  on_service: Callable[[str, str, list[dict]], None] = lambda ns, name, ingress: None,
-                 supervisor: Supervisor | None = None, default_runtime_class: str = ""):
+                 supervisor: Supervisor | None = None, default_runtime_class: str = "",
+                 metrics: Metrics | None = None):
         """The callbacks tell the node (capacity, reachability, pods changed) and the service controller
         (a published address) what the provider reports. Its informers, workers and the object controller's
-        parts run under ``supervisor`` (the node's; absent, one of its own)."""
+        parts run under ``supervisor`` (the node's; absent, one of its own). Its queues, syncs and pods are
+        measured in ``metrics`` (absent: nobody reads them)."""
         self.kube, self.provider, self.node_name = kube, provider, node_name
         self.default_runtime_class = default_runtime_class  # the offering of pods that name none
         self.on_node_change = on_node_change
@@ -78,7 +83,10 @@ class PodController:
         self.pods = Reflector(kube, "Pod", None, field_selector=f"spec.nodeName={node_name}",
                               on_event=self._on_local_pod)
         self.runtime_classes = Reflector(kube, "RuntimeClass", None, on_event=self._on_runtime_class)
-        self.queue = WorkQueue(self.sync, workers=workers, name="pods", max_delay=MAX_RETRY_DELAY)
+        queues = metrics.workqueue if metrics is not None else None
+        self.metrics: PodMetrics = metrics.pods if metrics is not None else PodMetrics(None)
+        self.metrics.count_pods(lambda: self.pods.store.values())
+        self.queue = WorkQueue(self.sync, workers=workers, name="pods", max_delay=MAX_RETRY_DELAY, metrics=queues)
         self.catalog: dict[str, GPUClass | CatalogError] = {}
         self.mirrors: dict[str, dict[str, RemotePod]] = {}  # pod key → the provider's name of a mirror → mirror
         self._reported: dict[str, dict[str, str]] = {}  # pod key → reason → the last event recorded for it
@@ -86,12 +94,13 @@ class PodController:
         self._own_supervisor = supervisor is None
         self.supervisor = supervisor or Supervisor()
         self.objects = ObjectController(kube, provider, self.supervisor, on_copy=self._requeue,
-                                        max_delay=MAX_RETRY_DELAY)
+                                        max_delay=MAX_RETRY_DELAY, queue_metrics=queues)
         # Provider Events to copy, by the seed of their local copy: the newest of each, one copy at a time each.
         self._provider_events: dict[str, RemoteEvent] = {}
-        self.event_copies = WorkQueue(self._copy_event, workers=8, name="provider-events")
+        self.event_copies = WorkQueue(self._copy_event, workers=8, name="provider-events", metrics=queues)
         self._parts = ("local-RuntimeClass", "local-Pod", "pod-workers", "provider-event-copies")
         self._resources: dict[str, PodUse] = {}  # pod UID → what it takes and is charged (specs are immutable)
+        self._creating: dict[str, float] = {}  # pod UID → when its mirror's create was sent, until seen Running
 
     # -- life --------------------------------------------------------------------------
 
@@ -167,9 +176,14 @@ class PodController:
         return list(self.mirrors.get(key, {}).values())
 
     def pod_changed(self, pod: RemotePod) -> None:
+        if self._creating and pod.status.get("phase") in ("Running", "Succeeded", "Failed"):
+            sent = self._creating.pop(pod.uid, None)
+            if sent is not None and pod.status["phase"] != "Failed":
+                self.metrics.mirror_running.observe(time.monotonic() - sent)
         self.queue.add(self._add_mirror(pod))
 
     def pod_gone(self, pod: RemotePod) -> None:
+        self._creating.pop(pod.uid, None)
         key = f"{pod.namespace}/{pod.name}"
         mirrors = self.mirrors.get(key)
         if mirrors is not None:
@@ -252,6 +266,7 @@ class PodController:
     async def sync(self, key: str) -> Result:
         """One step for ``key``: read the caches, decide, execute. What comes next is the return value, which the
         queue carries out: its backoff grows with each retry and is forgotten only once a sync is done."""
+        started = time.monotonic()
         pod = self.pods.store.get(key)
         mirrors = self._mirrors_of(key)
         claimed = claimed_objects(pod, mirrors, self.catalog, self.default_runtime_class)
@@ -260,7 +275,10 @@ class PodController:
         action = decide(pod, mirrors, provider_reachable=self.provider_reachable, catalog=self.catalog,
                         copies=self.objects.copies(claimed or ()), now=_now(),
                         default_runtime_class=self.default_runtime_class)
-        return await self.execute(key, pod, action)
+        try:
+            return await self.execute(key, pod, action)
+        finally:
+            self.metrics.sync_duration.labels(type(action).__name__).observe(time.monotonic() - started)
 
     async def execute(self, key: str, pod: dict | None, action: Action) -> Result:
         """Carry out ``action`` and map its outcome, once for every action: done (the key's backoff forgotten);
@@ -275,13 +293,13 @@ class PodController:
             try:
                 await self._refuse(pod, refused.reason, refused.message, once_per_reason=True)
             except errors.KubeError as exc:
-                log.info("%s: showing the refusal failed, will retry: %s", key, exc)
+                log.info("%s: showing the refusal failed, will retry: %s", key, exc, extra=_about(key, pod))
             return RETRY if refused.retry else DONE
         except errors.KubeError as exc:
             if exc.retry:
-                log.info("%s: %s failed, will retry: %s", key, type(action).__name__, exc)
+                log.info("%s: %s failed, will retry: %s", key, type(action).__name__, exc, extra=_about(key, pod))
                 return RETRY
-            log.warning("%s: %s failed: %s", key, type(action).__name__, exc)
+            log.warning("%s: %s failed: %s", key, type(action).__name__, exc, extra=_about(key, pod))
             return DONE
 
     async def _carry_out(self, key: str, pod: dict | None, action: Action) -> Result:
@@ -293,14 +311,15 @@ class PodController:
                 if action.show:
                     await self._refuse(pod, action.reason, action.message, once_per_reason=action.once_per_reason)
                 else:
-                    log.debug("%s: waiting: %s %s", key, action.reason, action.message)
+                    log.debug("%s: waiting: %s %s", key, action.reason, action.message, extra=_about(key, pod))
                 if action.backoff:
                     return RETRY
                 return DONE if action.delay is None else requeue_after(action.delay)
             case Create():
                 for note in action.notes:
                     await self._event_once(pod, note.reason, note.message, "Warning")
-                log.info("%s: creating mirror on the provider (%s)", key, action.offer.name)
+                log.info("%s: creating mirror on the provider (%s)", key, action.offer.name, extra=_about(key, pod))
+                sent = time.monotonic()
                 try:
                     await self.provider.create_pod(pod, action.offer, action.resources)
                 except errors.Forbidden as exc:
@@ -312,10 +331,11 @@ class PodController:
                     # The provider's validation of the mirror built from this pod's spec, which is immutable.
                     raise _Refused("ProviderInvalid", "the GPU provider rejected the pod as invalid: "
                                                       f"{exc.message or exc}", retry=False) from exc
+                self._creating[pod["metadata"]["uid"]] = sent  # until the mirror is seen Running, or gone
                 self._reported.pop(key, None)
             case DeleteMirror():
                 log.info("%s: deleting mirror %s (%s; grace %ss)", key, action.mirror.mirror_name, action.why,
-                         action.grace)
+                         action.grace, extra=_about(key, pod, action.mirror.uid))
                 await self.provider.delete_pod(namespace, name, action.grace,
                                                mirror_name=action.mirror.mirror_name or None)
             case PatchStatus():
@@ -338,7 +358,8 @@ class PodController:
     async def _refuse(self, pod: dict, reason: str, message: str, once_per_reason: bool = False) -> None:
         """The pod waits, saying why, with one Warning Event per reason and message; with ``once_per_reason``
         one per reason (what a provider says changes with its quota's usage, retry after retry)."""
-        log.info("%s/%s refused: %s: %s", pod["metadata"]["namespace"], pod["metadata"]["name"], reason, message)
+        log.info("%s/%s refused: %s: %s", pod["metadata"]["namespace"], pod["metadata"]["name"], reason, message,
+                 extra=_about_meta(pod["metadata"]))
         await self._event_once(pod, reason, message, "Warning", per_reason=once_per_reason)
         await self._set_pending(pod, reason, message)
 
@@ -393,9 +414,10 @@ class PodController:
             try:
                 await self.kube.patch("Event", meta["namespace"], name, {"count": count, "lastTimestamp": now})
             except errors.KubeError as exc:
-                log.debug("updating event %s failed: %s", name, exc)
+                log.debug("updating event %s failed: %s", name, exc, extra=_about_meta(meta))
         except errors.KubeError as exc:
-            log.warning("recording event %s on %s/%s failed: %s", reason, meta["namespace"], meta["name"], exc)
+            log.warning("recording event %s on %s/%s failed: %s", reason, meta["namespace"], meta["name"], exc,
+                        extra=_about_meta(meta))
 
     def _event(self, meta: dict, name: str, reason: str, message: str, kind: str, count: int, first: str,
                last: str) -> dict:
@@ -430,10 +452,10 @@ class PodController:
         except errors.KubeError as exc:
             if not exc.retry:
                 log.warning("copying event %s on %s/%s failed: %s", event.reason, meta["namespace"], meta["name"],
-                            exc)
+                            exc, extra=_about_meta(meta))
                 return DONE
             log.info("copying event %s on %s/%s failed, will retry: %s", event.reason, meta["namespace"],
-                     meta["name"], exc)
+                     meta["name"], exc, extra=_about_meta(meta))
             self._provider_events.setdefault(seed, event)  # unless a newer one of the same Event came meanwhile
             return RETRY
         return DONE
@@ -454,6 +476,16 @@ class PodController:
         except errors.Invalid:
             pass
         await self.kube.patch("Event", meta["namespace"], name, {"count": event.count, "lastTimestamp": last})
+
+
+def _about(key: str, pod: dict | None, uid: str = "") -> dict:
+    """``extra=`` of a log line about the pod ``key`` (its UID: the local pod's, else ``uid``): JSON logs carry it."""
+    namespace, _, name = key.partition("/")
+    return about_pod(namespace, name, pod["metadata"]["uid"] if pod is not None else uid)
+
+
+def _about_meta(meta: dict) -> dict:
+    return about_pod(meta["namespace"], meta["name"], meta.get("uid", ""))
 
 
 def _event_name(meta: dict, seed: str) -> str:

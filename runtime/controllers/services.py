@@ -6,6 +6,7 @@ import logging
 
 from .. import errors
 from ..kube import Kube
+from ..metrics import Metrics
 from ..provider import PodProvider
 from ..reflector import DONE, RETRY, Reflector, Result, WorkQueue, key_of
 from ..supervisor import Supervisor
@@ -15,11 +16,12 @@ log = logging.getLogger(__name__)
 
 class ServiceController:
     def __init__(self, kube: Kube, provider: PodProvider, load_balancer_class: str,
-                 supervisor: Supervisor | None = None):
+                 supervisor: Supervisor | None = None, metrics: Metrics | None = None):
         """Its informer and workers run under ``supervisor`` (the node's; absent, one of its own)."""
         self.kube, self.provider, self.lb_class = kube, provider, load_balancer_class
         self.services = Reflector(kube, "Service", None, on_event=self._on_local)
-        self.queue = WorkQueue(self.sync, workers=2, name="services")
+        self.queue = WorkQueue(self.sync, workers=2, name="services",
+                               metrics=metrics.workqueue if metrics is not None else None)
         self._ingress: dict[str, list[dict]] = {}
         self._published: set[str] = set()
         self._own_supervisor = supervisor is None

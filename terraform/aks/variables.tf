@@ -115,9 +115,19 @@ variable "wait_for_rollout" {
 }
 
 variable "health_port" {
-  description = "Plain-HTTP port of the runtime's /healthz and /readyz (its probes' named port `health`)."
+  description = "Plain-HTTP port of the runtime's /healthz, /readyz and /metrics (the container port `metrics`)."
   type        = number
   default     = 10248
+}
+
+variable "pod_monitor" {
+  description = "A Prometheus Operator PodMonitor of the runtimes' /metrics: enabled (its CRD installed first), labels its podMonitorSelector wants, interval (modules/node/README.md)."
+  type = object({
+    enabled  = optional(bool)
+    labels   = optional(map(string))
+    interval = optional(string)
+  })
+  default = {}
 }
 
 variable "resources" {

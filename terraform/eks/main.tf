@@ -62,6 +62,7 @@ module "node" {
   resources                        = var.resources
   termination_grace_period_seconds = var.termination_grace_period_seconds
   replicas                         = var.replicas
+  pod_monitor                      = var.pod_monitor
   csr_signer                       = "aws"
   # On EKS the IAM role is the node identity: no bootstrap token.
   bootstrap = false

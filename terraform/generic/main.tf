@@ -42,6 +42,7 @@ module "node" {
   resources                        = var.resources
   termination_grace_period_seconds = var.termination_grace_period_seconds
   replicas                         = var.replicas
+  pod_monitor                      = var.pod_monitor
   csr_signer                       = "kubernetes.io/kubelet-serving"
   bootstrap                        = true
 }

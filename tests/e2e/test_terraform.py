@@ -155,14 +155,18 @@ def test_deployment_runs_the_runtime_with_the_outputs_values(generic, ground):
     # A read-only root filesystem, and /tmp in memory for the certificates TLS libraries read from files.
     assert container.security_context.read_only_root_filesystem is True
     assert volumes[mounts["/tmp"].name].empty_dir.medium == "Memory"
-    # The probes and the runtime name one port: K8SGPU_HEALTH_PORT is the container port `health`.
+    # The probes, the scrape annotations and the runtime name one port: K8SGPU_HEALTH_PORT is the container port
+    # `metrics`, which serves /healthz, /readyz and /metrics.
     ports = {p.name: p.container_port for p in container.ports}
-    assert ports == {"kubelet": 10250, "health": 10248} and env["K8SGPU_HEALTH_PORT"].value == "10248"
+    assert ports == {"kubelet": 10250, "metrics": 10248} and env["K8SGPU_HEALTH_PORT"].value == "10248"
     probes = {kind: (probe.http_get.path, probe.http_get.port) for kind, probe in (
         ("startup", container.startup_probe), ("liveness", container.liveness_probe),
         ("readiness", container.readiness_probe))}
-    assert probes == {"startup": ("/healthz", "health"), "liveness": ("/healthz", "health"),
-                      "readiness": ("/readyz", "health")}
+    assert probes == {"startup": ("/healthz", "metrics"), "liveness": ("/healthz", "metrics"),
+                      "readiness": ("/readyz", "metrics")}
+    annotations = dep.spec.template.metadata.annotations
+    assert {k: annotations.get(k) for k in ("prometheus.io/scrape", "prometheus.io/port", "prometheus.io/path")} == \
+        {"prometheus.io/scrape": "true", "prometheus.io/port": "10248", "prometheus.io/path": "/metrics"}
     assert container.startup_probe.period_seconds * container.startup_probe.failure_threshold >= 60
     assert container.resources.requests == {"cpu": "250m", "memory": "256Mi"}
     assert container.resources.limits == {"cpu": "1", "memory": "512Mi"}

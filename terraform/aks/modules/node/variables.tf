@@ -148,12 +148,26 @@ variable "runtime_env" {
 }
 
 variable "health_port" {
-  description = "Plain-HTTP port of the runtime's /healthz and /readyz (the probes' named port `health`; the runtime reads it from K8SGPU_HEALTH_PORT). 10248 is the kubelet's healthz port."
+  description = "Plain-HTTP port of the runtime's /healthz, /readyz and /metrics (the container port `metrics` its probes name and its prometheus.io/port annotation; the runtime reads it from K8SGPU_HEALTH_PORT). 10248 is the kubelet's healthz port."
   type        = number
   default     = 10248
   validation {
     condition     = var.health_port >= 1 && var.health_port <= 65535 && floor(var.health_port) == var.health_port && var.health_port != 10250
     error_message = "health_port must be a whole port number 1-65535 other than 10250 (the kubelet API's), e.g. 10248."
+  }
+}
+
+variable "pod_monitor" {
+  description = "A monitoring.coreos.com/v1 PodMonitor scraping every runtime's /metrics (container port `metrics`), for a Prometheus Operator: `enabled` (its CRD must be installed first), `labels` its podMonitorSelector wants (e.g. release = \"kube-prometheus-stack\"), `interval`. The pod's prometheus.io/* annotations are there either way."
+  type = object({
+    enabled  = optional(bool, false)
+    labels   = optional(map(string), {})
+    interval = optional(string, "30s")
+  })
+  default = {}
+  validation {
+    condition     = can(regex("^([0-9]+(ms|s|m|h))+$", var.pod_monitor.interval))
+    error_message = "pod_monitor.interval must be a Prometheus duration, e.g. \"30s\" or \"1m\"."
   }
 }
 

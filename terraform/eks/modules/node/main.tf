@@ -210,7 +210,16 @@ resource "kubectl_manifest" "deployment" {
       strategy = { type = "RollingUpdate", rollingUpdate = { maxUnavailable = 0, maxSurge = 1 } }
       selector = { matchLabels = { "app.kubernetes.io/name" = var.name } }
       template = {
-        metadata = { labels = local.labels }
+        metadata = {
+          labels = local.labels
+          # The scrape convention of Prometheus' kubernetes_sd_configs examples and most charts: scrape this pod's
+          # /metrics on the health port (plain HTTP, no credentials, nothing else served there).
+          annotations = {
+            "prometheus.io/scrape" = "true"
+            "prometheus.io/port"   = tostring(var.health_port)
+            "prometheus.io/path"   = "/metrics"
+          }
+        }
         spec = {
           serviceAccountName = var.name
           # Replicas on different nodes where the cluster has them, so one node's loss leaves a standby; preferred,
@@ -246,9 +255,11 @@ resource "kubectl_manifest" "deployment" {
                 { name = "K8SGPU_NODE_ADDRESS", valueFrom = { fieldRef = { fieldPath = "status.podIP" } } },
               ]
             )
+            # One port serves /healthz, /readyz and /metrics: named `metrics`, the name PodMonitors select (a second
+            # name for the same port would be a duplicate port definition).
             ports = [
               { name = "kubelet", containerPort = 10250, protocol = "TCP" },
-              { name = "health", containerPort = var.health_port, protocol = "TCP" },
+              { name = "metrics", containerPort = var.health_port, protocol = "TCP" },
             ]
             # The health port listens as soon as the interpreter has imported the runtime, and /healthz stays 200
             # while the start waits (a CSR awaiting approval): a long start is not killed, only not ready. The
@@ -256,15 +267,15 @@ resource "kubectl_manifest" "deployment" {
             # (a stopped part, a stuck event loop) restart the container. /readyz gates the rollout
             # (wait_for_rollout) on the node being registered.
             startupProbe = {
-              httpGet       = { path = "/healthz", port = "health", scheme = "HTTP" }
+              httpGet       = { path = "/healthz", port = "metrics", scheme = "HTTP" }
               periodSeconds = 2, timeoutSeconds = 2, failureThreshold = 30
             }
             livenessProbe = {
-              httpGet       = { path = "/healthz", port = "health", scheme = "HTTP" }
+              httpGet       = { path = "/healthz", port = "metrics", scheme = "HTTP" }
               periodSeconds = 10, timeoutSeconds = 5, failureThreshold = 3
             }
             readinessProbe = {
-              httpGet       = { path = "/readyz", port = "health", scheme = "HTTP" }
+              httpGet       = { path = "/readyz", port = "metrics", scheme = "HTTP" }
               periodSeconds = 5, timeoutSeconds = 5, failureThreshold = 3
             }
             resources = local.resources
@@ -356,4 +367,21 @@ data "kubernetes_secret" "bootstrap_token" {
     namespace = var.namespace
   }
   depends_on = [kubectl_manifest.bootstrap_token, kubectl_manifest.deployment, kubectl_manifest.runtime_class]
+}
+
+# The Prometheus Operator's way to scrape the runtimes (every replica: a standby's leader_election_master_status is
+# 0): a PodMonitor, since the runtime has no Service. Only when asked for: its CRD must exist before the apply, and a
+# plan cannot tell whether it does (kubectl_manifest checks the kind only when it applies).
+resource "kubectl_manifest" "pod_monitor" {
+  count = var.pod_monitor.enabled ? 1 : 0
+  yaml_body = yamlencode({
+    apiVersion = "monitoring.coreos.com/v1"
+    kind       = "PodMonitor"
+    metadata   = { name = var.name, namespace = var.namespace, labels = merge(local.labels, var.pod_monitor.labels) }
+    spec = {
+      selector            = { matchLabels = { "app.kubernetes.io/name" = var.name } }
+      podMetricsEndpoints = [{ port = "metrics", path = "/metrics", scheme = "http", interval = var.pod_monitor.interval }]
+    }
+  })
+  depends_on = [kubectl_manifest.deployment]
 }
