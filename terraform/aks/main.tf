@@ -49,5 +49,6 @@ module "node" {
   replicas                         = var.replicas
   csr_signer                       = "kubernetes.io/kubelet-serving"
   bootstrap                        = true
+  bootstrap_token_ttl              = var.bootstrap_token_ttl
   extra_tolerations                = module.aks.tolerations
 }

@@ -44,4 +44,5 @@ module "node" {
   replicas                         = var.replicas
   csr_signer                       = "kubernetes.io/kubelet-serving"
   bootstrap                        = true
+  bootstrap_token_ttl              = var.bootstrap_token_ttl
 }
