@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from kubernetes import client
 
 from k8sgpu.runtime.certificates import KUBELET_SERVING, SERVING_USAGES, serving_request
-from k8sgpu.runtime.rbac import election_rules, extra_rules
+from k8sgpu.runtime.rbac import SELF_NODE_CLIENT, election_rules, extra_rules
 
 OK, WARN, FAIL, SKIP = "ok", "warn", "fail", "skip"
 
@@ -107,6 +107,31 @@ def check_election_rbac(api: client.ApiClient, node: str, namespace: str, servic
                                                f"{namespace}/{node}")
 
 
+def check_bootstrap_rbac(api: client.ApiClient, node: str, namespace: str, service_account: str) -> Finding:
+    """Kubelet TLS bootstrapping that cannot be turned into another node's identity: the runtime's ServiceAccount
+    may not have node client certificates approved (nodeclient approves any node name), and the node renews its own
+    (selfnodeclient)."""
+    authz = client.AuthorizationV1Api(api)
+    account = f"system:serviceaccount:{namespace}:{service_account}"
+    groups = ("system:serviceaccounts", f"system:serviceaccounts:{namespace}", "system:authenticated")
+    if _allowed(authz, account, "create", "certificates.k8s.io", "certificatesigningrequests/nodeclient", "", "",
+                groups):
+        return Finding("bootstrap-rbac", FAIL,
+                       f"{account} may create certificatesigningrequests/nodeclient: with its token anyone can have "
+                       "a certificate of any system:node:<name> approved",
+                       "apply the node module (`make apply CLOUD=generic`): only its expiring bootstrap token's group "
+                       "is bound to nodeclient; remove any other binding of the ServiceAccount to it")
+    if not _allowed(authz, f"system:node:{node}", "create", "certificates.k8s.io",
+                    "certificatesigningrequests/selfnodeclient", ""):
+        return Finding("bootstrap-rbac", WARN,
+                       f"system:node:{node} may not create certificatesigningrequests/selfnodeclient: renewals of "
+                       "its client certificate wait for `kubectl certificate approve`",
+                       "apply the node module, which binds "
+                       f"{SELF_NODE_CLIENT} to system:node:{node}")
+    return Finding("bootstrap-rbac", OK, f"{account} cannot have node certificates approved; system:node:{node} "
+                                         "renews its own (selfnodeclient)")
+
+
 def check_serving_signer(api: client.ApiClient, node: str, signer: str, timeout: float = 30) -> Finding:
     certs = client.CertificatesV1Api(api)
     request = serving_request(node, ["10.0.0.1"], ec.generate_private_key(ec.SECP256R1()))
@@ -176,7 +201,8 @@ def generic(api: client.ApiClient, node: str, signer: str = KUBELET_SERVING, nam
             service_account: str = "k8sgpu-runtime") -> list[Finding]:
     return [check_node_rights(api, node), check_extra_rbac(api, node, signer),
             check_election_rbac(api, node, namespace, service_account),
-            check_serving_signer(api, node, signer), check_egress_selector(api), check_node_name(api, node)]
+            check_bootstrap_rbac(api, node, namespace, service_account), check_serving_signer(api, node, signer),
+            check_egress_selector(api), check_node_name(api, node)]
 
 
 def render(findings: list[Finding], output: str) -> str:

@@ -89,13 +89,21 @@ class LocalClusterConfig:
     """Kubeconfig of the node identity (system:node:<name>) in the user's cluster; empty: bootstrap one."""
     bootstrap_kubeconfig: str = ""
     """Kubeconfig of a bootstrap identity that may request a node client certificate (kubelet TLS
-    bootstrapping); empty: server and bootstrap_token, else the in-cluster service account."""
+    bootstrapping); empty: server and bootstrap_token, else the in-cluster endpoint with bootstrap_token."""
     server: str = ""
     """API endpoint of the user's cluster, for bootstrapping with bootstrap_token (Terraform output)."""
     certificate_authority_data: str = ""
     """PEM CA of server (Terraform output cluster_ca_certificate)."""
     bootstrap_token: str = ""
-    """Bearer token of the bootstrap identity (Terraform output bootstrap_token; never logged)."""
+    """The bootstrap credential: a kubelet-style bootstrap token `<id>.<secret>` that expires (Terraform output
+    bootstrap_token; in a pod K8SGPU_BOOTSTRAP_TOKEN, from the node module's Secret; never logged). Spent once the
+    node's first certificate is issued; needed again only when no stored certificate is valid."""
+    cert_dir: str = ""
+    """Directory of kubelet-client-current.pem, the node's client certificate and key (mode 0600), outside a
+    cluster; empty: kept in memory only (a restart needs a new bootstrap token)."""
+    node_credentials_secret: str = ""
+    """NAMESPACE/NAME of the Secret, read and written by the pod's ServiceAccount, that keeps the node's client
+    certificate and key across restarts and failovers (the node module sets it); empty: cert_dir."""
     eks_cluster_name: str = ""
     """EKS cluster to log in to with eks_role_arn (the x-k8s-aws-id of its tokens); empty: no EKS login."""
     eks_role_arn: str = ""
@@ -206,6 +214,12 @@ class RuntimeConfig:
             raise ConfigError("--terraform-outputs bootstrap_token",
                               "missing: cluster_endpoint needs the bootstrap token to request the node's "
                               "certificate (or give --kubeconfig of the node identity)")
+        if self.local.node_credentials_secret and not re.match(r"^[a-z0-9-]+/[a-z0-9.-]+$",
+                                                               self.local.node_credentials_secret):
+            raise ConfigError("--node-credentials-secret", f"{self.local.node_credentials_secret!r} is not NAMESPACE/"
+                                                           "NAME, e.g. k8sgpu/k8sgpu-runtime-node-credentials")
+        if self.local.cert_dir and Path(self.local.cert_dir).exists() and not Path(self.local.cert_dir).is_dir():
+            raise ConfigError("--cert-dir", f"{self.local.cert_dir} is not a directory")
         if self.local.certificate_authority_data and "BEGIN CERTIFICATE" not in self.local.certificate_authority_data:
             raise ConfigError("--terraform-outputs cluster_ca_certificate", "is not a PEM certificate")
         if self.local.kubeconfig and not Path(self.local.kubeconfig).is_file():
@@ -291,6 +305,10 @@ class RuntimeConfig:
 SETTINGS: dict[str, tuple[str, str, str]] = {
     "kubeconfig": ("local", "kubeconfig", "K8SGPU_KUBECONFIG"),
     "bootstrap_kubeconfig": ("local", "bootstrap_kubeconfig", "K8SGPU_BOOTSTRAP_KUBECONFIG"),
+    # No flag: a command line is seen by every process of the machine.
+    "bootstrap_token": ("local", "bootstrap_token", "K8SGPU_BOOTSTRAP_TOKEN"),
+    "cert_dir": ("local", "cert_dir", "K8SGPU_CERT_DIR"),
+    "node_credentials_secret": ("local", "node_credentials_secret", "K8SGPU_NODE_CREDENTIALS_SECRET"),
     "provider_kubeconfig": ("provider", "kubeconfig", "K8SGPU_PROVIDER_KUBECONFIG"),
     "tenant_namespace": ("provider", "tenant_namespace", "K8SGPU_TENANT_NAMESPACE"),
     "node_name": ("node", "name", "K8SGPU_NODE_NAME"),

@@ -36,7 +36,16 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--bootstrap-kubeconfig", help="kubeconfig of an identity allowed to request node client "
                                                       "certificates (kubelet TLS bootstrapping); absent: the "
                                                       "Terraform outputs' endpoint and bootstrap token, else the "
-                                                      "in-cluster service account [env K8SGPU_BOOTSTRAP_KUBECONFIG]")
+                                                      "in-cluster endpoint with the bootstrap token of "
+                                                      "$K8SGPU_BOOTSTRAP_TOKEN [env K8SGPU_BOOTSTRAP_KUBECONFIG]")
+    start.add_argument("--cert-dir", help="directory where the node's client certificate and key are kept "
+                                          "(kubelet-client-current.pem, mode 0600), so that a restart needs no "
+                                          "bootstrap token; outside a cluster (default: in memory only) "
+                                          "[env K8SGPU_CERT_DIR]")
+    start.add_argument("--node-credentials-secret", metavar="NAMESPACE/NAME",
+                       help="Secret, read and written by the pod's ServiceAccount, that keeps the node's client "
+                            "certificate and key across restarts and failovers (the node module sets it) "
+                            "[env K8SGPU_NODE_CREDENTIALS_SECRET]")
     start.add_argument("--provider-kubeconfig", help="tenant kubeconfig of the GPU provider's cluster "
                                                      "(required) [env K8SGPU_PROVIDER_KUBECONFIG]")
     start.add_argument("--tenant-namespace", help="your namespace on the GPU provider (required) "

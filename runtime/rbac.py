@@ -101,3 +101,44 @@ def extra_rbac(node_name: str = "k8s.gpu", name: str = "k8sgpu-runtime", signer:
          "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
          "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": f"system:node:{node_name}"}]},
     ]
+
+
+# Kubelet TLS bootstrapping, as the node module sets it up (generic and AKS clusters).
+BOOTSTRAPPER = "system:node-bootstrapper"
+NODE_CLIENT = "system:certificates.k8s.io:certificatesigningrequests:nodeclient"
+SELF_NODE_CLIENT = "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient"
+
+
+def bootstrap_group(name: str = "k8sgpu-runtime") -> str:
+    """The extra group of the node module's bootstrap token (auth-extra-groups): the only subject bound to
+    system:node-bootstrapper and nodeclient. The runtime's ServiceAccount is bound to neither."""
+    return f"system:bootstrappers:k8sgpu:{name}"
+
+
+def spend_rules(token_id: str) -> list[dict]:
+    """What the bootstrap token may do besides requesting the first certificate, in kube-system: mark its own
+    Secret spent once that certificate is issued (used once, as a kubelet's)."""
+    return [{"apiGroups": [""], "resources": ["secrets"], "resourceNames": [f"bootstrap-token-{token_id}"],
+             "verbs": ["patch"]}]
+
+
+def credentials_rules(secret: str = "k8sgpu-runtime-node-credentials") -> list[dict]:
+    """What the runtime's ServiceAccount may do with the Secret that keeps the node's certificate and key, in its
+    namespace: that Secret only (Terraform creates it, since create cannot be limited by name)."""
+    return [{"apiGroups": [""], "resources": ["secrets"], "resourceNames": [secret],
+             "verbs": ["get", "patch", "update"]}]
+
+
+def bootstrap_rbac(node_name: str = "k8s.gpu", name: str = "k8sgpu-runtime") -> list[dict]:
+    """The bindings of kubelet TLS bootstrapping: the bootstrap token's group may request a node client
+    certificate (approved by kube-controller-manager through nodeclient), and the node itself may renew its own
+    (selfnodeclient, which approves only a requester's own name)."""
+    def binding(suffix: str, role: str, subject: dict) -> dict:
+        return {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+                "metadata": {"name": f"{name}-{suffix}"},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+                "subjects": [subject]}
+    group = {"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": bootstrap_group(name)}
+    node = {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": f"system:node:{node_name}"}
+    return [binding("bootstrapper", BOOTSTRAPPER, group), binding("nodeclient", NODE_CLIENT, group),
+            binding("selfnodeclient", SELF_NODE_CLIENT, node)]

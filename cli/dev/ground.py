@@ -449,6 +449,9 @@ class Ground:
                   "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
                   f"--service-cluster-ip-range={SERVICE_CIDR[cluster]}",
                   f"--authorization-mode={authz}",
+                  # Kubelet-style bootstrap tokens (Secrets bootstrap-token-<id> in kube-system), as kubeadm, AKS
+                  # and k3s enable them: the node module's short-lived bootstrap credential.
+                  "--enable-bootstrap-token-auth=true",
                   f"--enable-admission-plugins={admission}",
                   "--allow-privileged=true",
                   f"--endpoint-reconciler-type={reconciler}",
@@ -484,7 +487,10 @@ class Ground:
                 f"--flex-volume-plugin-dir={root / 'components' / f'{cluster}-flexvolume'}",
                 "--use-service-account-credentials=true",
                 f"--requestheader-client-ca-file={cp.front_proxy_ca.cert}", f"--client-ca-file={cp.ca.cert}",
-                "--controllers=*,-cloud-node-lifecycle,-service-lb-controller,-node-route-controller",
+                # tokencleaner deletes expired bootstrap tokens (off by default, as bootstrapsigner, which kubeadm
+                # clusters also run).
+                "--controllers=*,bootstrapsigner,tokencleaner,-cloud-node-lifecycle,-service-lb-controller,"
+                "-node-route-controller",
                 "--profiling=false")),
             Component(f"{cluster}-kube-scheduler", depends=up, argv=(
                 bins["kube_scheduler"],

@@ -157,3 +157,9 @@ variable "replicas" {
   default     = 2
 }
 
+
+variable "bootstrap_token_ttl" {
+  description = "Lifetime of the bootstrap token that obtains the node's first client certificate (the runtime spends it sooner). To bootstrap again once it and the certificate expired: terraform apply -replace='module.node.terraform_data.bootstrap_token[0]'."
+  type        = string
+  default     = "24h"
+}

@@ -45,4 +45,5 @@ module "node" {
   pod_monitor                      = var.pod_monitor
   csr_signer                       = "kubernetes.io/kubelet-serving"
   bootstrap                        = true
+  bootstrap_token_ttl              = var.bootstrap_token_ttl
 }

@@ -37,7 +37,12 @@ output "cluster_ca_certificate" {
 }
 
 output "bootstrap_token" {
-  description = "Token of the runtime's ServiceAccount: the bootstrap identity that obtains the node's client certificate."
+  description = "Bootstrap token that obtains the node's first client certificate, once: the runtime spends it then; it expires at bootstrap_token_expiration."
   value       = module.node.bootstrap_token
   sensitive   = true
+}
+
+output "bootstrap_token_expiration" {
+  description = "When bootstrap_token expires (RFC 3339)."
+  value       = module.node.bootstrap_token_expiration
 }

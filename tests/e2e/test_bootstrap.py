@@ -4,16 +4,23 @@ and runs as system:node:k8s.gpu."""
 
 from __future__ import annotations
 
+import datetime
 import json
 from pathlib import Path
 
 import pytest
 import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from kubernetes import client
 
+from k8sgpu.cli.dev import pki
 from k8sgpu.cli.dev.ground import free_port
 from k8sgpu.runtime.catalog import demo_catalog
-from k8sgpu.runtime.rbac import extra_rbac
+from k8sgpu.runtime.certificates import private_pem
+from k8sgpu.runtime.rbac import SELF_NODE_CLIENT, bootstrap_rbac, extra_rbac
 
 from .helpers import RuntimeProcess, api, kubectl, node_on_port, remove_node, wait_for
 
@@ -104,6 +111,63 @@ def test_a_bootstrap_identity_without_nodeclient_says_what_to_do(ground, tmp_pat
         assert proc.alive()
     finally:
         proc.stop()
+
+
+def _expiring_node_certificate(ground, path: Path) -> bytes:
+    """A certificate of system:node:k8s.gpu from the cluster's CA, valid ten more minutes but past 90 % of its life,
+    written as the kubelet keeps it: renewed at once."""
+    ca_cert, ca_key = pki.KeyPair(Path(ground.root, "pki", "local", "ca.crt"),
+                                  Path(ground.root, "pki", "local", "ca.key")).load()
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "system:nodes"),
+                                     x509.NameAttribute(NameOID.COMMON_NAME, f"system:node:{NODE}")]))
+            .issuer_name(ca_cert.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(hours=2)).not_valid_after(now + datetime.timedelta(minutes=10))
+            .add_extension(x509.ExtendedKeyUsage([x509.ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    pem = cert.public_bytes(serialization.Encoding.PEM) + private_pem(key)
+    path.mkdir(mode=0o700)
+    (path / "kubelet-client-current.pem").write_bytes(pem)
+    return pem
+
+
+def test_a_stored_node_certificate_is_used_and_renewed_by_the_node_itself(ground, tmp_path):
+    """No bootstrap credential that works: the runtime starts from the certificate in --cert-dir and renews it with
+    a CSR of its own, which kube-controller-manager approves through selfnodeclient."""
+    local = client.CoreV1Api(api(ground.local.kubeconfig))
+    renewal = [d for d in bootstrap_rbac(NODE) if d["roleRef"]["name"] == SELF_NODE_CLIENT]
+    kubectl(ground.local.kubeconfig, "apply", "-f", "-", stdin=yaml.safe_dump_all([*demo_catalog(NODE),
+                                                                                   *extra_rbac(), *renewal]))
+    stored = _expiring_node_certificate(ground, tmp_path / "pki")
+    started = datetime.datetime.now(datetime.UTC)
+    port = free_port()
+    # A token of the right shape that no Secret backs: any bootstrap would fail.
+    proc = RuntimeProcess(["--terraform-outputs", str(_outputs(ground, "abcdef.0123456789abcdef",
+                                                               tmp_path / "outputs.json")),
+                           "--provider-kubeconfig", ground.tenant_kubeconfig, "--node-address", ground.node_address,
+                           "--kubelet-port", str(port), "--cert-dir", str(tmp_path / "pki"), "-v"],
+                          tmp_path / "runtime.log").start()
+    certs = client.CertificatesV1Api(api(ground.local.kubeconfig))
+    try:
+        wait_for(lambda: (tmp_path / "pki" / "kubelet-client-current.pem").read_bytes() != stored, 60,
+                 "the stored certificate to be renewed")
+        assert "from " + str(tmp_path / "pki" / "kubelet-client-current.pem") in proc.log.read_text()
+        renewed = [c for c in certs.list_certificate_signing_request().items
+                   if c.spec.signer_name == "kubernetes.io/kube-apiserver-client-kubelet"
+                   and c.metadata.creation_timestamp >= started.replace(microsecond=0)]
+        assert [(c.spec.username, [(k.type, k.reason) for k in c.status.conditions]) for c in renewed] == [
+            (f"system:node:{NODE}", [("Approved", "AutoApproved")])]
+        new = x509.load_pem_x509_certificate((tmp_path / "pki" / "kubelet-client-current.pem").read_bytes())
+        assert new.not_valid_after_utc > started + datetime.timedelta(hours=1)
+        assert new.subject.rfc4514_string() == f"CN=system:node:{NODE},O=system:nodes"
+        wait_for(lambda: node_on_port(local, NODE, port), 60, "the node to be Ready")
+        assert proc.alive()
+    finally:
+        proc.stop()
+        print(proc.tail(30))
+        remove_node(ground.local.kubeconfig, NODE)
 
 
 def _condition(node, kind: str) -> str | None:

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from kubernetes import client
 
-from k8sgpu.runtime.rbac import election_rbac, extra_rbac
+from k8sgpu.runtime.rbac import NODE_CLIENT, bootstrap_rbac, election_rbac, extra_rbac
 
 from .helpers import api, kubectl
 
@@ -37,15 +37,33 @@ def election(ground) -> str:
 
 
 def test_a_ready_cluster_passes_and_the_csr_round_trip_cleans_up(ground):
-    kubectl(ground.local.kubeconfig, "apply", "-f", "-", stdin=yaml.safe_dump_all(extra_rbac()))
+    kubectl(ground.local.kubeconfig, "apply", "-f", "-", stdin=yaml.safe_dump_all([*extra_rbac(), *bootstrap_rbac()]))
     code, findings = doctor(ground, "--namespace", election(ground), "--service-account", "doctor-runtime")
     assert code == 0, findings
     assert {k: f["status"] for k, f in findings.items()} == {
-        "node-identity": "ok", "runtime-rbac": "ok", "leader-election-rbac": "ok", "serving-signer": "ok",
-        "k3s-egress-selector": "skip", "node-name": "ok"}
+        "node-identity": "ok", "runtime-rbac": "ok", "leader-election-rbac": "ok", "bootstrap-rbac": "ok",
+        "serving-signer": "ok", "k3s-egress-selector": "skip", "node-name": "ok"}
     assert "v1.32.13" in findings["k3s-egress-selector"]["evidence"]
     csrs = client.CertificatesV1Api(api(ground.local.kubeconfig)).list_certificate_signing_request().items
     assert not [c for c in csrs if c.metadata.name.startswith("k8sgpu-doctor-")]
+
+
+def test_a_service_account_that_may_have_node_certificates_approved_fails(ground):
+    """The hole of issue #16: a lasting identity bound to nodeclient can become any node."""
+    namespace = election(ground)
+    kubectl(ground.local.kubeconfig, "apply", "-f", "-", stdin=yaml.safe_dump({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+        "metadata": {"name": "doctor-runtime-nodeclient"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": NODE_CLIENT},
+        "subjects": [{"kind": "ServiceAccount", "name": "doctor-runtime", "namespace": namespace}]}))
+    try:
+        code, findings = doctor(ground, "--namespace", namespace, "--service-account", "doctor-runtime")
+        assert code == 1
+        found = findings["bootstrap-rbac"]
+        assert found["status"] == "fail" and "any system:node:<name>" in found["evidence"]
+        assert "bootstrap token" in found["fix"]
+    finally:
+        kubectl(ground.local.kubeconfig, "delete", "clusterrolebinding", "doctor-runtime-nodeclient")
 
 
 def test_removed_runtime_rbac_is_found_with_its_fix(ground):

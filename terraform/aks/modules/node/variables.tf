@@ -108,9 +108,19 @@ variable "csr_signer" {
 }
 
 variable "bootstrap" {
-  description = "Give the ServiceAccount the kubelet TLS bootstrap roles and a token (generic, AKS). False on EKS, where the IAM role is the node identity."
+  description = "Kubelet TLS bootstrapping (generic, AKS): a bootstrap token that expires obtains the node's first client certificate, the node renews its own (selfnodeclient), a Secret keeps it. False on EKS, where the IAM role is the node identity."
   type        = bool
   default     = true
+}
+
+variable "bootstrap_token_ttl" {
+  description = "Lifetime of the bootstrap token from the first apply, as Terraform's timeadd takes it (kubeadm's default: 24h). The runtime spends it sooner, once the node's first certificate is stored."
+  type        = string
+  default     = "24h"
+  validation {
+    condition     = can(regex("^([0-9]+h)?([0-9]+m)?$", var.bootstrap_token_ttl)) && can(timeadd("2000-01-01T00:00:00Z", var.bootstrap_token_ttl)) && timecmp(timeadd("2000-01-01T00:00:00Z", var.bootstrap_token_ttl), "2000-01-01T00:05:00Z") >= 0 && timecmp(timeadd("2000-01-01T00:00:00Z", var.bootstrap_token_ttl), "2000-01-08T00:00:00Z") <= 0
+    error_message = "bootstrap_token_ttl must be hours and minutes between 5m and 168h, e.g. \"24h\" or \"1h30m\"."
+  }
 }
 
 variable "image" {

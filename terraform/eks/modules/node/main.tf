@@ -9,6 +9,7 @@ locals {
   }
   provider_secret          = "${var.name}-provider"
   token_secret             = "${var.name}-bootstrap-token"
+  credentials_secret       = "${var.name}-node-credentials"
   provider_kubeconfig_dir  = "/etc/k8sgpu/provider"
   provider_kubeconfig_path = "${local.provider_kubeconfig_dir}/kubeconfig"
   # The signer name the CSR API uses for the node's serving certificate.
@@ -67,7 +68,9 @@ locals {
     K8SGPU_DEPLOYMENT = "${var.namespace}/${var.name}"
     }, var.default_runtime_class == "" ? {} : {
     K8SGPU_DEFAULT_RUNTIME_CLASS = var.default_runtime_class
-  })
+    }, var.bootstrap ? {
+    K8SGPU_NODE_CREDENTIALS_SECRET = "${var.namespace}/${local.credentials_secret}"
+  } : {})
 
   # Requests and limits as given, without the quantities set to "" (and without a block left empty).
   resources = {
@@ -124,8 +127,52 @@ resource "kubectl_manifest" "node_role_binding" {
   depends_on = [kubectl_manifest.node_role]
 }
 
-# Kubelet TLS bootstrapping: the ServiceAccount may create CSRs, and its kube-apiserver-client-kubelet CSR for
-# CN=system:node:<node_name>, O=system:nodes is approved by kube-controller-manager's csrapproving controller.
+# Kubelet TLS bootstrapping with a bootstrap token that expires, as kubeadm does: its id, secret and expiration are
+# drawn once, at the first apply, and kept in the state (ignore_changes), so later plans are clean. To bootstrap
+# again (certificate and token both expired): terraform apply -replace='module.node.terraform_data.bootstrap_token[0]'.
+resource "terraform_data" "bootstrap_token" {
+  count = var.bootstrap ? 1 : 0
+  input = {
+    id         = substr(replace(uuid(), "-", ""), 0, 6)
+    secret     = substr(replace(uuid(), "-", ""), 0, 16)
+    expiration = timeadd(timestamp(), var.bootstrap_token_ttl)
+  }
+  lifecycle {
+    ignore_changes = [input]
+  }
+}
+
+locals {
+  bootstrap_group = "system:bootstrappers:k8sgpu:${var.name}"
+  bootstrap_token = var.bootstrap ? terraform_data.bootstrap_token[0].output : { id = "", secret = "", expiration = "" }
+}
+
+# The token, read by kube-apiserver (--enable-bootstrap-token-auth) as user system:bootstrap:<id> in
+# local.bootstrap_group; kube-controller-manager's tokencleaner deletes it when it expires. Once the node's first
+# certificate is stored the runtime spends it (removes its usage and expiration keys: it authenticates no more),
+# which this resource ignores.
+resource "kubectl_manifest" "bootstrap_token" {
+  count = var.bootstrap ? 1 : 0
+  yaml_body = yamlencode({
+    apiVersion = "v1"
+    kind       = "Secret"
+    type       = "bootstrap.kubernetes.io/token"
+    metadata   = { name = "bootstrap-token-${local.bootstrap_token.id}", namespace = "kube-system", labels = local.labels }
+    data = { for k, v in {
+      description                    = "k8sgpu: the first client certificate of system:node:${var.node_name}"
+      token-id                       = local.bootstrap_token.id
+      token-secret                   = local.bootstrap_token.secret
+      expiration                     = local.bootstrap_token.expiration
+      usage-bootstrap-authentication = "true"
+      auth-extra-groups              = local.bootstrap_group
+    } : k => base64encode(v) }
+  })
+  sensitive_fields = ["data"]
+  ignore_fields    = ["data"]
+}
+
+# Only the token's group may create CSRs and have kube-apiserver-client-kubelet ones approved by
+# kube-controller-manager's csrapproving controller (nodeclient); the ServiceAccount may do neither.
 resource "kubectl_manifest" "bootstrap_binding" {
   for_each = var.bootstrap ? {
     bootstrapper = "system:node-bootstrapper"
@@ -136,26 +183,97 @@ resource "kubectl_manifest" "bootstrap_binding" {
     kind       = "ClusterRoleBinding"
     metadata   = { name = "${var.name}-${each.key}", labels = local.labels }
     roleRef    = { apiGroup = "rbac.authorization.k8s.io", kind = "ClusterRole", name = each.value }
-    subjects   = [{ kind = "ServiceAccount", name = var.name, namespace = var.namespace }]
+    subjects   = [{ apiGroup = "rbac.authorization.k8s.io", kind = "Group", name = local.bootstrap_group }]
   })
-  depends_on = [kubectl_manifest.service_account]
 }
 
-# A long-lived token of the ServiceAccount, for a runtime started outside the cluster (output bootstrap_token).
-resource "kubectl_manifest" "bootstrap_token" {
+# Renewals are asked for by the node itself and approved through selfnodeclient, which approves a CSR only for the
+# requester's own name: system:node:<node_name> cannot get a certificate of another node.
+resource "kubectl_manifest" "selfnodeclient_binding" {
+  count = var.bootstrap ? 1 : 0
+  yaml_body = yamlencode({
+    apiVersion = "rbac.authorization.k8s.io/v1"
+    kind       = "ClusterRoleBinding"
+    metadata   = { name = "${var.name}-selfnodeclient", labels = local.labels }
+    roleRef    = { apiGroup = "rbac.authorization.k8s.io", kind = "ClusterRole", name = "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient" }
+    subjects   = [{ apiGroup = "rbac.authorization.k8s.io", kind = "User", name = "system:node:${var.node_name}" }]
+  })
+}
+
+# The token may spend itself (patch its own Secret), as k8sgpu.runtime.rbac.spend_rules says.
+resource "kubectl_manifest" "bootstrap_spend" {
+  count = var.bootstrap ? 1 : 0
+  yaml_body = yamlencode({
+    apiVersion = "rbac.authorization.k8s.io/v1"
+    kind       = "Role"
+    metadata   = { name = "${var.name}-bootstrap-spend", namespace = "kube-system", labels = local.labels }
+    rules      = [{ apiGroups = [""], resources = ["secrets"], resourceNames = ["bootstrap-token-${local.bootstrap_token.id}"], verbs = ["patch"] }]
+  })
+}
+
+resource "kubectl_manifest" "bootstrap_spend_binding" {
+  count = var.bootstrap ? 1 : 0
+  yaml_body = yamlencode({
+    apiVersion = "rbac.authorization.k8s.io/v1"
+    kind       = "RoleBinding"
+    metadata   = { name = "${var.name}-bootstrap-spend", namespace = "kube-system", labels = local.labels }
+    roleRef    = { apiGroup = "rbac.authorization.k8s.io", kind = "Role", name = "${var.name}-bootstrap-spend" }
+    subjects   = [{ apiGroup = "rbac.authorization.k8s.io", kind = "Group", name = local.bootstrap_group }]
+  })
+  depends_on = [kubectl_manifest.bootstrap_spend]
+}
+
+# The token for the runtime's pod (K8SGPU_BOOTSTRAP_TOKEN); read by the kubelet that starts the pod, not by the
+# ServiceAccount. Spent, it is no credential.
+resource "kubectl_manifest" "bootstrap_token_copy" {
   count = var.bootstrap ? 1 : 0
   yaml_body = yamlencode({
     apiVersion = "v1"
     kind       = "Secret"
-    type       = "kubernetes.io/service-account-token"
-    metadata = {
-      name        = local.token_secret
-      namespace   = var.namespace
-      labels      = local.labels
-      annotations = { "kubernetes.io/service-account.name" = var.name }
-    }
+    type       = "Opaque"
+    metadata   = { name = local.token_secret, namespace = var.namespace, labels = local.labels }
+    data       = { token = base64encode("${local.bootstrap_token.id}.${local.bootstrap_token.secret}") }
   })
-  depends_on = [kubectl_manifest.service_account]
+  sensitive_fields = ["data"]
+  depends_on       = [kubectl_manifest.namespace]
+}
+
+# Where the node's client certificate and key are kept for a restarted or failed-over runtime: created empty here
+# (RBAC cannot limit create by name), written by the runtime (its data is ignored here), and read and written by
+# the ServiceAccount alone, by name.
+resource "kubectl_manifest" "node_credentials" {
+  count = var.bootstrap ? 1 : 0
+  yaml_body = yamlencode({
+    apiVersion = "v1"
+    kind       = "Secret"
+    type       = "Opaque"
+    metadata   = { name = local.credentials_secret, namespace = var.namespace, labels = local.labels }
+  })
+  ignore_fields = ["data"]
+  depends_on    = [kubectl_manifest.namespace]
+}
+
+resource "kubectl_manifest" "node_credentials_access" {
+  count = var.bootstrap ? 1 : 0
+  yaml_body = yamlencode({
+    apiVersion = "rbac.authorization.k8s.io/v1"
+    kind       = "Role"
+    metadata   = { name = "${var.name}-node-credentials", namespace = var.namespace, labels = local.labels }
+    rules      = [{ apiGroups = [""], resources = ["secrets"], resourceNames = [local.credentials_secret], verbs = ["get", "patch", "update"] }]
+  })
+  depends_on = [kubectl_manifest.namespace]
+}
+
+resource "kubectl_manifest" "node_credentials_access_binding" {
+  count = var.bootstrap ? 1 : 0
+  yaml_body = yamlencode({
+    apiVersion = "rbac.authorization.k8s.io/v1"
+    kind       = "RoleBinding"
+    metadata   = { name = "${var.name}-node-credentials", namespace = var.namespace, labels = local.labels }
+    roleRef    = { apiGroup = "rbac.authorization.k8s.io", kind = "Role", name = "${var.name}-node-credentials" }
+    subjects   = [{ kind = "ServiceAccount", name = var.name, namespace = var.namespace }]
+  })
+  depends_on = [kubectl_manifest.node_credentials_access]
 }
 
 resource "kubectl_manifest" "provider_kubeconfig" {
@@ -253,7 +371,9 @@ resource "kubectl_manifest" "deployment" {
                 { name = "POD_NAME", valueFrom = { fieldRef = { fieldPath = "metadata.name" } } },
                 { name = "POD_NAMESPACE", valueFrom = { fieldRef = { fieldPath = "metadata.namespace" } } },
                 { name = "K8SGPU_NODE_ADDRESS", valueFrom = { fieldRef = { fieldPath = "status.podIP" } } },
-              ]
+              ],
+              # Needed only while no valid node certificate is stored.
+              var.bootstrap ? [{ name = "K8SGPU_BOOTSTRAP_TOKEN", valueFrom = { secretKeyRef = { name = local.token_secret, key = "token" } } }] : []
             )
             # One port serves /healthz, /readyz and /metrics: named `metrics`, the name PodMonitors select (a second
             # name for the same port would be a duplicate port definition).
@@ -304,7 +424,7 @@ resource "kubectl_manifest" "deployment" {
   # node held on the provider (it reads this Deployment's deletion with the rule below), before the ServiceAccount,
   # the RBAC and the provider Secret go.
   wait       = true
-  depends_on = [kubectl_manifest.service_account, kubectl_manifest.provider_kubeconfig, kubectl_manifest.node_role_binding, kubectl_manifest.deployment_reader_binding, kubectl_manifest.leader_election_binding]
+  depends_on = [kubectl_manifest.service_account, kubectl_manifest.provider_kubeconfig, kubectl_manifest.node_role_binding, kubectl_manifest.deployment_reader_binding, kubectl_manifest.leader_election_binding, kubectl_manifest.bootstrap_token, kubectl_manifest.bootstrap_token_copy, kubectl_manifest.bootstrap_binding, kubectl_manifest.bootstrap_spend_binding, kubectl_manifest.selfnodeclient_binding, kubectl_manifest.node_credentials_access_binding]
   lifecycle {
     precondition {
       condition     = var.default_runtime_class == "" || contains(keys(var.catalog), var.default_runtime_class)
@@ -356,17 +476,6 @@ resource "kubectl_manifest" "deployment_reader_binding" {
     subjects   = [{ kind = "ServiceAccount", name = var.name, namespace = var.namespace }]
   })
   depends_on = [kubectl_manifest.deployment_reader]
-}
-
-# The token the controller wrote into the bootstrap Secret (read after everything else is applied, which gives
-# kube-controller-manager's token controller time to fill it).
-data "kubernetes_secret" "bootstrap_token" {
-  count = var.bootstrap ? 1 : 0
-  metadata {
-    name      = local.token_secret
-    namespace = var.namespace
-  }
-  depends_on = [kubectl_manifest.bootstrap_token, kubectl_manifest.deployment, kubectl_manifest.runtime_class]
 }
 
 # The Prometheus Operator's way to scrape the runtimes (every replica: a standby's leader_election_master_status is

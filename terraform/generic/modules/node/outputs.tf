@@ -20,7 +20,7 @@ output "csr_signer" {
 }
 
 output "service_account" {
-  description = "The runtime's ServiceAccount (its bootstrap identity on generic and AKS clusters)."
+  description = "The runtime's ServiceAccount: it writes the leader election Lease and keeps the node's certificate (Secret node_credentials_secret); it cannot request certificates."
   value       = var.name
   depends_on  = [kubectl_manifest.service_account]
 }
@@ -31,7 +31,19 @@ output "runtime_classes" {
 }
 
 output "bootstrap_token" {
-  description = "Token of the ServiceAccount, to obtain the node's client certificate (empty when bootstrap is false)."
-  value       = var.bootstrap ? lookup(data.kubernetes_secret.bootstrap_token[0].data, "token", "") : ""
+  description = "Kubelet-style bootstrap token <id>.<secret> that obtains the node's first client certificate: valid until bootstrap_token_expiration, spent by the runtime once that certificate is stored (empty when bootstrap is false)."
+  value       = var.bootstrap ? "${local.bootstrap_token.id}.${local.bootstrap_token.secret}" : ""
   sensitive   = true
+  depends_on  = [kubectl_manifest.bootstrap_token, kubectl_manifest.bootstrap_binding, kubectl_manifest.bootstrap_spend_binding]
+}
+
+output "bootstrap_token_expiration" {
+  description = "When bootstrap_token expires (RFC 3339; empty when bootstrap is false)."
+  value       = local.bootstrap_token.expiration
+}
+
+output "node_credentials_secret" {
+  description = "NAMESPACE/NAME of the Secret that keeps the node's client certificate and key, readable by the runtime's ServiceAccount alone (empty when bootstrap is false)."
+  value       = var.bootstrap ? "${var.namespace}/${local.credentials_secret}" : ""
+  depends_on  = [kubectl_manifest.node_credentials]
 }
