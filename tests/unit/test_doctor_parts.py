@@ -1,8 +1,12 @@
+import re
+from pathlib import Path
+
 import pytest
+import yaml
 
 from k8sgpu.cli.doctor import FAIL, Finding, egress_selector_modes, render
 from k8sgpu.cli.main import main
-from k8sgpu.runtime.rbac import tenant_rules
+from k8sgpu.runtime.rbac import tenant_rbac, tenant_rules
 
 
 def test_k3s_egress_selector_mode_is_read_from_the_servers_node_args():
@@ -39,3 +43,10 @@ def test_the_tenant_role_covers_every_subresource_the_runtime_streams():
     # Namespaced only, and nothing that edits RBAC, quotas or the namespace.
     assert not granted & {("nodes", "list"), ("namespaces", "get"), ("roles", "create"), ("resourcequotas", "update"),
                           ("pods", "deletecollection")}
+
+
+def test_the_readme_shows_the_tenant_role_as_the_runtime_defines_it():
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = re.search(r"<!-- tenant-role -->\n```yaml\n(.*?)```\n<!-- /tenant-role -->", readme, re.S).group(1)
+    user = {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "tenant:tenant-demo"}
+    assert list(yaml.safe_load_all(block)) == tenant_rbac("tenant-demo", user)
