@@ -435,7 +435,7 @@ class RemoteClusterProvider:
 
 
 CHANNEL_PROTOCOLS = ("v5.channel.k8s.io", "v4.channel.k8s.io")
-NODES_RECHECK_SECONDS = 300.0
+NODES_RECHECK_SECONDS = 60.0
 
 
 def _flags(**flags: bool) -> list[tuple[str, str]]:
