@@ -162,7 +162,8 @@ def _delete_all(kubeconfig: str, namespace: str) -> None:
 def mirror_overhead(state: State, n: int, say: Say) -> Overhead:
     say(f"mirror overhead, N={n}: baseline straight on the provider")
     base_total, base_lat = _measure(state.tenant_kubeconfig, state.tenant_namespace, n, True, f"base{n}")
-    _delete_all(state.tenant_kubeconfig, state.tenant_namespace)
+    # As the provider's admin: the tenant's Role has no deletecollection (the runtime deletes pod by pod).
+    _delete_all(state.provider.kubeconfig, state.tenant_namespace)
     say(f"mirror overhead, N={n}: through k8s.gpu")
     virt_total, virt_lat = _measure(state.local.kubeconfig, BENCH_NS, n, False, f"virt{n}")
     return Overhead(

@@ -5,7 +5,9 @@ node identity may do (SubjectAccessReviews for `system:node:<node>`), what the
 runtime's ServiceAccount may do for the leader election, whether
 kube-controller-manager signs kubelet serving certificates (a CSR round trip,
 deleted afterwards), k3s's egress selector mode, and whether a node of our name
-already exists.
+already exists. With the tenant kubeconfig of the provider, as that tenant: whether it may do, in its
+namespace, each thing the runtime does there (SelfSubjectAccessReviews of `runtime/rbac.py` `tenant_rules`), and
+whether it may read the provider's Nodes (optional) or else has a ResourceQuota to count room from.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from kubernetes import client
 
 from k8sgpu.runtime.certificates import KUBELET_SERVING, SERVING_USAGES, serving_request
-from k8sgpu.runtime.rbac import SELF_NODE_CLIENT, election_rules, extra_rules
+from k8sgpu.runtime.rbac import NODE_READ_RULES, SELF_NODE_CLIENT, election_rules, extra_rules, tenant_rules
 
 OK, WARN, FAIL, SKIP = "ok", "warn", "fail", "skip"
 
@@ -203,6 +205,57 @@ def generic(api: client.ApiClient, node: str, signer: str = KUBELET_SERVING, nam
             check_election_rbac(api, node, namespace, service_account),
             check_bootstrap_rbac(api, node, namespace, service_account), check_serving_signer(api, node, signer),
             check_egress_selector(api), check_node_name(api, node)]
+
+
+def _self_allowed(authz: client.AuthorizationV1Api, verb: str, group: str, resource: str, namespace: str) -> bool:
+    resource, _, sub = resource.partition("/")
+    review = authz.create_self_subject_access_review({"spec": {"resourceAttributes": {
+        "verb": verb, "group": group, "resource": resource, "subresource": sub, "namespace": namespace}}})
+    return bool(review.status.allowed)
+
+
+def _denied(authz: client.AuthorizationV1Api, rules: list[dict], namespace: str) -> list[str]:
+    return [f"{verb} {resource}" + (f" ({rule['apiGroups'][0]})" if rule["apiGroups"][0] else "")
+            for rule in rules for resource in rule["resources"] for verb in rule["verbs"]
+            if not _self_allowed(authz, verb, rule["apiGroups"][0], resource, namespace)]
+
+
+def check_tenant_rbac(api: client.ApiClient, namespace: str) -> Finding:
+    """As the tenant: may it do, in its namespace, everything the runtime does there?"""
+    denied = _denied(client.AuthorizationV1Api(api), tenant_rules(), namespace)
+    if denied:
+        return Finding("provider-tenant-rbac", FAIL, f"the tenant may not, in namespace {namespace}: "
+                       f"{', '.join(denied)}",
+                       f"ask the provider to bind the tenant to the Role of the README (section \"The provider "
+                       f"tenant's rights\") in {namespace}")
+    return Finding("provider-tenant-rbac", OK, f"the tenant may, in namespace {namespace}, all the runtime does: "
+                                               "pods (exec, attach, port-forward, logs), ConfigMaps, Secrets, "
+                                               "Services, Events, ResourceQuotas, pod metrics")
+
+
+def check_tenant_node_read(api: client.ApiClient, namespace: str) -> Finding:
+    """Node read is optional: without it the tenant's ResourceQuotas must bound what the node offers."""
+    if not _denied(client.AuthorizationV1Api(api), NODE_READ_RULES, ""):
+        return Finding("provider-node-read", OK, "the tenant may read the provider's Nodes: each offering's room "
+                                                 "is counted node by node, and the node shows the GPU products")
+    quotas = client.CoreV1Api(api).list_namespaced_resource_quota(namespace).items
+    hard = {k: v for q in quotas for k, v in ((q.status and q.status.hard) or q.spec.hard or {}).items()}
+    if not quotas:
+        return Finding("provider-node-read", FAIL,
+                       f"the tenant may not read the provider's Nodes (optional) and namespace {namespace} has no "
+                       "ResourceQuota: the node would offer no room, and no pod would be scheduled to it",
+                       "ask the provider for a ResourceQuota in the tenant namespace (GPUs, pods), or for "
+                       "get/list/watch on nodes (a ClusterRole)")
+    return Finding("provider-node-read", WARN,
+                   f"the tenant may not read the provider's Nodes (optional): capacity and room come from the "
+                   f"ResourceQuota(s) of {namespace} ({', '.join(f'{k}={v}' for k, v in sorted(hard.items()))}); "
+                   "lost: room node by node (a 2-GPU pod is offered room where two single GPUs are free on two "
+                   "nodes, and waits on the provider) and the node's GPU products",
+                   "for room node by node, ask the provider for get/list/watch on nodes (a ClusterRole)")
+
+
+def tenant(api: client.ApiClient, namespace: str) -> list[Finding]:
+    return [check_tenant_rbac(api, namespace), check_tenant_node_read(api, namespace)]
 
 
 def render(findings: list[Finding], output: str) -> str:

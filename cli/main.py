@@ -246,8 +246,21 @@ def _doctor_generic(args: argparse.Namespace) -> list:
 
     from .doctor import generic
 
-    return generic(_kube_api(args), args.node_name, signer_name(args.csr_signer), args.namespace,
-                   args.service_account)
+    if bool(args.provider_kubeconfig) != bool(args.tenant_namespace):
+        args.parser.error("--provider-kubeconfig and --tenant-namespace go together (the provider tenant's checks)")
+    if args.provider_kubeconfig and not Path(args.provider_kubeconfig).is_file():
+        args.parser.error(f"--provider-kubeconfig: {args.provider_kubeconfig} does not exist")
+    findings = generic(_kube_api(args), args.node_name, signer_name(args.csr_signer), args.namespace,
+                       args.service_account)
+    if args.provider_kubeconfig:
+        from kubernetes import client, config
+
+        from .doctor import tenant
+
+        cfg = client.Configuration()
+        config.load_kube_config(config_file=args.provider_kubeconfig, client_configuration=cfg)
+        findings += tenant(client.ApiClient(cfg), args.tenant_namespace)
+    return findings
 
 
 def azure_aks_client(subscription_id: str):
@@ -345,7 +358,10 @@ def build_parser(aks_client=azure_aks_client, aws_session=boto3_session) -> argp
                     "--cloud generic, as the cluster's admin through its Kubernetes API: the node identity's rights "
                     "(Node authorizer) and the runtime's extra RBAC, that kube-controller-manager signs kubelet "
                     "serving certificates (a CSR round trip, deleted after), k3s's egress selector mode, and "
-                    "whether a node of that name exists. --cloud aks, through Azure Resource Manager (credentials "
+                    "whether a node of that name exists; with --provider-kubeconfig and --tenant-namespace, as the "
+                    "provider's tenant: each right the runtime needs in its namespace (SelfSubjectAccessReviews) "
+                    "and whether it may read the provider's Nodes (optional) or has a ResourceQuota. --cloud aks, "
+                    "through Azure Resource Manager (credentials "
                     "from DefaultAzureCredential: environment, workload identity, managed identity, az login): the "
                     "cluster's state, its network plugin and the network-unavailable taint, RBAC and Entra ID, API "
                     "server access, whether credentials can be obtained. --cloud eks, through the EKS and IAM "
@@ -370,6 +386,11 @@ def build_parser(aks_client=azure_aks_client, aws_session=boto3_session) -> argp
                         help="generic: the runtime's ServiceAccount (the node module's name; default k8sgpu-runtime)")
     doctor.add_argument("--csr-signer", default="kubernetes.io/kubelet-serving",
                         help="generic: the serving certificate's signer, as given to k8sgpu-runtime (aws or a name)")
+    doctor.add_argument("--provider-kubeconfig",
+                        help="generic: the tenant kubeconfig of the GPU provider (as k8sgpu-runtime gets it): "
+                             "checks, as the tenant, its rights in --tenant-namespace and whether it may read "
+                             "the provider's Nodes (optional)")
+    doctor.add_argument("--tenant-namespace", help="generic: the tenant's namespace on the provider")
     doctor.add_argument("--subscription-id", default=os.environ.get("AZURE_SUBSCRIPTION_ID"),
                         help="aks: the cluster's Azure subscription (default: $AZURE_SUBSCRIPTION_ID)")
     doctor.add_argument("--resource-group", help="aks: the cluster's resource group (required for aks)")

@@ -10,7 +10,8 @@ it. So the node states allocatable such that what the scheduler has left is what
   scheduler bind one pod too many in between;
 - cpu, memory and nvidia.com/gpu: the provider's capacity less what admitted pods take beyond their requests
   (the class's limits a pod without resources is given on the provider, which its spec does not request), so a
-  pod is never counted twice; `pods`: the provider's capacity.
+  pod is never counted twice; `pods`: the provider's capacity. Where the tenant may not read the provider's
+  Nodes, the four come from its ResourceQuotas and the catalog instead (`placement.quota_totals`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from decimal import Decimal
 
 from .admission import Resources
 from .catalog import GPU_RESOURCE, GPUClass
-from .placement import Waiting, as_waiting, capacity, room
+from .placement import Waiting, as_waiting, capacity, quota_totals, room
 from .provider import Capacity
 from .quantity import parse_quantity
 
@@ -77,14 +78,18 @@ def node_resources(provider: Capacity, usage: NodeUsage) -> tuple[dict[str, str]
         gpus = pod.takes.gpus if pod.offer.gpu_resource == GPU_RESOURCE else 0
         for resource, taken in (("cpu", pod.takes.cpu), ("memory", pod.takes.memory), (GPU_RESOURCE, gpus)):
             uncharged[resource] += max(Decimal(taken) - pod.charged.get(resource, Decimal(0)), Decimal(0))
-    total = {"cpu": parse_quantity(provider.cpu), "memory": parse_quantity(provider.memory),
-             GPU_RESOURCE: parse_quantity(provider.gpus)}
-    cap = {"cpu": provider.cpu, "memory": provider.memory, GPU_RESOURCE: provider.gpus, "pods": provider.pods}
+    if provider.room.nodes_readable:
+        cap = {"cpu": provider.cpu, "memory": provider.memory, GPU_RESOURCE: provider.gpus, "pods": provider.pods}
+        total = {resource: parse_quantity(amount) for resource, amount in cap.items()}
+    else:
+        total = quota_totals(provider.room, usage.offers)
+        cap = {"cpu": _fmt_cpu(total["cpu"]), "memory": str(int(total["memory"])),
+               GPU_RESOURCE: str(int(total[GPU_RESOURCE])), "pods": str(int(total["pods"]))}
     alloc = {
         "cpu": _fmt_cpu(max(total["cpu"] - uncharged["cpu"], Decimal(0))),
         "memory": str(int(max(total["memory"] - uncharged["memory"], Decimal(0)))),
         GPU_RESOURCE: str(int(max(total[GPU_RESOURCE] - uncharged[GPU_RESOURCE], Decimal(0)))),
-        "pods": provider.pods,
+        "pods": cap["pods"],
     }
     free = room(provider.room, usage.offers, unplaced(usage, known))
     most = capacity(provider.room, usage.offers)

@@ -5,6 +5,12 @@ one node, with its cpu and memory beside them, and the tenant's ResourceQuota mu
 room of an offering is counted node by node, from each node's allocatable less what the tenant's pods placed on
 it request, after the pods that will take room but are not placed yet (mirrors the provider's scheduler has not
 placed, local pods whose mirror is not created yet) are set on the nodes where they fit.
+
+A tenant that may not read the provider's Nodes (RBAC confined to its namespace) sees no node: then the room of
+an offering is what its ResourceQuotas have left (hard less used) counted in pods of the offering, and the node's
+cpu, memory, GPUs and pods are the quota's hard limits, or, for one the quota does not limit, what the offering
+taking most of it could use of the quota's room (`quota_totals`). Without a quota that bounds an offering there is
+nothing to count its room from, and it gets none.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import dataclasses
 from collections.abc import Iterable, Mapping
 from decimal import Decimal
 
-from .catalog import PROVIDER_PRODUCT_LABEL, GPUClass
+from .catalog import GPU_RESOURCE, PROVIDER_PRODUCT_LABEL, GPUClass
 from .quantity import parse_quantity
 
 Amounts = Mapping[str, Decimal]
@@ -56,6 +62,8 @@ class ProviderRoom:
     quota_hard: tuple[tuple[str, Decimal], ...] | None = None  # the tightest of the tenant's ResourceQuotas
     quota_left: tuple[tuple[str, Decimal], ...] | None = None  # hard less used
     known: frozenset[str] = frozenset()  # origin UIDs of the mirrors in the tenant namespace, placed or not
+    nodes_readable: bool = True  # False: the tenant may not list the provider's Nodes; room comes from its quota
+    nodes_forbidden: str = ""  # the provider's answer when they are not readable
 
     def products(self) -> dict[str, dict[str, int]]:
         """GPU product → GPU resource (nvidia.com/gpu, nvidia.com/mig-*) → how many the nodes have."""
@@ -163,9 +171,11 @@ def _take(amounts: dict[str, Decimal], wanted: Amounts, keys=lambda r: (r,)) -> 
 def room(provider: ProviderRoom, offers: Iterable[GPUClass], unplaced: Iterable[Waiting] = ()) -> dict[str, int]:
     """Offering name → how many more of its pods the provider can place now. ``unplaced`` are local pods that
     will take room but whose mirror the provider does not know yet (they count against the quota too)."""
-    free = [(node.product, node.free()) for node in provider.nodes]
     quota = dict(provider.quota_left) if provider.quota_left is not None else None
     local = list(unplaced)
+    if not provider.nodes_readable:
+        return _quota_room(quota, offers, local)
+    free = [(node.product, node.free()) for node in provider.nodes]
     for pod in [*provider.waiting, *local]:
         wanted = dict(pod.requests)
         for product, amounts in free:
@@ -184,11 +194,40 @@ def room(provider: ProviderRoom, offers: Iterable[GPUClass], unplaced: Iterable[
     return out
 
 
+def _quota_room(quota: dict[str, Decimal] | None, offers: Iterable[GPUClass], local: list[Waiting]) -> dict[str, int]:
+    """Without the provider's Nodes: what the quota has left, less the local pods not mirrored yet (the
+    provider's own unplaced mirrors are in the quota's `used` already)."""
+    if quota is not None:
+        for pod in local:
+            _take(quota, dict(pod.requests), _quota_keys)
+    return {offer.name: _quota_fits(quota, demand(offer)) or 0 for offer in offers}
+
+
 def capacity(provider: ProviderRoom, offers: Iterable[GPUClass]) -> dict[str, int]:
     """Offering name → how many of its pods the provider could run with none of the tenant's pods running."""
     empty = ProviderRoom(nodes=tuple(dataclasses.replace(n, requested=()) for n in provider.nodes),
-                         quota_left=provider.quota_hard)
+                         quota_left=provider.quota_hard, nodes_readable=provider.nodes_readable)
     return room(empty, offers)
+
+
+TOTALS = ("cpu", "memory", GPU_RESOURCE, "pods")
+
+
+def quota_totals(provider: ProviderRoom, offers: Iterable[GPUClass]) -> dict[str, Decimal]:
+    """The node's cpu, memory, nvidia.com/gpu and pods when the provider's Nodes cannot be read: each the quota's
+    hard limit of it, else as much of it as the offering taking most could use with the whole quota (its
+    `capacity` in pods times what one pod takes); 0 where nothing bounds it."""
+    hard = dict(provider.quota_hard or ())
+    most = capacity(provider, offers)
+    out = {}
+    for resource in TOTALS:
+        key = next((k for k in _quota_keys(resource) if k in hard), None)
+        if key is not None:
+            out[resource] = max(hard[key], Decimal(0))
+            continue
+        out[resource] = max((most[offer.name] * demand(offer).get(resource, Decimal(0)) for offer in offers),
+                            default=Decimal(0))
+    return out
 
 
 def as_waiting(product: str, requests: Amounts) -> Waiting:

@@ -142,3 +142,88 @@ def bootstrap_rbac(node_name: str = "k8s.gpu", name: str = "k8sgpu-runtime") -> 
     node = {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": f"system:node:{node_name}"}
     return [binding("bootstrapper", BOOTSTRAPPER, group), binding("nodeclient", NODE_CLIENT, group),
             binding("selfnodeclient", SELF_NODE_CLIENT, node)]
+
+
+# The provider side. The tenant kubeconfig needs rights in its namespace only: `tenant_rules` are what the runtime
+# does there, verb by verb. Reading the provider's Nodes (cluster-scoped) is optional: with it each offering's room
+# is counted node by node (GPUs of one product on one node) and the node shows the provider's GPU products; without
+# it capacity and room come from the tenant's ResourceQuotas (runtime/placement.py).
+
+def tenant_rules() -> list[dict]:
+    """The Role the tenant kubeconfig needs in its namespace on the provider, and no more."""
+    return [
+        {
+            # Mirrors: listed and watched (this node's, and every tenant pod for the room they take), created,
+            # their labels and annotations patched, deleted (with a UID precondition).
+            "apiGroups": [""],
+            "resources": ["pods"],
+            "verbs": ["list", "watch", "create", "patch", "delete"],
+        },
+        {
+            # kubectl logs.
+            "apiGroups": [""],
+            "resources": ["pods/log"],
+            "verbs": ["get"],
+        },
+        {
+            # kubectl exec, attach, port-forward over WebSocket: a GET, authorized as `get`; kube-apiserver 1.35
+            # checks `create` as well (AuthorizePodWebsocketUpgradeCreatePermission).
+            "apiGroups": [""],
+            "resources": ["pods/exec", "pods/attach", "pods/portforward"],
+            "verbs": ["get", "create"],
+        },
+        {
+            # Copies of the ConfigMaps and Secrets the pods use: listed and watched, created, replaced, deleted.
+            "apiGroups": [""],
+            "resources": ["configmaps", "secrets"],
+            "verbs": ["list", "watch", "create", "update", "delete"],
+        },
+        {
+            # LoadBalancer Services of class k8s.gpu: the provider publishes them and writes their hostname.
+            "apiGroups": [""],
+            "resources": ["services"],
+            "verbs": ["get", "list", "watch", "create", "patch", "delete"],
+        },
+        {
+            # The provider's Events about the mirrors (copied to the local pods), and the tenant's quotas (room).
+            "apiGroups": [""],
+            "resources": ["events", "resourcequotas"],
+            "verbs": ["list", "watch"],
+        },
+        {
+            # CPU and memory of the mirrors for /stats/summary and kubectl top (optional: without it, no figures).
+            "apiGroups": ["metrics.k8s.io"],
+            "resources": ["pods"],
+            "verbs": ["list"],
+        },
+    ]
+
+
+TENANT_RULES: list[dict] = tenant_rules()
+
+# Optional, cluster-scoped: room node by node and the GPU products (a ClusterRole; the runtime works without it).
+NODE_READ_RULES: list[dict] = [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"]}]
+
+
+def tenant_rbac(namespace: str, subject: dict, name: str = "k8sgpu-tenant") -> list[dict]:
+    """The tenant's Role in its ``namespace`` on the provider and its binding to ``subject`` (an RBAC subject)."""
+    return [
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+         "metadata": {"name": name, "namespace": namespace}, "rules": tenant_rules()},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+         "metadata": {"name": name, "namespace": namespace},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+         "subjects": [subject]},
+    ]
+
+
+def node_read_rbac(subject: dict, name: str = "k8sgpu-tenant-node-reader") -> list[dict]:
+    """The optional ClusterRole that lets the tenant read the provider's Nodes, and its binding to ``subject``."""
+    return [
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+         "metadata": {"name": name}, "rules": NODE_READ_RULES},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+         "metadata": {"name": name},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+         "subjects": [subject]},
+    ]

@@ -30,12 +30,18 @@ class Reflector:
     relist on 410 Gone; a relist emits the differences as events, so handlers
     never miss a deletion. ``on_health(False, why)`` is called while the
     cluster cannot be reached, ``on_health(True, "")`` once it can again.
+
+    With ``on_forbidden`` (for a kind the identity may lack the right to read), 403s that go on for
+    ``forbidden_grace`` seconds (a restarted kube-apiserver refuses everyone until its RBAC cache has synced) empty
+    the store (as DELETED events), count as synced, call ``on_forbidden(why)`` once, and the list is tried again
+    only every ``forbidden_retry`` seconds, quietly; ``on_forbidden("")`` says that a list succeeded after that.
     """
 
     def __init__(self, kube: Kube, kind: str, namespace: str | None = None, *, on_event: EventHandler,
                  label_selector: str | None = None, field_selector: str | None = None,
                  on_health: Callable[[bool, str], None] | None = None, watch_seconds: int = 300,
-                 max_backoff: float = 5.0):
+                 max_backoff: float = 5.0, on_forbidden: Callable[[str], None] | None = None,
+                 forbidden_grace: float = 10.0, forbidden_retry: float = 60.0):
         self.kube, self.kind, self.namespace = kube, kind, namespace
         self.on_event, self.on_health = on_event, on_health
         self.selectors = {"label_selector": label_selector, "field_selector": field_selector}
@@ -45,6 +51,9 @@ class Reflector:
         self._watch_seconds = watch_seconds
         self._max_backoff = max_backoff
         self._healthy: bool | None = None
+        self.on_forbidden, self._forbidden_grace, self._forbidden_retry = on_forbidden, forbidden_grace, forbidden_retry
+        self.forbidden = ""  # the 403's message while reading is forbidden
+        self._refused_since: float | None = None  # the first of the 403s in a row
 
     def _health(self, ok: bool, why: str = "") -> None:
         if ok != self._healthy:
@@ -78,10 +87,30 @@ class Reflector:
                 await asyncio.sleep(backoff * (1 + random.random() / 4))
                 backoff = min(backoff * 2, self._max_backoff)
             except errors.KubeError as exc:
-                log.warning("%s %s watch failed: %s", self.kube.name, self.kind, exc)
                 need_list = True
+                if isinstance(exc, errors.Forbidden) and self.on_forbidden is not None:
+                    now = time.monotonic()
+                    self._refused_since = self._refused_since if self._refused_since is not None else now
+                    if self.forbidden or now - self._refused_since >= self._forbidden_grace:
+                        self._forbid(str(exc))
+                        await asyncio.sleep(self._forbidden_retry)
+                        continue
+                    log.debug("%s %s: 403, trying again before taking it as forbidden: %s", self.kube.name,
+                              self.kind, exc)
+                else:
+                    log.warning("%s %s watch failed: %s", self.kube.name, self.kind, exc)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self._max_backoff)
+
+    def _forbid(self, why: str) -> None:
+        first = not self.forbidden
+        self.forbidden = why or "forbidden"
+        old, self.store = self.store, {}
+        for obj in old.values():
+            self.on_event("DELETED", obj)
+        self.synced.set()
+        if first and self.on_forbidden is not None:
+            self.on_forbidden(self.forbidden)
 
     async def _relist(self) -> None:
         listing = await self.kube.list(self.kind, self.namespace, **self.selectors)
@@ -102,6 +131,11 @@ class Reflector:
             if key not in fresh:
                 self.on_event("DELETED", obj)
         self.synced.set()
+        self._refused_since = None
+        if self.forbidden:
+            self.forbidden = ""
+            if self.on_forbidden is not None:
+                self.on_forbidden("")
 
     def _apply(self, event: dict) -> None:
         kind, obj = event["type"], event["object"]

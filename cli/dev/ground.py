@@ -348,7 +348,7 @@ class Ground:
                               ("system:nodes",), client=True)
         pki.write_kubeconfig(Path(state.node_kubeconfig), cluster="k8sgpu-dev-local", server=state.local.server,
                              ca=local_pki.ca.cert, user=f"system:node:{NODE_NAME}", pair=node_pair)
-        # The tenant's identity on the provider: only its namespace (and reading nodes for capacity).
+        # The tenant's identity on the provider: its namespace only, and reading Nodes (see _bootstrap_provider).
         tenant_pair = pki.issue(provider_pki.ca, root / "pki" / "provider", "tenant", f"tenant:{TENANT_NAMESPACE}",
                                 client=True)
         pki.write_kubeconfig(Path(state.tenant_kubeconfig), cluster="k8sgpu-dev-provider",
@@ -662,32 +662,23 @@ class Ground:
                        "verbs": ["get", "list", "watch"]}]})
 
     def _bootstrap_provider(self, state: State) -> None:
-        from kubernetes import client
+        from kubernetes import client, utils
+
+        from k8sgpu.runtime.rbac import node_read_rbac, tenant_rbac
 
         api = _api_client(state.provider.kubeconfig)
-        core, rbac = client.CoreV1Api(api), client.RbacAuthorizationV1Api(api)
+        core = client.CoreV1Api(api)
         for pool in self.pools:
             for name in pool.node_names():
                 core.create_node(pool.node_manifest(name))
         # The provider's container runtime handler for GPU pods.
         client.NodeV1Api(api).create_runtime_class({"metadata": {"name": "nvidia"}, "handler": "nvidia"})
         core.create_namespace({"metadata": {"name": TENANT_NAMESPACE, "labels": {"dev.k8sgpu.io/tenant": "true"}}})
-        user = f"tenant:{TENANT_NAMESPACE}"
-        rbac.create_namespaced_role_binding(TENANT_NAMESPACE, {
-            "metadata": {"name": "tenant-admin"},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "admin"},
-            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
-        })
-        rbac.create_cluster_role({
-            "metadata": {"name": "k8sgpu-tenant-capacity"},
-            "rules": [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"]}],
-        })
-        rbac.create_cluster_role_binding({
-            "metadata": {"name": "k8sgpu-tenant-capacity"},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
-                        "name": "k8sgpu-tenant-capacity"},
-            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
-        })
+        # The tenant: the runtime's Role in its namespace, and (optional, cluster-scoped) reading the Nodes, so
+        # that room is counted node by node; tests of a tenant without it bind the Role alone to an identity.
+        tenant = {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": f"tenant:{TENANT_NAMESPACE}"}
+        for manifest in (*tenant_rbac(TENANT_NAMESPACE, tenant), *node_read_rbac(tenant)):
+            utils.create_from_dict(api, manifest)
 
     def _wait_ready(self, state: State) -> None:
         """Ready means: the controller-managers made the default ServiceAccounts, every kwok node is Ready."""

@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 PROVIDER_CONDITION = "ProviderReachable"
 CERTIFICATE_CONDITION = "KubeletServingCertificate"
 PARTS_CONDITION = "RuntimePartsRunning"
+NODES_CONDITION = "ProviderNodesReadable"
 KUBELET_VERSION = f"v1.32.13-k8sgpu-{__version__}"
 
 
@@ -41,6 +42,21 @@ def node_labels(name: str) -> dict[str, str]:
         "kubernetes.azure.com/managed": "false",
         "k8sgpu.io/virtual-node": "true",
     }
+
+
+def capacity_source(capacity: Capacity) -> tuple[bool, str, str]:
+    """The ProviderNodesReadable condition: whether capacity and room follow the provider's Nodes or, for a tenant
+    that may not list them, its ResourceQuotas."""
+    room = capacity.room
+    if room.nodes_readable:
+        return True, "NodesListed", "capacity and each offering's room follow the provider's GPU nodes"
+    why = f"the tenant may not list the provider's Nodes ({room.nodes_forbidden[:200]})"
+    if room.quota_hard is None:
+        return False, "NoNodesNoQuota", (f"{why} and has no ResourceQuota: the node offers no room; give the "
+                                         "tenant a ResourceQuota, or get/list/watch on nodes")
+    return False, "CapacityFromQuota", (f"{why}: capacity and each offering's room come from its ResourceQuotas "
+                                        "(hard less used) and the catalog; no products are shown; get/list/watch "
+                                        "on nodes gives room node by node")
 
 
 class NodeController:
@@ -157,6 +173,7 @@ class NodeController:
                             "the GPU provider's API answers" if reachable else
                             f"the GPU provider's API does not answer; pods keep their last status: "
                             f"{self.provider_why[:200]}", now),
+            self._condition(NODES_CONDITION, *capacity_source(self.capacity), now),
             self._condition(CERTIFICATE_CONDITION, *self.certificate, now),
             self._condition("MemoryPressure", False, "KubeletHasSufficientMemory", "remote node", now),
             self._condition("DiskPressure", False, "KubeletHasNoDiskPressure", "remote node", now),

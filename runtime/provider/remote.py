@@ -64,7 +64,9 @@ class RemoteClusterProvider:
                                    on_event=self._on_service)
         self._pod_events = Reflector(kube, "Event", tenant_namespace, field_selector="involvedObject.kind=Pod",
                                      on_event=self._on_event)
-        self._nodes = Reflector(kube, "Node", None, on_event=self._on_capacity_source)
+        # Optional: a tenant confined to its namespace may not list Nodes; then its quota says what room there is.
+        self._nodes = Reflector(kube, "Node", None, on_event=self._on_capacity_source,
+                                on_forbidden=self._on_nodes_forbidden, forbidden_retry=NODES_RECHECK_SECONDS)
         self._quotas = Reflector(kube, "ResourceQuota", tenant_namespace, on_event=self._on_capacity_source)
         # Every unfinished pod of the tenant namespace (other nodes' mirrors too): what takes room on the nodes.
         self._tenant_pods = Reflector(kube, "Pod", tenant_namespace,
@@ -358,6 +360,15 @@ class RemoteClusterProvider:
     def _on_capacity_source(self, kind: str, obj: dict) -> None:
         self._recompute_soon()
 
+    def _on_nodes_forbidden(self, why: str) -> None:
+        if why:
+            log.warning("the tenant may not list the provider's Nodes (%s): the node's capacity and each "
+                        "offering's room come from the ResourceQuotas of namespace %s and the catalog; products "
+                        "are not shown; checked again every %.0f s", why, self.namespace, NODES_RECHECK_SECONDS)
+        else:
+            log.info("the tenant may list the provider's Nodes again: capacity follows them")
+        self._recompute_soon()
+
     def _on_tenant_pod(self, kind: str, obj: dict) -> None:
         if kind == "DELETED":
             self._requests.pop(obj["metadata"]["uid"], None)
@@ -398,6 +409,8 @@ class RemoteClusterProvider:
             quota_hard=tuple(sorted(hard.items())) if hard is not None else None,
             quota_left=tuple(sorted(left.items())) if left is not None else None,
             known=frozenset(known),
+            nodes_readable=not self._nodes.forbidden,
+            nodes_forbidden=self._nodes.forbidden[:300],
         )
 
     def _recompute_capacity(self) -> None:
@@ -429,6 +442,7 @@ class RemoteClusterProvider:
 
 
 CHANNEL_PROTOCOLS = ("v5.channel.k8s.io", "v4.channel.k8s.io")
+NODES_RECHECK_SECONDS = 60.0
 
 
 def _flags(**flags: bool) -> list[tuple[str, str]]:
