@@ -9,12 +9,14 @@ Errors are classified once here (see `errors`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import aiohttp
+import yarl
 from kubernetes_asyncio import client as k8s_client
 from kubernetes_asyncio import config as k8s_config
 
@@ -63,7 +65,26 @@ async def api_client(kubeconfig: str | None) -> k8s_client.ApiClient:
         await k8s_config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
     else:
         k8s_config.load_incluster_config(client_configuration=cfg)
-    return k8s_client.ApiClient(configuration=cfg)
+    api = k8s_client.ApiClient(configuration=cfg)
+    _look_up_the_environment_once(api)
+    return api
+
+
+def _look_up_the_environment_once(api: k8s_client.ApiClient) -> None:
+    """kubernetes_asyncio's session trusts the environment, so aiohttp reads ``~/.netrc`` and the proxy variables
+    for every request, each in a thread of its own. The same connection pool goes on in a session that does not:
+    the proxy (the kubeconfig's ``proxy-url``, else HTTPS_PROXY/NO_PROXY) is looked up once, here; credentials come
+    from the kubeconfig alone."""
+    old = api.rest_client.pool_manager
+    proxy, proxy_auth = api.configuration.proxy or None, None
+    if proxy is None:
+        with contextlib.suppress(LookupError):
+            proxy, proxy_auth = aiohttp.helpers.get_env_proxy_for_url(yarl.URL(api.configuration.host))
+    connector = old.connector
+    old.detach()
+    # The read buffer as kubernetes_asyncio sets it: one watch event may be as large as etcd's 1.5 MiB.
+    api.rest_client.pool_manager = aiohttp.ClientSession(connector=connector, proxy=proxy, proxy_auth=proxy_auth,
+                                                         read_bufsize=2**21)
 
 
 class Kube:
