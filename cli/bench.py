@@ -18,6 +18,7 @@ import dataclasses
 import datetime
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -134,8 +135,10 @@ class PodWatch:
 
     def stop(self) -> None:
         self._stopped.set()
-        self.api.api_client.close()  # closes the pool, so the watch's blocking read ends now
+        if self._response is not None:
+            self._response.shutdown()  # the watch's blocking read ends now
         self._thread.join(timeout=5)
+        self.api.api_client.close()
 
 
 @dataclasses.dataclass
@@ -298,7 +301,30 @@ def _both_empty(state: State) -> None:
     _delete_all(state.tenant_kubeconfig, state.tenant_namespace)
 
 
-def mirror_overhead(state: State, n: int, say: Say, cpu_seconds: Callable[[], float]) -> Overhead:
+class Profile:
+    """py-spy sampling the runtime while it works, written as a flame graph when stopped; nothing when
+    ``path`` is None."""
+
+    def __init__(self, pid: int, path: Path | None):
+        self.proc = None
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            search = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+            py_spy = shutil.which("py-spy", path=search)
+            if py_spy is None:
+                raise RuntimeError("bench --profile needs py-spy: pip install -e '.[bench]'")
+            self.proc = subprocess.Popen([py_spy, "record", "--pid", str(pid), "--rate", "200",
+                                          "--format", "flamegraph", "--output", str(path), "--nonblocking"],
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            self.proc.wait(60)
+
+
+def mirror_overhead(state: State, n: int, say: Say, cpu_seconds: Callable[[], float],
+                    profile: Callable[[], Profile] = lambda: Profile(0, None)) -> Overhead:
     say(f"N={n}: baseline straight on the provider")
     base = _baseline(state, [f"base{n}-{i:05d}" for i in range(n)])
     _both_empty(state)
@@ -306,9 +332,11 @@ def mirror_overhead(state: State, n: int, say: Say, cpu_seconds: Callable[[], fl
     limit_local, limit_remote = _limit(state, [f"lim{n}-{i:05d}" for i in range(n)])
     _both_empty(state)
     say(f"N={n}: through k8s.gpu")
+    sampling = profile()
     cpu0 = cpu_seconds()
     virt = _virtual(state, [f"virt{n}-{i:05d}" for i in range(n)])
     cpu = cpu_seconds() - cpu0
+    sampling.stop()
     base_s, limit_s, virt_s = base.total_s(base.local), _limit_total_s(limit_local, limit_remote), \
         virt.total_s(virt.local)
     base_lat, virt_lat = base.latencies_ms(base.local), virt.latencies_ms(virt.local)
@@ -449,9 +477,11 @@ def _consistent(state: State, expect_running: set[str]) -> Callable[[], bool]:
 
 
 def run(scale: str, out_dir: Path, say: Say, idle_seconds: int = 60, outage_seconds: int = 60,
-        sizes: list[int] | None = None, steady_rate: float = 5.0, steady_seconds: int = 60) -> dict:
+        sizes: list[int] | None = None, steady_rate: float = 5.0, steady_seconds: int = 60,
+        profile: bool = False) -> dict:
     """The whole bench on a ground of its own; ``sizes`` (N of each run) overrides the scale's; a
-    ``steady_seconds`` of 0 leaves out the light-load run."""
+    ``steady_seconds`` of 0 leaves out the light-load run; with ``profile``, py-spy samples the runtime through
+    each virtual run (a flame graph per N beside the results)."""
     from k8sgpu.runtime.catalog import runtime_class_manifest
     from k8sgpu.runtime.rbac import extra_rbac
 
@@ -489,7 +519,9 @@ def run(scale: str, out_dir: Path, say: Say, idle_seconds: int = 60, outage_seco
             say(f"light load: added p50 {ll['added_p50_ms']} ms, p99 {ll['added_p99_ms']} ms against the limit")
         for n in sizes:
             cpu0 = _proc_cpu_seconds(pid)
-            overhead = mirror_overhead(state, n, say, lambda pid=pid: _proc_cpu_seconds(pid))
+            flame = out_dir / f"profile-virtual-{n}-{results['when'].replace(':', '')}.svg" if profile else None
+            overhead = mirror_overhead(state, n, say, lambda pid=pid: _proc_cpu_seconds(pid),
+                                       lambda pid=pid, flame=flame: Profile(pid, flame))
             results["overhead"].append(overhead)
             say(f"N={n}: baseline {overhead.baseline_s}s, limit {overhead.limit_s}s, virtual {overhead.virtual_s}s, "
                 f"ratio to limit {overhead.ratio_to_limit}, {overhead.cpu_ms_per_pod} ms CPU per pod")

@@ -223,7 +223,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     results = run(args.scale, Path(args.out), _progress(time.monotonic()), idle_seconds=args.idle_seconds,
                   outage_seconds=args.outage_seconds, sizes=args.sizes, steady_rate=args.steady_rate,
-                  steady_seconds=args.steady_seconds)
+                  steady_seconds=args.steady_seconds, profile=args.profile)
     print(table(results))
     print("\n".join(f"wrote {f}" for f in results["files"]))
     return 0
@@ -353,6 +353,9 @@ def build_parser(aks_client=azure_aks_client, aws_session=boto3_session) -> argp
                        help="pods created per second in the light-load run (default 5)")
     bench.add_argument("--steady-seconds", type=int, default=60,
                        help="length of the light-load run (default 60; 0 leaves it out)")
+    bench.add_argument("--profile", action="store_true",
+                       help="sample the runtime with py-spy through each run through k8s.gpu; a flame graph per N "
+                            "goes beside the results (its sampling costs the runtime a little CPU)")
     bench.set_defaults(func=cmd_bench)
     chaos = nouns.add_parser("chaos", help="faults on a ground of its own, measured",
                              description="Faults on a dev ground of its own, each measured.")
