@@ -64,8 +64,10 @@ class RemoteClusterProvider:
                                      on_event=self._on_event)
         self._nodes = Reflector(kube, "Node", None, on_event=self._on_capacity_source)
         self._quotas = Reflector(kube, "ResourceQuota", tenant_namespace, on_event=self._on_capacity_source)
-        # Every unfinished pod of the tenant namespace (other nodes' mirrors too): what takes room on the nodes.
-        self._tenant_pods = Reflector(kube, "Pod", tenant_namespace,
+        # Every unfinished pod of the tenant namespace takes room on the nodes: the others' (other nodes' mirrors
+        # too) from a watch of their own, this node's mirrors from the mirrors' watch (a second watch of them
+        # would decode every mirror event twice).
+        self._tenant_pods = Reflector(kube, "Pod", tenant_namespace, label_selector=f"{NODE_LABEL}!={node_name}",
                                       field_selector="status.phase!=Succeeded,status.phase!=Failed",
                                       on_event=self._on_tenant_pod)
         # What the tenant's pods take, kept up to date per event, so that counting the room never walks them all:
@@ -125,6 +127,8 @@ class RemoteClusterProvider:
         )
 
     def _on_pod(self, kind: str, obj: dict) -> None:
+        finished = (obj.get("status") or {}).get("phase") in ("Succeeded", "Failed")
+        self._on_tenant_pod("DELETED" if finished else kind, obj)
         pod = self._remote_pod(obj)
         if kind == "DELETED":
             self._by_remote_name.pop(obj["metadata"]["name"], None)
