@@ -611,7 +611,7 @@ def table(results: dict) -> str:
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for o, f in zip(results["overhead"], results["footprint"], strict=True):
         lines.append(f"| {o['n']} | {o['baseline_s']} | {o['limit_s']} | {o['virtual_s']} | {o['ratio']} | "
-                     f"{o['ratio_to_limit']} | {o['added_to_limit_p50_ms']} | {o['added_to_limit_p99_ms']} | "
+                     f"{o['ratio_to_limit']} | {o['added_p50_ms']} | {o['added_p99_ms']} | "
                      f"{o['cpu_ms_per_pod']} | {f['rss_mb']} | {f['cpu_s_for_n']} |")
     lines += ["", "Where a pod's time goes through k8s.gpu (p50 / p99 ms of each stage):", "",
               "| run | created → bound | bound → mirror created | mirror created → Running | "
