@@ -650,9 +650,12 @@ def _write(results: dict, out_dir: Path, say: Say) -> dict:
     return results
 
 
-def _cdf(ax, values: list[float], label: str) -> None:
+COLORS = {"baseline": "C0", "limit": "C1", "virtual": "C2"}  # the same in every panel
+
+
+def _cdf(ax, values: list[float], label: str, kind: str) -> None:
     ordered = sorted(values)
-    ax.plot(ordered, [(i + 1) / len(ordered) for i in range(len(ordered))], label=label)
+    ax.plot(ordered, [(i + 1) / len(ordered) for i in range(len(ordered))], label=label, color=COLORS[kind])
 
 
 def plot(results: dict, path: Path) -> None:
@@ -670,8 +673,8 @@ def plot(results: dict, path: Path) -> None:
     for (over_time, cdf), o in zip(axes, rows, strict=False):
         for kind, label in kinds:
             at = o[f"running_at_{kind}_s"]
-            over_time.step(at, range(1, len(at) + 1), where="post", label=label)
-            _cdf(cdf, o[f"latencies_{kind}_ms"], label)
+            over_time.step(at, range(1, len(at) + 1), where="post", label=label, color=COLORS[kind])
+            _cdf(cdf, o[f"latencies_{kind}_ms"], label, kind)
         over_time.set_title(f"N = {o['n']}: Running pods (ratio to limit {o['ratio_to_limit']})")
         over_time.set_xlabel("s from the first create")
         over_time.set_ylabel("pods Running")
@@ -681,8 +684,8 @@ def plot(results: dict, path: Path) -> None:
     if ll:
         over_time, cdf = axes[-1]
         over_time.axis("off")
-        _cdf(cdf, ll["latencies_limit_ms"], "limit: both clusters, no runtime")
-        _cdf(cdf, ll["latencies_virtual_ms"], "through k8s.gpu")
+        _cdf(cdf, ll["latencies_limit_ms"], "limit: both clusters, no runtime", "limit")
+        _cdf(cdf, ll["latencies_virtual_ms"], "through k8s.gpu", "virtual")
         cdf.set_title(f"light load, {ll['rate_per_s']:g} pods/s for {ll['seconds']} s: time to Running")
         cdf.set_xlabel("ms from create to Running, seen by the creator")
         cdf.set_ylabel("fraction of pods")
