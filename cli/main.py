@@ -227,10 +227,32 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import run, table
 
     results = run(args.scale, Path(args.out), _progress(time.monotonic()), idle_seconds=args.idle_seconds,
-                  outage_seconds=args.outage_seconds)
+                  outage_seconds=args.outage_seconds, sizes=args.sizes, steady_rate=args.steady_rate,
+                  steady_seconds=args.steady_seconds, profile=args.profile)
     print(table(results))
     print("\n".join(f"wrote {f}" for f in results["files"]))
     return 0
+
+
+def _bench_sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(part) for part in text.split(",")]
+    except ValueError:
+        sizes = []
+    if not sizes or any(n < 1 for n in sizes):
+        raise argparse.ArgumentTypeError(f"--sizes wants positive pod counts separated by commas (e.g. 200,500), "
+                                         f"not {text!r}")
+    return sizes
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"--steady-rate wants a positive number of pods per second, not {text!r}")
+    return value
 
 
 def _kube_api(args: argparse.Namespace):
@@ -341,7 +363,17 @@ def build_parser(aks_client=azure_aks_client, aws_session=boto3_session) -> argp
                             "[env BENCH_SCALE]")
     bench.add_argument("--out", default="bench/results", help="where results go (default bench/results)")
     bench.add_argument("--idle-seconds", type=int, default=60, help="how long idle CPU is measured (default 60)")
-    bench.add_argument("--outage-seconds", type=int, default=60, help="length of the provider outage (default 60)")
+    bench.add_argument("--outage-seconds", type=int, default=60,
+                       help="length of the provider outage (default 60; 0 leaves out the recovery runs)")
+    bench.add_argument("--sizes", type=_bench_sizes, metavar="N[,N...]",
+                       help="the N of each run, instead of the scale's (e.g. 200,500)")
+    bench.add_argument("--steady-rate", type=_positive_float, default=5.0, metavar="PODS_PER_S",
+                       help="pods created per second in the light-load run (default 5)")
+    bench.add_argument("--steady-seconds", type=int, default=60,
+                       help="length of the light-load run (default 60; 0 leaves it out)")
+    bench.add_argument("--profile", action="store_true",
+                       help="sample the runtime with py-spy through each run through k8s.gpu; a flame graph per N "
+                            "goes beside the results (its sampling costs the runtime a little CPU)")
     bench.set_defaults(func=cmd_bench)
     chaos = nouns.add_parser("chaos", help="faults on a ground of its own, measured",
                              description="Faults on a dev ground of its own, each measured.")

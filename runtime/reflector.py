@@ -117,6 +117,7 @@ class Reflector:
         fresh = {}
         for item in listing.get("items") or []:
             item.setdefault("kind", self.kind)
+            _drop_managed_fields(item)
             fresh[key_of(item)] = item
         old = self.store
         self.store = fresh
@@ -142,12 +143,19 @@ class Reflector:
         self.resource_version = obj.get("metadata", {}).get("resourceVersion", self.resource_version)
         if kind == "BOOKMARK":
             return
+        _drop_managed_fields(obj)
         key = key_of(obj)
         if kind == "DELETED":
             self.store.pop(key, None)
         else:
             self.store[key] = obj
         self.on_event(kind, obj)
+
+
+def _drop_managed_fields(obj: dict) -> None:
+    # What each writer of the object set (a third of a running pod's JSON), which no controller here reads: client-go
+    # informers drop it the same way, so that thousands of cached pods do not hold it.
+    (obj.get("metadata") or {}).pop("managedFields", None)
 
 
 @dataclass(frozen=True)

@@ -145,7 +145,7 @@ class ObjectController:
         if not users:
             await self._stop_watch(ref)
             self._state.pop(ref, None)
-            if ref in self._held or ref in self.provider.object_users():
+            if ref in self._held or self.provider.holds_object(*ref):
                 # Unmarked before the delete is awaited: a pod claiming the object meanwhile sees no copy and waits;
                 # its claim queued this key again, so the copy is made anew right after.
                 self._held.discard(ref)

@@ -147,6 +147,9 @@ class PodProvider(Protocol):
     def object_users(self) -> dict[tuple[str, str, str], list[str]]:
         """(kind, namespace, name) → UIDs of the pods using each mirrored object."""
 
+    def holds_object(self, kind: str, namespace: str, name: str) -> bool:
+        """Whether the provider holds a copy of the local object (from its cache)."""
+
     async def put_service(self, service: dict) -> None: ...
 
     async def release_all(self) -> None:

@@ -16,7 +16,7 @@ from .. import errors
 from ..admission import Resources
 from ..catalog import GPU_RESOURCE, PROVIDER_PRODUCT_LABEL, GPUClass
 from ..kube import Kube, resource_path
-from ..placement import ProviderRoom, as_waiting, node_room, pod_requests, quota_room, with_requested
+from ..placement import ProviderRoom, Waiting, as_waiting, node_room, pod_requests, quota_room, with_requested
 from ..quantity import parse_quantity
 from ..reflector import Reflector
 from ..supervisor import Supervisor
@@ -68,11 +68,18 @@ class RemoteClusterProvider:
         self._nodes = Reflector(kube, "Node", None, on_event=self._on_capacity_source,
                                 on_forbidden=self._on_nodes_forbidden, forbidden_retry=NODES_RECHECK_SECONDS)
         self._quotas = Reflector(kube, "ResourceQuota", tenant_namespace, on_event=self._on_capacity_source)
-        # Every unfinished pod of the tenant namespace (other nodes' mirrors too): what takes room on the nodes.
-        self._tenant_pods = Reflector(kube, "Pod", tenant_namespace,
+        # Every unfinished pod of the tenant namespace takes room on the nodes: the others' (other nodes' mirrors
+        # too) from a watch of their own, this node's mirrors from the mirrors' watch (a second watch of them
+        # would decode every mirror event twice).
+        self._tenant_pods = Reflector(kube, "Pod", tenant_namespace, label_selector=f"{NODE_LABEL}!={node_name}",
                                       field_selector="status.phase!=Succeeded,status.phase!=Failed",
                                       on_event=self._on_tenant_pod)
-        self._requests: dict[str, dict[str, Decimal]] = {}  # tenant pod UID → what the scheduler charges it
+        # What the tenant's pods take, kept up to date per event, so that counting the room never walks them all:
+        # per unfinished pod (by UID) where it stands, the sums per node, the unplaced, the mirrors' origins.
+        self._placed: dict[str, tuple[str, dict[str, Decimal], str]] = {}  # UID → (node, requests, origin UID)
+        self._requested: dict[str, dict[str, Decimal]] = {}  # node → what its tenant pods request
+        self._waiting: dict[str, Waiting] = {}  # UID → a pod the provider's scheduler has not placed
+        self._origins: dict[str, int] = {}  # origin UID → its mirrors in the tenant namespace
         self._recompute: asyncio.TimerHandle | None = None
         self._by_remote_name: dict[str, dict] = {}
 
@@ -124,6 +131,8 @@ class RemoteClusterProvider:
         )
 
     def _on_pod(self, kind: str, obj: dict) -> None:
+        finished = (obj.get("status") or {}).get("phase") in ("Succeeded", "Failed")
+        self._on_tenant_pod("DELETED" if finished else kind, obj)
         pod = self._remote_pod(obj)
         if kind == "DELETED":
             self._by_remote_name.pop(obj["metadata"]["name"], None)
@@ -172,10 +181,16 @@ class RemoteClusterProvider:
 
     async def delete_pod(self, namespace: str, name: str, grace_seconds: int | None,
                          mirror_name: str | None = None) -> None:
-        mirrors = [remote["metadata"] for remote in self._pods.store.values()
-                   if (remote["metadata"].get("annotations") or {}).get(ORIGIN_NAMESPACE) == namespace
-                   and remote["metadata"]["annotations"].get(ORIGIN_NAME) == name
-                   and mirror_name in (None, remote["metadata"]["name"])]
+        if mirror_name is not None:
+            # One lookup, not a walk of every mirror: a thousand pods deleted must not cost a million comparisons.
+            found = self._pods.store.get(f"{self.namespace}/{mirror_name}")
+            mirrors = [found["metadata"]] if found is not None and \
+                (found["metadata"].get("annotations") or {}).get(ORIGIN_NAMESPACE) == namespace and \
+                found["metadata"]["annotations"].get(ORIGIN_NAME) == name else []
+        else:
+            mirrors = [remote["metadata"] for remote in self._pods.store.values()
+                       if (remote["metadata"].get("annotations") or {}).get(ORIGIN_NAMESPACE) == namespace
+                       and remote["metadata"]["annotations"].get(ORIGIN_NAME) == name]
         for meta in mirrors:
             try:
                 await self.kube.delete("Pod", self.namespace, meta["name"], grace_seconds=grace_seconds,
@@ -274,6 +289,10 @@ class RemoteClusterProvider:
         if self._events is not None and ann.get(ORIGIN_NAME):
             self._events.copy_changed(obj.get("kind") or "", ann.get(ORIGIN_NAMESPACE, ""), ann[ORIGIN_NAME])
 
+    def holds_object(self, kind: str, namespace: str, name: str) -> bool:
+        store = self._secrets.store if kind == "Secret" else self._configmaps.store
+        return f"{self.namespace}/{remote_name(namespace, name)}" in store
+
     def object_users(self) -> dict[tuple[str, str, str], list[str]]:
         out = {}
         for kind, reflector in (("ConfigMap", self._configmaps), ("Secret", self._secrets)):
@@ -370,8 +389,36 @@ class RemoteClusterProvider:
         self._recompute_soon()
 
     def _on_tenant_pod(self, kind: str, obj: dict) -> None:
+        meta, spec = obj["metadata"], obj.get("spec") or {}
+        uid = meta["uid"]
+        before = self._placed.pop(uid, None)
+        if before is not None:
+            node, wanted, origin = before
+            if node:
+                on_node = self._requested[node]
+                for resource, amount in wanted.items():
+                    on_node[resource] -= amount
+            if origin:
+                self._origins[origin] -= 1
+                if not self._origins[origin]:
+                    del self._origins[origin]
         if kind == "DELETED":
-            self._requests.pop(obj["metadata"]["uid"], None)
+            self._waiting.pop(uid, None)
+        else:
+            wanted = before[1] if before is not None else pod_requests(spec)  # a pod's resources never change
+            node = spec.get("nodeName") or ""
+            origin = (meta.get("labels") or {}).get(ORIGIN_UID_LABEL) or ""
+            self._placed[uid] = (node, wanted, origin)
+            if origin:
+                self._origins[origin] = self._origins.get(origin, 0) + 1
+            if node:
+                self._waiting.pop(uid, None)
+                on_node = self._requested.setdefault(node, {})
+                for resource, amount in wanted.items():
+                    on_node[resource] = on_node.get(resource, Decimal(0)) + amount
+            else:
+                self._waiting[uid] = as_waiting((spec.get("nodeSelector") or {}).get(PROVIDER_PRODUCT_LABEL, ""),
+                                                wanted)
         self._recompute_soon()
 
     def _recompute_soon(self) -> None:
@@ -385,30 +432,13 @@ class RemoteClusterProvider:
             found = node_room(node)
             if found is not None:
                 rooms[found.name] = found
-        requested: dict[str, dict[str, Decimal]] = {name: {} for name in rooms}
-        waiting, known = [], set()
-        for pod in self._tenant_pods.store.values():
-            meta, spec = pod["metadata"], pod.get("spec") or {}
-            if meta["uid"] not in self._requests:
-                self._requests[meta["uid"]] = pod_requests(spec)  # a pod's resources never change
-            wanted = self._requests[meta["uid"]]
-            origin = (meta.get("labels") or {}).get(ORIGIN_UID_LABEL)
-            if origin:
-                known.add(origin)
-            node = spec.get("nodeName")
-            if not node:
-                waiting.append(as_waiting((spec.get("nodeSelector") or {}).get(PROVIDER_PRODUCT_LABEL, ""), wanted))
-            elif node in requested:
-                on_node = requested[node]
-                for resource, amount in wanted.items():
-                    on_node[resource] = on_node.get(resource, Decimal(0)) + amount
         hard, left = quota_room(self._quotas.store.values())
         return ProviderRoom(
-            nodes=tuple(with_requested(rooms[name], requested[name]) for name in sorted(rooms)),
-            waiting=tuple(waiting),
+            nodes=tuple(with_requested(rooms[name], self._requested.get(name, {})) for name in sorted(rooms)),
+            waiting=tuple(self._waiting.values()),
             quota_hard=tuple(sorted(hard.items())) if hard is not None else None,
             quota_left=tuple(sorted(left.items())) if left is not None else None,
-            known=frozenset(known),
+            known=frozenset(self._origins),
             nodes_readable=not self._nodes.forbidden,
             nodes_forbidden=self._nodes.forbidden[:300],
         )

@@ -180,3 +180,39 @@ def test_a_pod_whose_mirror_is_gone_is_neither_charged_nor_reserved():
     new = PodUse("new", ran.charged, ONE, ran.takes)
     cap, alloc = node_resources(provider, NodeUsage((new,), (ONE,)))
     assert alloc["k8s.gpu/1xa6000"] == "1"  # charged 1 + room 0 (its GPU set aside)
+
+
+def _tenant_pod(uid: str, node_name: str = "", origin: str = "", cpu: str = "1") -> dict:
+    return {"metadata": {"uid": uid, "name": uid, "namespace": "tenant",
+                         "labels": {"k8sgpu.io/origin-uid": origin} if origin else {}},
+            "spec": {"nodeName": node_name, "nodeSelector": {"nvidia.com/gpu.product": "A6000"},
+                     "containers": [{"name": "c", "resources": {"requests": {"cpu": cpu, "memory": "1Gi"}}}]}}
+
+
+def test_the_providers_room_follows_its_tenant_pods_event_by_event():
+    """The room is kept per event (never a walk of every tenant pod): a pod waits, is placed, is re-listed
+    unchanged, goes; what the nodes hold, what waits and the mirrors known are the pods' own at each step."""
+    from types import SimpleNamespace
+
+    from k8sgpu.runtime.provider.remote import RemoteClusterProvider
+
+    provider = RemoteClusterProvider(SimpleNamespace(name="provider"), "tenant", "k8s.gpu", "127.0.0.1")
+    provider._nodes.store = {"/a": node("a", "A6000"), "/b": node("b", "A6000")}
+
+    def requested(name: str) -> dict:
+        return dict(next(n for n in provider._room().nodes if n.name == name).requested)
+
+    provider._on_tenant_pod("ADDED", _tenant_pod("p1", origin="o1"))
+    provider._on_tenant_pod("ADDED", _tenant_pod("p2", "a", origin="o2", cpu="2"))
+    room_now = provider._room()
+    assert [w.product for w in room_now.waiting] == ["A6000"] and room_now.known == {"o1", "o2"}
+    assert requested("a") == {"cpu": Decimal(2), "memory": Decimal(GI), "pods": Decimal(1)} and requested("b") == {}
+    provider._on_tenant_pod("MODIFIED", _tenant_pod("p1", "a", origin="o1"))
+    provider._on_tenant_pod("MODIFIED", _tenant_pod("p1", "a", origin="o1"))  # a status change: counted once
+    assert provider._room().waiting == () and requested("a") == {"cpu": Decimal(3), "memory": Decimal(2 * GI),
+                                                                 "pods": Decimal(2)}
+    provider._on_tenant_pod("DELETED", _tenant_pod("p2", "a", origin="o2", cpu="2"))
+    assert requested("a") == {"cpu": Decimal(1), "memory": Decimal(GI), "pods": Decimal(1)}
+    assert provider._room().known == {"o1"}
+    provider._on_tenant_pod("DELETED", _tenant_pod("p1", "a", origin="o1"))
+    assert requested("a") == {} and provider._room().known == frozenset()
