@@ -244,6 +244,14 @@ def test_runtime_starts_from_the_outputs_alone_and_runs_a_catalog_pod(generic, g
         requesters = {c.spec.username for c in certs.list_certificate_signing_request().items
                       if c.spec.signer_name == "kubernetes.io/kube-apiserver-client-kubelet"}
         assert f"system:bootstrap:{token[:6]}" in requesters, requesters
+        # Its serving certificate, approved by the runtime itself under the module's ValidatingAdmissionPolicy.
+        serving = [c for c in certs.list_certificate_signing_request(label_selector=f"k8sgpu.io/node={NODE}").items
+                   if c.spec.signer_name == "kubernetes.io/kubelet-serving"]
+        wait_for(lambda: any(certs.read_certificate_signing_request(c.metadata.name).status.certificate
+                             for c in serving), 30, "the runtime's serving certificate to be issued")
+        assert all(c.spec.username == f"system:node:{NODE}" for c in serving), [c.spec.username for c in serving]
+        assert "K8sgpuSelfApproved" in {cond.reason for c in serving for cond in
+                                        certs.read_certificate_signing_request(c.metadata.name).status.conditions}
         # Used once: spent as soon as the certificate was stored (kube-apiserver remembers a token it accepted for
         # 10 s, in its token success cache).
         assert "bootstrap token " + token[:6] + " spent" in proc.log.read_text()
