@@ -227,3 +227,116 @@ def node_read_rbac(subject: dict, name: str = "k8sgpu-tenant-node-reader") -> li
          "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
          "subjects": [subject]},
     ]
+
+
+# The serving certificate's approval, bounded by content. RBAC lets the node approve any CSR of its signer
+# (`certificatesigningrequests/approval` update, `signers` approve), whoever asked for it and whatever name it
+# carries; kube-controller-manager's kubelet-serving signer then signs any CN=system:node:<anything>. A
+# ValidatingAdmissionPolicy (admissionregistration.k8s.io/v1, kube-apiserver >= 1.30) refuses the node's approval
+# unless the CSR is its own (spec.username, set by kube-apiserver: a node can create CSRs only as itself), of its
+# signer, and for exactly the subject O=system:nodes, CN=system:node:<node> (UTF8String, as the runtime writes it).
+# CEL has no base64 or PEM functions, so the policy decodes the request itself: spec.request is the base64 of the
+# PEM; its first bytes are decoded, the PEM must start with its BEGIN line and hold base64 only, and the DER's
+# CertificationRequestInfo must begin with version 0 and that exact subject (lengths included: no further name).
+
+_B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+_ASCII = "".join(chr(c) for c in range(32, 127))
+_PEM_PREFIX = 600   # PEM bytes decoded: enough for the header line and a subject of the longest node name
+_DER_PREFIX = 400   # DER bytes decoded: the two outer headers (<= 8) and version + subject (<= 320)
+
+
+def _cel_string(text: str) -> str:
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _decode(source: str, count: str) -> str:
+    """CEL: the first ``count`` bytes (ints) of the base64 string ``source``."""
+    def sextet(k: int) -> str:
+        return f"variables.b64.indexOf({source}.charAt(j / 3 * 4 + {k}))"
+    return (f"variables.idx.filter(j, j < {count}).map(j, j % 3 == 0 ? {sextet(0)} * 4 + {sextet(1)} / 16 : "
+            f"j % 3 == 1 ? ({sextet(1)} % 16) * 16 + {sextet(2)} / 4 : ({sextet(2)} % 4) * 64 + {sextet(3)})")
+
+
+def _der_length(x: str) -> str:
+    return f"({x} < 128 ? [{x}] : {x} < 256 ? [129, {x}] : [130, {x} / 256, {x} % 256])"
+
+
+def _der(tag: int, content: str) -> str:
+    return f"[{tag}] + {_der_length(f'size({content})')} + {content}"
+
+
+# O=system:nodes as one RDN: SET { SEQUENCE { OID 2.5.4.10, UTF8String "system:nodes" } }.
+_ORGANIZATION_RDN = [49, 21, 48, 19, 6, 3, 85, 4, 10, 12, 12, *b"system:nodes"]
+
+
+def serving_approval_policy(node_name: str = "k8s.gpu", signer: str = KUBELET_SERVING,
+                            name: str = "k8sgpu-runtime") -> list[dict]:
+    """The ValidatingAdmissionPolicy and its binding that let system:node:<node_name> approve only its own serving
+    CSR: requested by itself, of ``signer``, for subject O=system:nodes, CN=system:node:<node_name>."""
+    user = f"system:node:{node_name}"
+    variables = [
+        ("idx", "[" + ", ".join(str(i) for i in range(_PEM_PREFIX)) + "]"),
+        ("b64", _cel_string(_B64)),
+        ("ascii", _cel_string(_ASCII)),
+        ("request", "string(object.spec.request)"),
+        ("pemBytes", _decode("variables.request",
+                             f"(size(variables.request) / 4 * 3 - 3 < {_PEM_PREFIX} ? "
+                             f"size(variables.request) / 4 * 3 - 3 : {_PEM_PREFIX})")),
+        ("pem", "variables.pemBytes.map(b, b == 10 ? '\\n' : b >= 32 && b < 127 ? "
+                "variables.ascii.charAt(b - 32) : '?').join('')"),
+        ("body", "variables.pem.startsWith('-----BEGIN CERTIFICATE REQUEST-----\\n') ? "
+                 "variables.pem.substring(36).split('-')[0].replace('\\n', '') : ''"),
+        ("der", "variables.body.matches('^[A-Za-z0-9+/]*=*$') ? " + _decode(
+            "variables.body", f"(size(variables.body) / 4 * 3 - 3 < {_DER_PREFIX} ? "
+                              f"size(variables.body) / 4 * 3 - 3 : {_DER_PREFIX})") + " : []"),
+        ("cn", _cel_string(user)),
+        ("cnValue", _der(12, "variables.cn.split('').map(c, variables.ascii.indexOf(c) + 32)")),
+        ("cnAttribute", "[6, 3, 85, 4, 3] + variables.cnValue"),
+        ("cnRdn", _der(49, f"([48] + {_der_length('size(variables.cnAttribute)')} + variables.cnAttribute)")),
+        ("subject", f"[48] + {_der_length(f'size(variables.cnRdn) + {len(_ORGANIZATION_RDN)}')} + "
+                    f"{_ORGANIZATION_RDN} + variables.cnRdn"),
+        ("expected", "[2, 1, 0] + variables.subject"),
+        ("outer", "size(variables.der) < 2 ? 99 : variables.der[1] < 128 ? 2 : variables.der[1] == 129 ? 3 : "
+                  "variables.der[1] == 130 ? 4 : 99"),
+        ("start", "size(variables.der) < variables.outer + 2 ? 99 : variables.outer + ("
+                  "variables.der[variables.outer + 1] < 128 ? 2 : variables.der[variables.outer + 1] == 129 ? 3 : "
+                  "variables.der[variables.outer + 1] == 130 ? 4 : 99)"),
+        ("subjectIsTheNode", "size(variables.der) >= variables.start + size(variables.expected) && "
+                             "variables.der[0] == 48 && variables.der[variables.outer] == 48 && "
+                             "variables.idx.filter(i, i < size(variables.expected)).all(i, "
+                             "variables.der[variables.start + i] == variables.expected[i])"),
+    ]
+    refused = f"k8sgpu: {user} may approve only its own kubelet serving certificate"
+    policy = {
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
+        "metadata": {"name": f"{name}-serving-approval"},
+        "spec": {
+            "failurePolicy": "Fail",
+            "matchConstraints": {"resourceRules": [{
+                "apiGroups": ["certificates.k8s.io"], "apiVersions": ["*"], "operations": ["UPDATE"],
+                "resources": ["certificatesigningrequests/approval"]}]},
+            "matchConditions": [{"name": "node-identity",
+                                 "expression": f"request.userInfo.username == {_cel_string(user)}"}],
+            "variables": [{"name": n, "expression": e} for n, e in variables],
+            "validations": [
+                {"expression": "object.spec.username == request.userInfo.username",
+                 "messageExpression": f"{_cel_string(refused + ': this CSR was requested by ')} + "
+                                      "object.spec.username + ', not by the node (RBAC cannot tell them apart)'",
+                 "reason": "Forbidden"},
+                {"expression": f"object.spec.signerName == {_cel_string(signer)}",
+                 "messageExpression": f"{_cel_string(refused + f' (signer {signer}): this CSR is for signer ')} "
+                                      "+ object.spec.signerName",
+                 "reason": "Forbidden"},
+                {"expression": "variables.subjectIsTheNode",
+                 "message": f"{refused}: the request's subject is not exactly O=system:nodes, CN={user} (a "
+                            "serving certificate of another node name would let this node pose as that node)",
+                 "reason": "Forbidden"},
+            ],
+        },
+    }
+    binding = {
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
+        "metadata": {"name": f"{name}-serving-approval"},
+        "spec": {"policyName": f"{name}-serving-approval", "validationActions": ["Deny"]},
+    }
+    return [policy, binding]

@@ -281,6 +281,24 @@ def election_rules_hcl() -> str:
     return hcl(rbac.election_rules(_NODE), {_NODE: "var.node_name"}, indent=1)
 
 
+_NAME = "<module name>"
+
+
+def serving_policy_hcl() -> list[str]:
+    """The ValidatingAdmissionPolicy and its binding that bound the node's approval to its own serving CSR
+    (k8sgpu.runtime.rbac.serving_approval_policy) in HCL, for the module's node, signer and name."""
+    from k8sgpu.runtime import rbac
+
+    out = []
+    for manifest in rbac.serving_approval_policy(_NODE, _SIGNER, _NAME):
+        text = hcl(manifest, indent=1)
+        for placeholder, expression in ((_NODE, "var.node_name"), (_SIGNER, "local.csr_signer_name"),
+                                        (_NAME, "var.name")):
+            text = text.replace(placeholder, "${" + expression + "}")
+        out.append(text)
+    return out
+
+
 # ---------------------------------------------------------------------------------------------- rendering
 
 def _environment():
@@ -299,6 +317,7 @@ def _context(cloud: str, values: dict[str, Any]) -> dict[str, Any]:
         "backend": backend,
         "node_rules": node_rules_hcl(),
         "election_rules": election_rules_hcl(),
+        "serving_policy": serving_policy_hcl(),
         "image_tag": DEFAULT_VALUES["image_tag"],
         "kubernetes_version": PROVIDER_VERSIONS["kubernetes"],
         "kubectl_version": PROVIDER_VERSIONS["kubectl"],

@@ -48,6 +48,7 @@ module "node" {
   termination_grace_period_seconds = var.termination_grace_period_seconds
   replicas                         = var.replicas
   pod_monitor                      = var.pod_monitor
+  serving_approval_policy          = var.serving_approval_policy
   csr_signer                       = "kubernetes.io/kubelet-serving"
   bootstrap                        = true
   bootstrap_token_ttl              = var.bootstrap_token_ttl

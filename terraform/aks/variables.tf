@@ -157,6 +157,12 @@ variable "replicas" {
   default     = 2
 }
 
+variable "serving_approval_policy" {
+  description = "A ValidatingAdmissionPolicy that lets the node approve only its own serving CSR; needs kube-apiserver >= 1.30 (false on an older cluster)."
+  type        = bool
+  default     = true
+}
+
 
 variable "bootstrap_token_ttl" {
   description = "Lifetime of the bootstrap token that obtains the node's first client certificate (the runtime spends it sooner). To bootstrap again once it and the certificate expired: terraform apply -replace='module.node.terraform_data.bootstrap_token[0]'."

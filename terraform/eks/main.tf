@@ -63,6 +63,7 @@ module "node" {
   termination_grace_period_seconds = var.termination_grace_period_seconds
   replicas                         = var.replicas
   pod_monitor                      = var.pod_monitor
+  serving_approval_policy          = var.serving_approval_policy
   csr_signer                       = "aws"
   # On EKS the IAM role is the node identity: no bootstrap token.
   bootstrap = false

@@ -168,3 +168,9 @@ variable "replicas" {
   default     = 2
 }
 
+variable "serving_approval_policy" {
+  description = "A ValidatingAdmissionPolicy that lets the node approve only its own serving CSR; needs kube-apiserver >= 1.30 (false on an older cluster)."
+  type        = bool
+  default     = true
+}
+

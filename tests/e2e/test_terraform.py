@@ -244,6 +244,14 @@ def test_runtime_starts_from_the_outputs_alone_and_runs_a_catalog_pod(generic, g
         requesters = {c.spec.username for c in certs.list_certificate_signing_request().items
                       if c.spec.signer_name == "kubernetes.io/kube-apiserver-client-kubelet"}
         assert f"system:bootstrap:{token[:6]}" in requesters, requesters
+        # Its serving certificate, approved by the runtime itself under the module's ValidatingAdmissionPolicy.
+        serving = [c for c in certs.list_certificate_signing_request(label_selector=f"k8sgpu.io/node={NODE}").items
+                   if c.spec.signer_name == "kubernetes.io/kubelet-serving"]
+        wait_for(lambda: any(certs.read_certificate_signing_request(c.metadata.name).status.certificate
+                             for c in serving), 30, "the runtime's serving certificate to be issued")
+        assert all(c.spec.username == f"system:node:{NODE}" for c in serving), [c.spec.username for c in serving]
+        assert "K8sgpuSelfApproved" in {cond.reason for c in serving for cond in
+                                        certs.read_certificate_signing_request(c.metadata.name).status.conditions}
         # Used once: spent as soon as the certificate was stored (kube-apiserver remembers a token it accepted for
         # 10 s, in its token success cache).
         assert "bootstrap token " + token[:6] + " spent" in proc.log.read_text()
@@ -343,6 +351,84 @@ def test_no_credential_of_the_runtime_or_the_outputs_gets_a_certificate_of_anoth
     finally:
         for _, name in created:
             certs.delete_certificate_signing_request(name)
+
+
+def _node_kubeconfig(work: Path) -> Path:
+    """A kubeconfig of the node's own client certificate (the bootstrapped one the runtime stored in --cert-dir)."""
+    value = {k: v["value"] for k, v in json.loads((work / "runtime-outputs.json").read_text()).items()}
+    cert, key = (work / "pki" / "kubelet-client-current.pem").read_bytes().split(b"-----END CERTIFICATE-----\n")
+    path = work / "node-serving.kubeconfig"
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "node",
+        "clusters": [{"name": "c", "cluster": {"server": value["cluster_endpoint"],
+                                               "certificate-authority-data": base64.b64encode(
+                                                   value["cluster_ca_certificate"].encode()).decode()}}],
+        "users": [{"name": "u", "user": {
+            "client-certificate-data": base64.b64encode(cert + b"-----END CERTIFICATE-----\n").decode(),
+            "client-key-data": base64.b64encode(key).decode()}}],
+        "contexts": [{"name": "node", "context": {"cluster": "c", "user": "u"}}]}))
+    return path
+
+
+def _serving_csr(kubeconfig: str, name: str, request: bytes):
+    return kubectl(kubeconfig, "create", "-f", "-", check=False, stdin=yaml.safe_dump({
+        "apiVersion": "certificates.k8s.io/v1", "kind": "CertificateSigningRequest", "metadata": {"name": name},
+        "spec": {"request": base64.b64encode(request).decode(), "signerName": "kubernetes.io/kubelet-serving",
+                 "usages": ["digital signature", "key encipherment", "server auth"]}}))
+
+
+def test_the_node_may_approve_only_its_own_serving_certificate(generic, ground, tf_env):
+    """Issue #16: RBAC lets system:node:k8s.gpu approve any kubelet-serving CSR; the module's
+    ValidatingAdmissionPolicy refuses its approval of a CSR another user requested, or of one whose subject is not
+    exactly O=system:nodes, CN=system:node:k8s.gpu; its own serving CSR is still approved and signed."""
+    from k8sgpu.runtime.certificates import serving_request
+
+    work, _ = generic
+    node = str(_node_kubeconfig(work))
+    assert kubectl(node, "auth", "whoami", "-o", "jsonpath={.status.userInfo.username}").stdout == f"system:node:{NODE}"
+    key = ec.generate_private_key(ec.SECP256R1())
+    certs = client.CertificatesV1Api(api(ground.local.kubeconfig))
+    refused = f"k8sgpu: system:node:{NODE} may approve only its own kubelet serving certificate"
+    names = ["serving-other-cn", "serving-two-cn", "serving-of-admin", "serving-own"]
+    try:
+        # (a) A CSR for another node name: NodeRestriction refuses its creation by the node (kube-apiserver 1.32)...
+        made = _serving_csr(node, names[0], serving_request(EVIL, ["10.0.0.9"], key))
+        assert made.returncode != 0 and f"can only create a node CSR with CN=system:node:{NODE}" in made.stderr, made
+        # ... and one it may create (its name is the last CN, which NodeRestriction reads) but whose subject is not
+        # exactly the node's may not be approved: the policy's subject rule.
+        two = (x509.CertificateSigningRequestBuilder()
+               .subject_name(x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "system:nodes"),
+                                        x509.NameAttribute(NameOID.COMMON_NAME, f"system:node:{EVIL}"),
+                                        x509.NameAttribute(NameOID.COMMON_NAME, f"system:node:{NODE}")]))
+               .sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM))
+        assert _serving_csr(node, names[1], two).returncode == 0
+        approved = kubectl(node, "certificate", "approve", names[1], check=False)
+        assert approved.returncode != 0 and "Forbidden" in approved.stderr, approved
+        assert f"{refused}: the request's subject is not exactly O=system:nodes, CN=system:node:{NODE}" \
+            in approved.stderr, approved.stderr
+        # (b) A serving CSR for another node requested by another user (the admin): refused, naming the requester.
+        assert _serving_csr(ground.local.kubeconfig, names[2], serving_request(EVIL, ["10.0.0.9"], key)).returncode == 0
+        approved = kubectl(node, "certificate", "approve", names[2], check=False)
+        assert approved.returncode != 0 and "Forbidden" in approved.stderr, approved
+        assert f"{refused}: this CSR was requested by " in approved.stderr, approved.stderr
+        for name in names[1:3]:
+            csr = certs.read_certificate_signing_request(name)
+            assert not csr.status.conditions and not csr.status.certificate, (name, csr.status)
+        # (c) The node's own serving CSR, as the runtime writes it: approved by the node and signed.
+        assert _serving_csr(node, names[3], serving_request(NODE, [ground.node_address], key)).returncode == 0
+        approved = kubectl(node, "certificate", "approve", names[3], check=False)
+        assert approved.returncode == 0, approved.stderr
+        wait_for(lambda: certs.read_certificate_signing_request(names[3]).status.certificate, 30,
+                 "the node's own serving CSR to be signed")
+        issued = x509.load_pem_x509_certificate(base64.b64decode(
+            certs.read_certificate_signing_request(names[3]).status.certificate))
+        assert issued.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == f"system:node:{NODE}"
+    finally:
+        for name in names:
+            try:
+                certs.delete_certificate_signing_request(name)
+            except client.ApiException as exc:
+                assert exc.status == 404
 
 
 def test_a_restarted_runtime_comes_back_with_its_stored_certificate_after_the_token_was_spent(generic, ground, tf_env):

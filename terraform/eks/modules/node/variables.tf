@@ -107,6 +107,12 @@ variable "csr_signer" {
   }
 }
 
+variable "serving_approval_policy" {
+  description = "A ValidatingAdmissionPolicy that lets the node approve only its own serving CSR (requested by itself, of the serving signer, for CN=system:node:<node_name>); needs kube-apiserver >= 1.30. False on an older cluster: the node may then approve any CSR of its signer."
+  type        = bool
+  default     = true
+}
+
 variable "bootstrap" {
   description = "Kubelet TLS bootstrapping (generic, AKS): a bootstrap token that expires obtains the node's first client certificate, the node renews its own (selfnodeclient), a Secret keeps it. False on EKS, where the IAM role is the node identity."
   type        = bool

@@ -127,6 +127,143 @@ resource "kubectl_manifest" "node_role_binding" {
   depends_on = [kubectl_manifest.node_role]
 }
 
+# RBAC lets the node approve any CSR of its signer, whoever requested it and whatever name it carries. This
+# ValidatingAdmissionPolicy (kube-apiserver >= 1.30), rendered from k8sgpu.runtime.rbac.serving_approval_policy,
+# refuses the node's approval unless the CSR was requested by the node itself, is of the serving signer and asks for
+# exactly O=system:nodes, CN=system:node:<node_name>. Off (var.serving_approval_policy) on an older cluster.
+resource "kubectl_manifest" "serving_approval_policy" {
+  count = var.serving_approval_policy ? 1 : 0
+  yaml_body = yamlencode(merge({
+    apiVersion = "admissionregistration.k8s.io/v1"
+    kind       = "ValidatingAdmissionPolicy"
+    metadata = {
+      name = "${var.name}-serving-approval"
+    }
+    spec = {
+      failurePolicy = "Fail"
+      matchConstraints = {
+        resourceRules = [
+          {
+            apiGroups   = ["certificates.k8s.io"]
+            apiVersions = ["*"]
+            operations  = ["UPDATE"]
+            resources   = ["certificatesigningrequests/approval"]
+          },
+        ]
+      }
+      matchConditions = [
+        {
+          name       = "node-identity"
+          expression = "request.userInfo.username == 'system:node:${var.node_name}'"
+        },
+      ]
+      variables = [
+        {
+          name       = "idx"
+          expression = "[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61, 62, 63, 64, 65, 66, 67, 68, 69, 70, 71, 72, 73, 74, 75, 76, 77, 78, 79, 80, 81, 82, 83, 84, 85, 86, 87, 88, 89, 90, 91, 92, 93, 94, 95, 96, 97, 98, 99, 100, 101, 102, 103, 104, 105, 106, 107, 108, 109, 110, 111, 112, 113, 114, 115, 116, 117, 118, 119, 120, 121, 122, 123, 124, 125, 126, 127, 128, 129, 130, 131, 132, 133, 134, 135, 136, 137, 138, 139, 140, 141, 142, 143, 144, 145, 146, 147, 148, 149, 150, 151, 152, 153, 154, 155, 156, 157, 158, 159, 160, 161, 162, 163, 164, 165, 166, 167, 168, 169, 170, 171, 172, 173, 174, 175, 176, 177, 178, 179, 180, 181, 182, 183, 184, 185, 186, 187, 188, 189, 190, 191, 192, 193, 194, 195, 196, 197, 198, 199, 200, 201, 202, 203, 204, 205, 206, 207, 208, 209, 210, 211, 212, 213, 214, 215, 216, 217, 218, 219, 220, 221, 222, 223, 224, 225, 226, 227, 228, 229, 230, 231, 232, 233, 234, 235, 236, 237, 238, 239, 240, 241, 242, 243, 244, 245, 246, 247, 248, 249, 250, 251, 252, 253, 254, 255, 256, 257, 258, 259, 260, 261, 262, 263, 264, 265, 266, 267, 268, 269, 270, 271, 272, 273, 274, 275, 276, 277, 278, 279, 280, 281, 282, 283, 284, 285, 286, 287, 288, 289, 290, 291, 292, 293, 294, 295, 296, 297, 298, 299, 300, 301, 302, 303, 304, 305, 306, 307, 308, 309, 310, 311, 312, 313, 314, 315, 316, 317, 318, 319, 320, 321, 322, 323, 324, 325, 326, 327, 328, 329, 330, 331, 332, 333, 334, 335, 336, 337, 338, 339, 340, 341, 342, 343, 344, 345, 346, 347, 348, 349, 350, 351, 352, 353, 354, 355, 356, 357, 358, 359, 360, 361, 362, 363, 364, 365, 366, 367, 368, 369, 370, 371, 372, 373, 374, 375, 376, 377, 378, 379, 380, 381, 382, 383, 384, 385, 386, 387, 388, 389, 390, 391, 392, 393, 394, 395, 396, 397, 398, 399, 400, 401, 402, 403, 404, 405, 406, 407, 408, 409, 410, 411, 412, 413, 414, 415, 416, 417, 418, 419, 420, 421, 422, 423, 424, 425, 426, 427, 428, 429, 430, 431, 432, 433, 434, 435, 436, 437, 438, 439, 440, 441, 442, 443, 444, 445, 446, 447, 448, 449, 450, 451, 452, 453, 454, 455, 456, 457, 458, 459, 460, 461, 462, 463, 464, 465, 466, 467, 468, 469, 470, 471, 472, 473, 474, 475, 476, 477, 478, 479, 480, 481, 482, 483, 484, 485, 486, 487, 488, 489, 490, 491, 492, 493, 494, 495, 496, 497, 498, 499, 500, 501, 502, 503, 504, 505, 506, 507, 508, 509, 510, 511, 512, 513, 514, 515, 516, 517, 518, 519, 520, 521, 522, 523, 524, 525, 526, 527, 528, 529, 530, 531, 532, 533, 534, 535, 536, 537, 538, 539, 540, 541, 542, 543, 544, 545, 546, 547, 548, 549, 550, 551, 552, 553, 554, 555, 556, 557, 558, 559, 560, 561, 562, 563, 564, 565, 566, 567, 568, 569, 570, 571, 572, 573, 574, 575, 576, 577, 578, 579, 580, 581, 582, 583, 584, 585, 586, 587, 588, 589, 590, 591, 592, 593, 594, 595, 596, 597, 598, 599]"
+        },
+        {
+          name       = "b64"
+          expression = "'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/'"
+        },
+        {
+          name       = "ascii"
+          expression = "' !\"#$%&\\'()*+,-./0123456789:;<=>?@ABCDEFGHIJKLMNOPQRSTUVWXYZ[\\\\]^_`abcdefghijklmnopqrstuvwxyz{|}~'"
+        },
+        {
+          name       = "request"
+          expression = "string(object.spec.request)"
+        },
+        {
+          name       = "pemBytes"
+          expression = "variables.idx.filter(j, j < (size(variables.request) / 4 * 3 - 3 < 600 ? size(variables.request) / 4 * 3 - 3 : 600)).map(j, j % 3 == 0 ? variables.b64.indexOf(variables.request.charAt(j / 3 * 4 + 0)) * 4 + variables.b64.indexOf(variables.request.charAt(j / 3 * 4 + 1)) / 16 : j % 3 == 1 ? (variables.b64.indexOf(variables.request.charAt(j / 3 * 4 + 1)) % 16) * 16 + variables.b64.indexOf(variables.request.charAt(j / 3 * 4 + 2)) / 4 : (variables.b64.indexOf(variables.request.charAt(j / 3 * 4 + 2)) % 4) * 64 + variables.b64.indexOf(variables.request.charAt(j / 3 * 4 + 3)))"
+        },
+        {
+          name       = "pem"
+          expression = "variables.pemBytes.map(b, b == 10 ? '\\n' : b >= 32 && b < 127 ? variables.ascii.charAt(b - 32) : '?').join('')"
+        },
+        {
+          name       = "body"
+          expression = "variables.pem.startsWith('-----BEGIN CERTIFICATE REQUEST-----\\n') ? variables.pem.substring(36).split('-')[0].replace('\\n', '') : ''"
+        },
+        {
+          name       = "der"
+          expression = "variables.body.matches('^[A-Za-z0-9+/]*=*$') ? variables.idx.filter(j, j < (size(variables.body) / 4 * 3 - 3 < 400 ? size(variables.body) / 4 * 3 - 3 : 400)).map(j, j % 3 == 0 ? variables.b64.indexOf(variables.body.charAt(j / 3 * 4 + 0)) * 4 + variables.b64.indexOf(variables.body.charAt(j / 3 * 4 + 1)) / 16 : j % 3 == 1 ? (variables.b64.indexOf(variables.body.charAt(j / 3 * 4 + 1)) % 16) * 16 + variables.b64.indexOf(variables.body.charAt(j / 3 * 4 + 2)) / 4 : (variables.b64.indexOf(variables.body.charAt(j / 3 * 4 + 2)) % 4) * 64 + variables.b64.indexOf(variables.body.charAt(j / 3 * 4 + 3))) : []"
+        },
+        {
+          name       = "cn"
+          expression = "'system:node:${var.node_name}'"
+        },
+        {
+          name       = "cnValue"
+          expression = "[12] + (size(variables.cn.split('').map(c, variables.ascii.indexOf(c) + 32)) < 128 ? [size(variables.cn.split('').map(c, variables.ascii.indexOf(c) + 32))] : size(variables.cn.split('').map(c, variables.ascii.indexOf(c) + 32)) < 256 ? [129, size(variables.cn.split('').map(c, variables.ascii.indexOf(c) + 32))] : [130, size(variables.cn.split('').map(c, variables.ascii.indexOf(c) + 32)) / 256, size(variables.cn.split('').map(c, variables.ascii.indexOf(c) + 32)) % 256]) + variables.cn.split('').map(c, variables.ascii.indexOf(c) + 32)"
+        },
+        {
+          name       = "cnAttribute"
+          expression = "[6, 3, 85, 4, 3] + variables.cnValue"
+        },
+        {
+          name       = "cnRdn"
+          expression = "[49] + (size(([48] + (size(variables.cnAttribute) < 128 ? [size(variables.cnAttribute)] : size(variables.cnAttribute) < 256 ? [129, size(variables.cnAttribute)] : [130, size(variables.cnAttribute) / 256, size(variables.cnAttribute) % 256]) + variables.cnAttribute)) < 128 ? [size(([48] + (size(variables.cnAttribute) < 128 ? [size(variables.cnAttribute)] : size(variables.cnAttribute) < 256 ? [129, size(variables.cnAttribute)] : [130, size(variables.cnAttribute) / 256, size(variables.cnAttribute) % 256]) + variables.cnAttribute))] : size(([48] + (size(variables.cnAttribute) < 128 ? [size(variables.cnAttribute)] : size(variables.cnAttribute) < 256 ? [129, size(variables.cnAttribute)] : [130, size(variables.cnAttribute) / 256, size(variables.cnAttribute) % 256]) + variables.cnAttribute)) < 256 ? [129, size(([48] + (size(variables.cnAttribute) < 128 ? [size(variables.cnAttribute)] : size(variables.cnAttribute) < 256 ? [129, size(variables.cnAttribute)] : [130, size(variables.cnAttribute) / 256, size(variables.cnAttribute) % 256]) + variables.cnAttribute))] : [130, size(([48] + (size(variables.cnAttribute) < 128 ? [size(variables.cnAttribute)] : size(variables.cnAttribute) < 256 ? [129, size(variables.cnAttribute)] : [130, size(variables.cnAttribute) / 256, size(variables.cnAttribute) % 256]) + variables.cnAttribute)) / 256, size(([48] + (size(variables.cnAttribute) < 128 ? [size(variables.cnAttribute)] : size(variables.cnAttribute) < 256 ? [129, size(variables.cnAttribute)] : [130, size(variables.cnAttribute) / 256, size(variables.cnAttribute) % 256]) + variables.cnAttribute)) % 256]) + ([48] + (size(variables.cnAttribute) < 128 ? [size(variables.cnAttribute)] : size(variables.cnAttribute) < 256 ? [129, size(variables.cnAttribute)] : [130, size(variables.cnAttribute) / 256, size(variables.cnAttribute) % 256]) + variables.cnAttribute)"
+        },
+        {
+          name       = "subject"
+          expression = "[48] + (size(variables.cnRdn) + 23 < 128 ? [size(variables.cnRdn) + 23] : size(variables.cnRdn) + 23 < 256 ? [129, size(variables.cnRdn) + 23] : [130, size(variables.cnRdn) + 23 / 256, size(variables.cnRdn) + 23 % 256]) + [49, 21, 48, 19, 6, 3, 85, 4, 10, 12, 12, 115, 121, 115, 116, 101, 109, 58, 110, 111, 100, 101, 115] + variables.cnRdn"
+        },
+        {
+          name       = "expected"
+          expression = "[2, 1, 0] + variables.subject"
+        },
+        {
+          name       = "outer"
+          expression = "size(variables.der) < 2 ? 99 : variables.der[1] < 128 ? 2 : variables.der[1] == 129 ? 3 : variables.der[1] == 130 ? 4 : 99"
+        },
+        {
+          name       = "start"
+          expression = "size(variables.der) < variables.outer + 2 ? 99 : variables.outer + (variables.der[variables.outer + 1] < 128 ? 2 : variables.der[variables.outer + 1] == 129 ? 3 : variables.der[variables.outer + 1] == 130 ? 4 : 99)"
+        },
+        {
+          name       = "subjectIsTheNode"
+          expression = "size(variables.der) >= variables.start + size(variables.expected) && variables.der[0] == 48 && variables.der[variables.outer] == 48 && variables.idx.filter(i, i < size(variables.expected)).all(i, variables.der[variables.start + i] == variables.expected[i])"
+        },
+      ]
+      validations = [
+        {
+          expression        = "object.spec.username == request.userInfo.username"
+          messageExpression = "'k8sgpu: system:node:${var.node_name} may approve only its own kubelet serving certificate: this CSR was requested by ' + object.spec.username + ', not by the node (RBAC cannot tell them apart)'"
+          reason            = "Forbidden"
+        },
+        {
+          expression        = "object.spec.signerName == '${local.csr_signer_name}'"
+          messageExpression = "'k8sgpu: system:node:${var.node_name} may approve only its own kubelet serving certificate (signer ${local.csr_signer_name}): this CSR is for signer ' + object.spec.signerName"
+          reason            = "Forbidden"
+        },
+        {
+          expression = "variables.subjectIsTheNode"
+          message    = "k8sgpu: system:node:${var.node_name} may approve only its own kubelet serving certificate: the request's subject is not exactly O=system:nodes, CN=system:node:${var.node_name} (a serving certificate of another node name would let this node pose as that node)"
+          reason     = "Forbidden"
+        },
+      ]
+    }
+  }, { metadata = { name = "${var.name}-serving-approval", labels = local.labels } }))
+}
+
+resource "kubectl_manifest" "serving_approval_policy_binding" {
+  count = var.serving_approval_policy ? 1 : 0
+  yaml_body = yamlencode(merge({
+    apiVersion = "admissionregistration.k8s.io/v1"
+    kind       = "ValidatingAdmissionPolicyBinding"
+    metadata = {
+      name = "${var.name}-serving-approval"
+    }
+    spec = {
+      policyName        = "${var.name}-serving-approval"
+      validationActions = ["Deny"]
+    }
+  }, { metadata = { name = "${var.name}-serving-approval", labels = local.labels } }))
+  depends_on = [kubectl_manifest.serving_approval_policy]
+}
+
 # Kubelet TLS bootstrapping with a bootstrap token that expires, as kubeadm does: its id, secret and expiration are
 # drawn once, at the first apply, and kept in the state (ignore_changes), so later plans are clean. To bootstrap
 # again (certificate and token both expired): terraform apply -replace='module.node.terraform_data.bootstrap_token[0]'.
@@ -424,7 +561,7 @@ resource "kubectl_manifest" "deployment" {
   # node held on the provider (it reads this Deployment's deletion with the rule below), before the ServiceAccount,
   # the RBAC and the provider Secret go.
   wait       = true
-  depends_on = [kubectl_manifest.service_account, kubectl_manifest.provider_kubeconfig, kubectl_manifest.node_role_binding, kubectl_manifest.deployment_reader_binding, kubectl_manifest.leader_election_binding, kubectl_manifest.bootstrap_token, kubectl_manifest.bootstrap_token_copy, kubectl_manifest.bootstrap_binding, kubectl_manifest.bootstrap_spend_binding, kubectl_manifest.selfnodeclient_binding, kubectl_manifest.node_credentials_access_binding]
+  depends_on = [kubectl_manifest.service_account, kubectl_manifest.provider_kubeconfig, kubectl_manifest.node_role_binding, kubectl_manifest.serving_approval_policy_binding, kubectl_manifest.deployment_reader_binding, kubectl_manifest.leader_election_binding, kubectl_manifest.bootstrap_token, kubectl_manifest.bootstrap_token_copy, kubectl_manifest.bootstrap_binding, kubectl_manifest.bootstrap_spend_binding, kubectl_manifest.selfnodeclient_binding, kubectl_manifest.node_credentials_access_binding]
   lifecycle {
     precondition {
       condition     = var.default_runtime_class == "" || contains(keys(var.catalog), var.default_runtime_class)
