@@ -131,7 +131,7 @@ def _start_in_cluster(state: State, out, terraform_dir: Path) -> None:
     step(local, "-n", "k8sgpu", "logs", leader, "--tail=3")
     # The ground's Prometheus scrapes both replicas' health ports (the leader exports the GPU accounting).
     health = next(port["containerPort"] for p in pod for c in p["spec"]["containers"] for port in c.get("ports") or []
-                  if port.get("name") == "health")
+                  if port.get("name") == "metrics")
     for p in pod:
         if p["status"].get("podIP"):
             add_scrape_target(state, p["metadata"]["name"], f"{p['status']['podIP']}:{health}")

@@ -78,16 +78,18 @@ def test_the_checker_sees_drift_the_runtime_then_repairs(chaos, local, provider,
                          "labels": {NODE_LABEL: NODE, ORIGIN_UID_LABEL: orphan_uid, "k8sgpu.io/kind": "pod"},
                          "annotations": {ORIGIN_NAMESPACE: NAMESPACE, ORIGIN_NAME: "ghost"}},
             "spec": {"containers": [{"name": "c", "image": "cuda:12"}], "nodeSelector": {"none": "none"}}})
-        cm = remote_name(NAMESPACE, "cm-00")
-        provider.patch_namespaced_config_map(cm, tenant, {"data": {"value": "drifted"}})
-        provider.patch_namespaced_secret(remote_name(NAMESPACE, "secret-01"), tenant,
+        # Copies the two new pods use (other copies may be gone with the pods of earlier faults).
+        used = dict(sorted({o for n in created for o in chaos.objects_of(n)}, reverse=True))
+        cm, secret = used["ConfigMap"], used["Secret"]
+        provider.patch_namespaced_config_map(remote_name(NAMESPACE, cm), tenant, {"data": {"value": "drifted"}})
+        provider.patch_namespaced_secret(remote_name(NAMESPACE, secret), tenant,
                                          {"data": {"value": base64.b64encode(b"drifted").decode()}})
         found = chaos.checker.check()
         text = "\n".join(found)
         assert f"pod {NAMESPACE}/{first.metadata.name}" in text and "'drifted'" in text, text
         assert "mirror " + remote_name(NAMESPACE, "ghost", orphan_uid) in text, text
-        assert f"ConfigMap {NAMESPACE}/cm-00: copy's data differs" in text, text
-        assert f"Secret {NAMESPACE}/secret-01: copy's data differs" in text, text
+        assert f"ConfigMap {NAMESPACE}/{cm}: copy's data differs" in text, text
+        assert f"Secret {NAMESPACE}/{secret}: copy's data differs" in text, text
         assert second.metadata.name not in text, text
     finally:
         chaos.runtime.start()
