@@ -112,6 +112,10 @@ class ObjectController:
     def release(self, key: str) -> None:
         self.claim(key, "", frozenset())
 
+    def claims(self) -> dict[str, tuple[str, frozenset[Ref]]]:
+        """Pod key → (UID, the objects it holds now)."""
+        return dict(self._claims)
+
     def requeue_all(self) -> None:
         """Sync every object in use or copied now (the provider answers again: no copy waits out its backoff)."""
         for ref in set(self._users) | self._held:

@@ -9,6 +9,7 @@ a sync only tells it which objects the pod uses.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime
 import hashlib
@@ -50,6 +51,7 @@ log = logging.getLogger(__name__)
 # The longest a pod waits between two tries of its create, once the provider keeps refusing it (a full quota):
 # raising the quota starts it within a minute, and a pod refused for days costs the provider one create a minute.
 MAX_RETRY_DELAY = 60.0
+CLAIMS_RESYNC_SECONDS = 30.0  # how often the claims bookkeeping is checked against the pods and mirrors
 
 
 def _now() -> str:
@@ -125,6 +127,28 @@ class PodController:
         for key in set(self.pods.store) | set(self.mirrors):
             self.queue.add(key)
         self.supervisor.start("pod-workers", self.queue.run)
+        self.supervisor.start("pod-claims-resync", self.resync_claims)
+
+    async def resync_claims(self, period: float = CLAIMS_RESYNC_SECONDS) -> None:
+        """Level-triggered repair of who holds which ConfigMap or Secret copy: a pod key whose claims differ from
+        what its pod and mirrors say now (a deletion or finish whose event was lost around an etcd restart or a
+        compaction) is synced again. Pure bookkeeping, no request: cheap at thousands of pods."""
+        while True:
+            await asyncio.sleep(period)
+            for key in self.stale_claims():
+                self.queue.add(key)
+
+    def stale_claims(self) -> list[str]:
+        """Pod keys whose held objects are not what their pod and mirrors claim now."""
+        stale = []
+        for key, (uid, refs) in self.objects.claims().items():
+            pod = self.pods.store.get(key)
+            claimed = claimed_objects(pod, self._mirrors_of(key), self.catalog, self.default_runtime_class)
+            if claimed is None:
+                continue  # gone, its mirror still terminating: it keeps what it holds
+            if claimed != refs or (pod is not None and pod["metadata"]["uid"] != uid):
+                stale.append(key)
+        return stale
 
     def problems(self) -> dict[str, str]:
         """Its long-running parts that have ended (the provider's; its informers, workers and object watches when

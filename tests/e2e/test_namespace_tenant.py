@@ -37,6 +37,9 @@ SA = "namespace-only"
 ROLE = "k8sgpu-namespace-only"
 QUOTA = "tenant-gpus"
 NS = "tenant-only"  # the local namespace of this module's pods
+# The provider namespace of this tenant: its own, so that other tests' pods in the ground's tenant namespace take
+# nothing of its quota.
+TENANT_NS = "tenant-namespace-only"
 ECHO_PORT = 7777  # kwok's line echo on every pod
 
 
@@ -51,8 +54,11 @@ def _forbidden(call) -> bool:
 @pytest.fixture(scope="module")
 def tenant_kubeconfig(ground, provider, tmp_path_factory) -> str:
     """A kubeconfig of the ServiceAccount bound by the tenant's Role alone."""
-    ns = ground.tenant_namespace
+    ns = TENANT_NS
     admin = api(ground.provider.kubeconfig)
+    provider.create_namespace({"metadata": {"name": ns}})
+    wait_for(lambda: provider.list_namespaced_service_account(ns, field_selector="metadata.name=default").items, 30,
+             f"the default ServiceAccount of {ns} on the provider")
     provider.create_namespaced_service_account(ns, {"metadata": {"name": SA}})
     subject = {"kind": "ServiceAccount", "name": SA, "namespace": ns}
     for manifest in tenant_rbac(ns, subject, name=ROLE):
@@ -73,19 +79,20 @@ def tenant_kubeconfig(ground, provider, tmp_path_factory) -> str:
         rbac.delete_namespaced_role_binding(ROLE, ns)
         rbac.delete_namespaced_role(ROLE, ns)
         provider.delete_namespaced_service_account(SA, ns)
+        provider.delete_namespace(ns)
 
 
 @pytest.fixture(scope="module")
 def quota(ground, provider):
     """The tenant's only bound on the provider: 3 GPUs, 6 pods (the GPU cloud's quota)."""
-    provider.create_namespaced_resource_quota(ground.tenant_namespace, {
+    provider.create_namespaced_resource_quota(TENANT_NS, {
         "metadata": {"name": QUOTA}, "spec": {"hard": {"requests.nvidia.com/gpu": "3", "pods": "6"}}})
-    wait_for(lambda: (provider.read_namespaced_resource_quota(QUOTA, ground.tenant_namespace).status.hard or {}),
+    wait_for(lambda: (provider.read_namespaced_resource_quota(QUOTA, TENANT_NS).status.hard or {}),
              30, "the quota's status")
     try:
         yield
     finally:
-        provider.delete_namespaced_resource_quota(QUOTA, ground.tenant_namespace)
+        provider.delete_namespaced_resource_quota(QUOTA, TENANT_NS)
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +103,7 @@ def runtime(ground, local, tenant_kubeconfig, quota, tmp_path_factory):
              f"the default ServiceAccount of {NS}")
     log = tmp_path_factory.mktemp("runtime") / "runtime.log"
     proc = RuntimeProcess(["--kubeconfig", ground.node_kubeconfig, "--provider-kubeconfig", tenant_kubeconfig,
-                           "--tenant-namespace", ground.tenant_namespace, "--node-address", ground.node_address,
+                           "--tenant-namespace", TENANT_NS, "--node-address", ground.node_address,
                            "--kubelet-port", str(KUBELET_PORT), "-v"], log).start()
     try:
         wait_for(lambda: _ready(local), 60, "node k8s.gpu to be Ready with the namespace-only tenant")
@@ -121,7 +128,7 @@ def _ready(local):
 
 def test_the_tenant_can_do_nothing_outside_its_namespace(ground, tenant_kubeconfig):
     tenant = api(tenant_kubeconfig)
-    core, ns = client.CoreV1Api(tenant), ground.tenant_namespace
+    core, ns = client.CoreV1Api(tenant), TENANT_NS
     assert core.list_namespaced_pod(ns).items is not None
     denied = {
         "list nodes": lambda: core.list_node(),
@@ -164,7 +171,7 @@ def _k(ground, *args: str, **kw) -> subprocess.CompletedProcess:
 
 
 def test_the_whole_pod_path_with_the_namespace_only_tenant(runtime, local, provider, ground):
-    ns = ground.tenant_namespace
+    ns = TENANT_NS
     local.create_namespaced_config_map(NS, {"metadata": {"name": "train-cfg"}, "data": {"epochs": "3"}})
     local.create_namespaced_secret(NS, {"metadata": {"name": "train-key"}, "stringData": {"token": "s3cr3t"}})
     local.create_namespaced_pod(NS, {
@@ -254,10 +261,10 @@ def _gone(read) -> bool:
         return exc.status == 404
 
 
-def _doctor(ground, tenant_kubeconfig: str) -> tuple[int, dict]:
+def _doctor(ground, tenant_kubeconfig: str, namespace: str = TENANT_NS) -> tuple[int, dict]:
     run = subprocess.run([sys.executable, "-m", "k8sgpu.cli.main", "doctor", "--cloud", "generic", "--kubeconfig",
                           ground.local.kubeconfig, "--provider-kubeconfig", tenant_kubeconfig, "--tenant-namespace",
-                          ground.tenant_namespace, "-o", "json"], capture_output=True, text=True, timeout=120)
+                          namespace, "-o", "json"], capture_output=True, text=True, timeout=120)
     assert run.stdout, run.stderr
     return run.returncode, {f["check"]: f for f in json.loads(run.stdout) if f["check"].startswith("provider-")}
 
@@ -268,12 +275,12 @@ def test_doctor_reports_the_tenant_rights_and_node_read_as_optional(ground, tena
     node_read = findings["provider-node-read"]
     assert node_read["status"] == "warn" and "requests.nvidia.com/gpu=3" in node_read["evidence"], node_read
     # The ground's own tenant may read the Nodes too (a ClusterRole of its own).
-    _, findings = _doctor(ground, ground.tenant_kubeconfig)
+    _, findings = _doctor(ground, ground.tenant_kubeconfig, ground.tenant_namespace)
     assert {k: f["status"] for k, f in findings.items()} == {"provider-tenant-rbac": "ok", "provider-node-read": "ok"}
 
 
 def test_doctor_names_each_right_a_tenant_lacks(ground, provider, tenant_kubeconfig):
-    ns = ground.tenant_namespace
+    ns = TENANT_NS
     rbac = client.RbacAuthorizationV1Api(api(ground.provider.kubeconfig))
     role = rbac.read_namespaced_role(ROLE, ns)
     without_exec = [r for r in role.rules if "pods/exec" not in r.resources]

@@ -83,3 +83,22 @@ def test_execute(action, provider_error, local_error, result):
         assert provider_calls == [("delete_pod", ("ns", "p", 5), {"mirror_name": "m"})]
     if isinstance(action, Wait):
         assert provider_calls == [] and local_calls == []
+
+
+def test_a_claim_whose_pod_went_unseen_is_found_stale_and_one_whose_mirror_terminates_is_kept():
+    """The claims resync: a pod key still holding objects although its pod and its mirror are gone (their deletion
+    events lost around an etcd restart) is synced again; a gone pod whose mirror still terminates keeps them."""
+    async def scenario():
+        controller = PodController(Answering(None), Answering(None), "n.gpu", workers=1)
+        controller.catalog["rc"] = CLASS
+        refs = frozenset({("ConfigMap", "ns", "cfg")})
+        for key, uid in (("ns/gone", "u2"), ("ns/terminating", "u3"), ("ns/p", "u1"), ("ns/finished", "u4")):
+            controller.objects.claim(key, uid, refs)
+        controller._add_mirror(RemotePod("ns", "terminating", "u3", {"phase": "Running"}, mirror_name="t"))
+        controller.pods.store["ns/p"] = {**POD, "spec": {**POD["spec"], "containers": [
+            {"name": "c", "image": "cuda", "envFrom": [{"configMapRef": {"name": "cfg"}}]}]}}
+        controller.pods.store["ns/finished"] = {**POD, "metadata": {"namespace": "ns", "name": "finished",
+                                                                    "uid": "u4"}, "status": {"phase": "Succeeded"}}
+        return sorted(controller.stale_claims())
+
+    assert asyncio.run(scenario()) == ["ns/finished", "ns/gone"]
