@@ -22,6 +22,7 @@ import hashlib
 import ipaddress
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -56,6 +57,20 @@ class GroundError(RuntimeError):
 
 
 def free_port() -> int:
+    """A free loopback port below the kernel's ephemeral range: a port the kernel handed out (bind to 0) may be
+    taken as the source port of an outgoing connection before the process meant to listen on it starts."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    for _ in range(200):
+        port = random.randrange(10000, max(low, 10001))
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -324,7 +339,11 @@ class Ground:
         names = ["etcd-client", "etcd-peer", "moto", "eks-authenticator", "local-kube-apiserver",
                  "provider-kube-apiserver", "local-metrics-server", "provider-metrics-server", "prometheus"]
         names += [f"provider-kwok-{pool.name}" for pool in self.pools]
-        state.ports = {name: free_port() for name in names}
+        state.ports = {}
+        for name in names:
+            while (port := free_port()) in state.ports.values():
+                pass
+            state.ports[name] = port
         state.aws_endpoint = f"http://127.0.0.1:{state.ports['moto']}"
         state.eks_authenticator_settings = str(root / "eks-authenticator.json")
         Path(state.eks_authenticator_settings).write_text("{}\n")
