@@ -314,17 +314,7 @@ def test_no_credential_of_the_runtime_or_the_outputs_gets_a_certificate_of_anoth
     value = {k: v["value"] for k, v in json.loads((work / "runtime-outputs.json").read_text()).items()}
     sa_token = kubectl(ground.local.kubeconfig, "create", "token", "k8sgpu-runtime", "-n", NAMESPACE,
                        "--duration=1h").stdout.strip()
-    cert, key = (work / "pki" / "kubelet-client-current.pem").read_bytes().split(b"-----END CERTIFICATE-----\n")
-    node_kc = work / "node.kubeconfig"
-    node_kc.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "node",
-        "clusters": [{"name": "c", "cluster": {"server": value["cluster_endpoint"],
-                                               "certificate-authority-data": base64.b64encode(
-                                                   value["cluster_ca_certificate"].encode()).decode()}}],
-        "users": [{"name": "u", "user": {
-            "client-certificate-data": base64.b64encode(cert + b"-----END CERTIFICATE-----\n").decode(),
-            "client-key-data": base64.b64encode(key).decode()}}],
-        "contexts": [{"name": "node", "context": {"cluster": "c", "user": "u"}}]}))
+    node_kc = _node_kubeconfig(work)
     credentials = {"the ServiceAccount's token": _token_kubeconfig(work / "sa.kubeconfig", value, sa_token),
                    "the bootstrap_token output": _token_kubeconfig(work / "spent.kubeconfig", value,
                                                                    value["bootstrap_token"]),
@@ -362,7 +352,7 @@ def _node_kubeconfig(work: Path) -> Path:
     """A kubeconfig of the node's own client certificate (the bootstrapped one the runtime stored in --cert-dir)."""
     value = {k: v["value"] for k, v in json.loads((work / "runtime-outputs.json").read_text()).items()}
     cert, key = (work / "pki" / "kubelet-client-current.pem").read_bytes().split(b"-----END CERTIFICATE-----\n")
-    path = work / "node-serving.kubeconfig"
+    path = work / "node.kubeconfig"
     path.write_text(yaml.safe_dump({
         "apiVersion": "v1", "kind": "Config", "current-context": "node",
         "clusters": [{"name": "c", "cluster": {"server": value["cluster_endpoint"],
