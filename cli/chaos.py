@@ -269,6 +269,10 @@ class Chaos:
             return {"value": base64.b64encode(value.encode()).decode()}
         return {"value": value}
 
+    @staticmethod
+    def _exits(i: int) -> bool:
+        return i % 10 == 7
+
     def _pod(self, i: int) -> dict:
         kind, name = self._object(i % self.scale.objects)
         second_kind, second = self._object((i + 1) % self.scale.objects)
@@ -289,7 +293,7 @@ class Chaos:
         if mode == 2:
             volumes.append({"name": "first", **_volume(kind, name)})
         annotations = {"chaos.k8sgpu.dev/round": "0"}
-        if i % 10 == 7:
+        if self._exits(i):
             annotations.update({"sim.k8sgpu.dev/exit-code": "0", "sim.k8sgpu.dev/run-for": "3s"})
         pool = "a6000" if i % 2 else "a100"
         return {"metadata": {"name": f"p-{i:04d}", "labels": {"app": "chaos", "drop-me": "yes", "index": str(i)},
@@ -314,10 +318,13 @@ class Chaos:
             time.sleep(1)  # the local API server is restarting
         raise RuntimeError(f"could not create pod {body['metadata']['name']}")
 
-    def _new_pods(self, count: int) -> list[str]:
+    def _new_pods(self, count: int, lasting: bool = False) -> list[str]:
+        """Create ``count`` pods of the population; ``lasting``: none that exits on its own (and releases its
+        copies)."""
         bodies = []
-        for _ in range(count):
-            bodies.append(self._pod(self._serial))
+        while len(bodies) < count:
+            if not (lasting and self._exits(self._serial)):
+                bodies.append(self._pod(self._serial))
             self._serial += 1
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
             list(pool.map(self._create, bodies))

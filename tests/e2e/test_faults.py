@@ -66,7 +66,8 @@ def test_the_checker_sees_drift_the_runtime_then_repairs(chaos, local, provider,
     """With the runtime stopped, drift made by hand on both sides is reported, one line each; started again, the
     runtime repairs it all."""
     tenant = ground.tenant_namespace
-    created = chaos._new_pods(2)
+    # Pods that keep running: one that exits on its own would release its copies (seen in CI: 404 patching one).
+    created = chaos._new_pods(2, lasting=True)
     assert chaos.checker.converge(chaos.scale.converge_timeout).violations == []
     chaos.runtime.kill()
     try:
