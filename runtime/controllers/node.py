@@ -204,6 +204,15 @@ class NodeController:
         comparable = self._without_heartbeats(status)
         if not force and comparable == self._last_status:
             return False
+        found = products(self.capacity)
+        if found != self._products:
+            # One annotation per GPU product the provider has; a product gone takes its annotation with it. Written
+            # before the status, so that a node whose capacity shows the products also names them.
+            node = await self.kube.get("Node", None, self.config.name)
+            gone = [k for k in (node["metadata"].get("annotations") or {}) if k.startswith(PRODUCTS_PREFIX)]
+            await self.kube.patch("Node", None, self.config.name,
+                                  {"metadata": {"annotations": {**dict.fromkeys(gone), **found}}})
+            self._products = found
         patch = dict(status)
         for field in ("capacity", "allocatable"):
             # An offering whose RuntimeClass went: null removes its resource from the map.
@@ -212,14 +221,6 @@ class NodeController:
         await self.kube.patch("Node", None, self.config.name, {"status": patch}, subresource="status",
                               patch_type="strategic")
         self._last_status = comparable
-        found = products(self.capacity)
-        if found != self._products:
-            # One annotation per GPU product the provider has; a product gone takes its annotation with it.
-            node = await self.kube.get("Node", None, self.config.name)
-            gone = [k for k in (node["metadata"].get("annotations") or {}) if k.startswith(PRODUCTS_PREFIX)]
-            await self.kube.patch("Node", None, self.config.name,
-                                  {"metadata": {"annotations": {**dict.fromkeys(gone), **found}}})
-            self._products = found
         return True
 
     async def status_loop(self) -> None:

@@ -20,9 +20,14 @@ class RecordingKube:
     def __init__(self):
         self.patches: list[dict] = []
 
+    async def get(self, kind, namespace, name):
+        assert (kind, name) == ("Node", "n.gpu")
+        return {"metadata": {"name": name, "annotations": {}}}
+
     async def patch(self, kind, namespace, name, body, subresource=None, patch_type=None):
-        assert (kind, name, subresource) == ("Node", "n.gpu", "status")
-        self.patches.append(body["status"])
+        assert (kind, name) == ("Node", "n.gpu")
+        if subresource == "status":
+            self.patches.append(body["status"])
         return body
 
 
