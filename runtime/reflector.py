@@ -35,14 +35,20 @@ class Reflector:
     ``forbidden_grace`` seconds (a restarted kube-apiserver refuses everyone until its RBAC cache has synced) empty
     the store (as DELETED events), count as synced, call ``on_forbidden(why)`` once, and the list is tried again
     only every ``forbidden_retry`` seconds, quietly; ``on_forbidden("")`` says that a list succeeded after that.
+
+    ``transform`` (client-go's TransformFunc) makes each listed or watched object into what is stored and handed to
+    ``on_event``: by default the object without ``metadata.managedFields``; a reflector of thousands of objects keeps
+    only the fields its handlers read.
     """
 
     def __init__(self, kube: Kube, kind: str, namespace: str | None = None, *, on_event: EventHandler,
                  label_selector: str | None = None, field_selector: str | None = None,
                  on_health: Callable[[bool, str], None] | None = None, watch_seconds: int = 300,
                  max_backoff: float = 5.0, on_forbidden: Callable[[str], None] | None = None,
-                 forbidden_grace: float = 10.0, forbidden_retry: float = 60.0):
+                 forbidden_grace: float = 10.0, forbidden_retry: float = 60.0,
+                 transform: Callable[[dict], dict] | None = None):
         self.kube, self.kind, self.namespace = kube, kind, namespace
+        self.transform = transform or drop_managed_fields
         self.on_event, self.on_health = on_event, on_health
         self.selectors = {"label_selector": label_selector, "field_selector": field_selector}
         self.store: dict[str, dict] = {}
@@ -117,7 +123,7 @@ class Reflector:
         fresh = {}
         for item in listing.get("items") or []:
             item.setdefault("kind", self.kind)
-            _drop_managed_fields(item)
+            item = self.transform(item)
             fresh[key_of(item)] = item
         old = self.store
         self.store = fresh
@@ -143,7 +149,7 @@ class Reflector:
         self.resource_version = obj.get("metadata", {}).get("resourceVersion", self.resource_version)
         if kind == "BOOKMARK":
             return
-        _drop_managed_fields(obj)
+        obj = self.transform(obj)
         key = key_of(obj)
         if kind == "DELETED":
             self.store.pop(key, None)
@@ -151,11 +157,18 @@ class Reflector:
             self.store[key] = obj
         self.on_event(kind, obj)
 
+    def put(self, obj: dict) -> None:
+        """Stores what a write of ours returned ahead of its watch event, when the object is still in the store."""
+        key = key_of(obj)
+        if key in self.store:
+            self.store[key] = self.transform(obj)
 
-def _drop_managed_fields(obj: dict) -> None:
+
+def drop_managed_fields(obj: dict) -> dict:
     # What each writer of the object set (a third of a running pod's JSON), which no controller here reads: client-go
     # informers drop it the same way, so that thousands of cached pods do not hold it.
     (obj.get("metadata") or {}).pop("managedFields", None)
+    return obj
 
 
 @dataclass(frozen=True)

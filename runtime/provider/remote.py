@@ -18,7 +18,7 @@ from ..catalog import GPU_RESOURCE, PROVIDER_PRODUCT_LABEL, GPUClass
 from ..kube import Kube, resource_path
 from ..placement import ProviderRoom, Waiting, as_waiting, node_room, pod_requests, quota_room, with_requested
 from ..quantity import parse_quantity
-from ..reflector import Reflector
+from ..reflector import Reflector, drop_managed_fields
 from ..supervisor import Supervisor
 from ..translate import (
     NODE_LABEL,
@@ -56,14 +56,14 @@ class RemoteClusterProvider:
         self._capacity = Capacity("0", "0", "0", "0")
         owned = f"{NODE_LABEL}={node_name}"
         self._pods = Reflector(kube, "Pod", tenant_namespace, label_selector=owned, on_event=self._on_pod,
-                               on_health=self._on_health)
+                               on_health=self._on_health, transform=provider_pod_essentials)
         self._configmaps = Reflector(kube, "ConfigMap", tenant_namespace, label_selector=owned,
                                      on_event=self._on_copy)
         self._secrets = Reflector(kube, "Secret", tenant_namespace, label_selector=owned, on_event=self._on_copy)
         self._services = Reflector(kube, "Service", tenant_namespace, label_selector=owned,
                                    on_event=self._on_service)
         self._pod_events = Reflector(kube, "Event", tenant_namespace, field_selector="involvedObject.kind=Pod",
-                                     on_event=self._on_event)
+                                     on_event=self._on_event, transform=provider_event_essentials)
         # Optional: a tenant confined to its namespace may not list Nodes; then its quota says what room there is.
         self._nodes = Reflector(kube, "Node", None, on_event=self._on_capacity_source,
                                 on_forbidden=self._on_nodes_forbidden, forbidden_retry=NODES_RECHECK_SECONDS)
@@ -73,7 +73,7 @@ class RemoteClusterProvider:
         # would decode every mirror event twice).
         self._tenant_pods = Reflector(kube, "Pod", tenant_namespace, label_selector=f"{NODE_LABEL}!={node_name}",
                                       field_selector="status.phase!=Succeeded,status.phase!=Failed",
-                                      on_event=self._on_tenant_pod)
+                                      on_event=self._on_tenant_pod, transform=provider_pod_essentials)
         # What the tenant's pods take, kept up to date per event, so that counting the room never walks them all:
         # per unfinished pod (by UID) where it stands, the sums per node, the unplaced, the mirrors' origins.
         self._placed: dict[str, tuple[str, dict[str, Decimal], str]] = {}  # UID → (node, requests, origin UID)
@@ -176,8 +176,7 @@ class RemoteClusterProvider:
                                             {"metadata": {**patch, "uid": mirror["metadata"]["uid"]}})
         except errors.NotFound:
             return  # gone meanwhile: its deletion event tells the controller
-        if key in self._pods.store:
-            self._pods.store[key] = updated  # ahead of the watch: the next sync finds nothing to patch
+        self._pods.put(updated)  # ahead of the watch: the next sync finds nothing to patch
 
     async def delete_pod(self, namespace: str, name: str, grace_seconds: int | None,
                          mirror_name: str | None = None) -> None:
@@ -495,3 +494,32 @@ def _same_content(current: dict, mirrored: dict) -> bool:
         return False
     return all(current.get(f) == mirrored.get(f) for f in ("data", "binaryData"))
 
+
+# What the provider's pods and Events are cached as. At 10,000 mirrors the cache is most of the runtime's memory, and
+# of a provider pod only its metadata, status and what it requests are read (status translation, room, accounting);
+# of an Event only what its local copy says.
+_POD_SPEC_KEPT = ("nodeName", "nodeSelector", "runtimeClassName", "overhead", "restartPolicy")
+_CONTAINER_KEPT = ("name", "resources", "restartPolicy")
+_EVENT_KEPT = ("involvedObject", "reason", "message", "type", "count", "series", "firstTimestamp", "lastTimestamp",
+               "eventTime")
+
+
+def provider_pod_essentials(pod: dict) -> dict:
+    """A provider pod as cached: its metadata (less managedFields), its status and, of its spec, where it runs and
+    what it requests (containers and init containers by name, resources and restart policy; overhead)."""
+    spec = pod.get("spec") or {}
+    kept = {key: spec[key] for key in _POD_SPEC_KEPT if key in spec}
+    for containers in ("containers", "initContainers"):
+        if containers in spec:
+            kept[containers] = [{key: c[key] for key in _CONTAINER_KEPT if key in c} for c in spec[containers]]
+    pod["spec"] = kept
+    return drop_managed_fields(pod)
+
+
+def provider_event_essentials(event: dict) -> dict:
+    """A provider Event as cached: its name, UID and resourceVersion, and what its local copy says."""
+    meta = event.get("metadata") or {}
+    kept = {key: event[key] for key in _EVENT_KEPT if key in event}
+    kept["metadata"] = {key: meta[key] for key in ("name", "namespace", "uid", "resourceVersion") if key in meta}
+    kept["kind"] = event.get("kind", "Event")
+    return kept
