@@ -53,6 +53,7 @@ KUBELET_SYSCTLS = {
 # Debian machine, so no mount point is made on the host (one made for /var/lib/cni would be busy, and stay, while
 # another ground's worker has its tmpfs there).
 TMPFS_IN_NAMESPACE = ("/run", "/var/log", "/var/lib")
+LIBMOUNT_DIR = "/run/mount"
 
 TOOLS = {
     "containerd": "containerd",
@@ -142,6 +143,9 @@ def make_namespaces(w: WorkerPlan) -> None:
     ns_dir = Path(w.dir) / "ns"
     ns_dir.mkdir(parents=True, exist_ok=True)
     if not _is_mount(w.mount_ns):
+        # libmount makes /run/mount (its lock and temporary mount target) at the first mount, on the host's /run
+        # before the tmpfs covers it there: when it was not there before, it goes with the worker.
+        had_libmount_dir = os.path.isdir(LIBMOUNT_DIR)
         Path(w.mount_ns).touch()
         _run(["unshare", f"--mount={w.mount_ns}", "--propagation", "private", "true"], "creating the mount namespace")
         sysctl_dir = Path(w.dir) / "sysctl"
@@ -159,6 +163,8 @@ def make_namespaces(w: WorkerPlan) -> None:
         script.append("mkdir -p /run/netns")
         _run(["nsenter", f"--mount={w.mount_ns}", "--", "sh", "-ec", "; ".join(script)],
              "preparing the mount namespace")
+        if not had_libmount_dir and os.path.isdir(LIBMOUNT_DIR):
+            w.created_dirs.insert(0, LIBMOUNT_DIR)
     if not _is_mount(w.net_ns):
         Path(w.net_ns).touch()
         _run(["unshare", f"--net={w.net_ns}", "true"], "creating the network namespace")
