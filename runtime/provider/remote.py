@@ -18,7 +18,7 @@ from ..catalog import GPU_RESOURCE, PROVIDER_PRODUCT_LABEL, GPUClass
 from ..kube import Kube, resource_path
 from ..placement import ProviderRoom, Waiting, as_waiting, node_room, pod_requests, quota_room, with_requested
 from ..quantity import parse_quantity
-from ..reflector import Reflector, drop_managed_fields
+from ..reflector import Reflector, cache_form
 from ..supervisor import Supervisor
 from ..translate import (
     NODE_LABEL,
@@ -63,7 +63,8 @@ class RemoteClusterProvider:
         self._services = Reflector(kube, "Service", tenant_namespace, label_selector=owned,
                                    on_event=self._on_service)
         self._pod_events = Reflector(kube, "Event", tenant_namespace, field_selector="involvedObject.kind=Pod",
-                                     on_event=self._on_event, transform=provider_event_essentials)
+                                     on_event=self._on_event, transform=provider_event_essentials,
+                                     keep=event_identity)
         # Optional: a tenant confined to its namespace may not list Nodes; then its quota says what room there is.
         self._nodes = Reflector(kube, "Node", None, on_event=self._on_capacity_source,
                                 on_forbidden=self._on_nodes_forbidden, forbidden_retry=NODES_RECHECK_SECONDS)
@@ -513,7 +514,7 @@ def provider_pod_essentials(pod: dict) -> dict:
         if containers in spec:
             kept[containers] = [{key: c[key] for key in _CONTAINER_KEPT if key in c} for c in spec[containers]]
     pod["spec"] = kept
-    return drop_managed_fields(pod)
+    return cache_form(pod)
 
 
 def provider_event_essentials(event: dict) -> dict:
@@ -523,3 +524,10 @@ def provider_event_essentials(event: dict) -> dict:
     kept["metadata"] = {key: meta[key] for key in ("name", "namespace", "uid", "resourceVersion") if key in meta}
     kept["kind"] = event.get("kind", "Event")
     return kept
+
+
+def event_identity(event: dict) -> dict:
+    """What the Events' store keeps once an Event has been handed on: its key and resourceVersion. Nothing looks a
+    provider Event up again, and the tenant namespace's Events (every pod's, this node's or not) are a few per pod."""
+    meta = event["metadata"]
+    return {"metadata": {key: meta[key] for key in ("name", "namespace", "resourceVersion") if key in meta}}

@@ -1,5 +1,5 @@
-"""What the provider's pods and Events are cached as (runtime/provider/remote.py): every reader of the cache gets from
-the cached form what it got from the whole object, and what no reader uses is not kept."""
+"""What the provider's pods and Events are cached as (runtime/provider/remote.py, runtime/reflector.py): every reader
+of the cache gets from the cached form what it got from the whole object, and what no reader uses is not kept."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import orjson
 from k8sgpu.runtime.admission import pod_resources
 from k8sgpu.runtime.catalog import GPUClass, demo_catalog
 from k8sgpu.runtime.placement import pod_requests
-from k8sgpu.runtime.provider.remote import provider_event_essentials, provider_pod_essentials
+from k8sgpu.runtime.provider.remote import event_identity, provider_event_essentials, provider_pod_essentials
+from k8sgpu.runtime.reflector import Reflector, cache_form
 from k8sgpu.runtime.translate import local_status, remote_pod
 from k8sgpu.runtime.usage import allocation
 
@@ -74,8 +75,8 @@ def test_a_cached_provider_pod_keeps_neither_volumes_images_env_nor_managed_fiel
     assert len(orjson.dumps(cached)) < len(orjson.dumps(_mirror())) * 0.8
 
 
-def test_a_cached_provider_event_keeps_what_its_local_copy_says_and_no_more():
-    event = {"kind": "Event", "apiVersion": "v1",
+def _event() -> dict:
+    return {"kind": "Event", "apiVersion": "v1",
              "metadata": {"name": "m.187d", "namespace": "tenant", "uid": "e-1", "resourceVersion": "7",
                           "creationTimestamp": "2026-01-31T12:00:00Z", "managedFields": [{"manager": "x"}]},
              "involvedObject": {"kind": "Pod", "namespace": "tenant", "name": "m", "uid": "remote-uid"},
@@ -83,8 +84,36 @@ def test_a_cached_provider_event_keeps_what_its_local_copy_says_and_no_more():
              "firstTimestamp": "2026-01-31T12:00:00Z", "lastTimestamp": "2026-01-31T12:00:05Z",
              "source": {"component": "kubelet", "host": "gpu-node-1"}, "reportingComponent": "kubelet",
              "reportingInstance": "gpu-node-1"}
+
+
+def test_a_provider_event_is_handed_on_as_what_its_local_copy_says_and_no_more():
+    event = _event()
     cached = provider_event_essentials(copy.deepcopy(event))
     assert cached["metadata"] == {"name": "m.187d", "namespace": "tenant", "uid": "e-1", "resourceVersion": "7"}
     for field in ("involvedObject", "reason", "message", "type", "count", "firstTimestamp", "lastTimestamp"):
         assert cached[field] == event[field]
     assert not {"source", "reportingComponent", "reportingInstance", "apiVersion"} & set(cached)
+
+
+def test_the_events_store_keeps_only_what_a_relist_compares_once_the_handler_has_had_the_event():
+    handed = []
+    events = Reflector(None, "Event", "tenant", on_event=lambda kind, obj: handed.append((kind, obj)),
+                       transform=provider_event_essentials, keep=event_identity)
+    events._apply({"type": "ADDED", "object": _event()})
+    assert handed == [("ADDED", provider_event_essentials(_event()))]
+    assert events.store == {"tenant/m.187d": {"metadata": {"name": "m.187d", "namespace": "tenant",
+                                                           "resourceVersion": "7"}}}
+    events._apply({"type": "DELETED", "object": _event()})
+    assert events.store == {}
+
+
+def test_cached_objects_share_their_equal_strings_and_read_as_before():
+    # As two watch events decode them: every string its own object.
+    first, second = (orjson.loads(orjson.dumps(_mirror())) for _ in range(2))
+    assert first["status"]["conditions"][0]["status"] is not second["status"]["conditions"][0]["status"]
+    whole = orjson.loads(orjson.dumps(first))
+    first, second = cache_form(first), cache_form(second)
+    assert first == {**whole, "metadata": {k: v for k, v in whole["metadata"].items() if k != "managedFields"}}
+    assert first["status"]["conditions"][0]["status"] is second["status"]["conditions"][0]["status"]
+    assert first["spec"]["containers"][0]["image"] is second["spec"]["containers"][0]["image"]
+    assert first["spec"]["tolerations"][0]["key"] is second["spec"]["tolerations"][0]["key"]
