@@ -290,10 +290,21 @@ def stage_percentiles(run: Run) -> dict[str, dict[str, float]]:
 
 
 def _delete_all(kubeconfig: str, namespace: str) -> None:
+    from kubernetes.client.rest import ApiException
+
     api = _client(kubeconfig)
-    api.delete_collection_namespaced_pod(namespace, label_selector="bench=1", grace_period_seconds=0)
-    _wait(lambda: not api.list_namespaced_pod(namespace, label_selector="bench=1").items, 300 + 0.05 * 10000,
-          f"bench pods gone from {namespace}")
+    deadline = time.monotonic() + 300 + 0.05 * 10000
+    while True:
+        try:
+            api.delete_collection_namespaced_pod(namespace, label_selector="bench=1", grace_period_seconds=0)
+            break
+        except ApiException as exc:
+            # A DeleteCollection of thousands of pods outlasts the API server's 60 s request timeout: 504, while
+            # it goes on deleting. Asked again, it deletes what is left.
+            if exc.status != 504 or time.monotonic() > deadline:
+                raise
+    _wait(lambda: not api.list_namespaced_pod(namespace, label_selector="bench=1", limit=1).items,
+          max(1.0, deadline - time.monotonic()), f"bench pods gone from {namespace}")
 
 
 def _both_empty(state: State) -> None:
