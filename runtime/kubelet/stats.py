@@ -70,30 +70,37 @@ def summary(node_name: str, started: datetime.datetime, pods: list[dict],
     """Every container of each pod from the first second, as a kubelet lists them; CPU and memory added where
     the provider has measured them (its first measurement comes some 20 s after a pod starts)."""
     now = datetime.datetime.now(datetime.UTC)
+    now_ts = _ts(now)
+    # A provider measures its pods in a few rounds: thousands of pods share a handful of sample times, each parsed
+    # and formatted once per scrape.
+    sampled: dict[str, tuple[datetime.datetime, str]] = {}
     out_pods = []
     node_cpu, node_mem, node_total = 0, 0, 0.0
     live = set()
     for pod in pods:
         meta = pod["metadata"]
         measured = usage.get((meta["namespace"], meta["name"]))
-        start = (pod.get("status") or {}).get("startTime") or _ts(now)
+        start = (pod.get("status") or {}).get("startTime") or now_ts
         containers = {name: {"name": name, "startTime": when} for name, when in _container_starts(pod, start).items()}
         entry: dict = {"podRef": _pod_ref(pod), "startTime": start}
         if measured is not None:
-            when = _parse_ts(measured.timestamp)
+            if measured.timestamp not in sampled:
+                parsed = _parse_ts(measured.timestamp)
+                sampled[measured.timestamp] = (parsed, _ts(parsed))
+            when, when_ts = sampled[measured.timestamp]
             pod_cpu, pod_mem, pod_total = 0, 0, 0.0
             for c in measured.containers:
                 key = (meta["namespace"], meta["name"], c.name)
                 live.add(key)
                 total = counter.observe(key, when, c.cpu_nanocores)
                 containers.setdefault(c.name, {"name": c.name, "startTime": start}).update({
-                    "cpu": {"time": _ts(when), "usageNanoCores": c.cpu_nanocores,
+                    "cpu": {"time": when_ts, "usageNanoCores": c.cpu_nanocores,
                             "usageCoreNanoSeconds": int(total)},
-                    "memory": {"time": _ts(when), "workingSetBytes": c.memory_bytes, "usageBytes": c.memory_bytes},
+                    "memory": {"time": when_ts, "workingSetBytes": c.memory_bytes, "usageBytes": c.memory_bytes},
                 })
                 pod_cpu, pod_mem, pod_total = pod_cpu + c.cpu_nanocores, pod_mem + c.memory_bytes, pod_total + total
-            entry["cpu"] = {"time": _ts(when), "usageNanoCores": pod_cpu, "usageCoreNanoSeconds": int(pod_total)}
-            entry["memory"] = {"time": _ts(when), "workingSetBytes": pod_mem, "usageBytes": pod_mem}
+            entry["cpu"] = {"time": when_ts, "usageNanoCores": pod_cpu, "usageCoreNanoSeconds": int(pod_total)}
+            entry["memory"] = {"time": when_ts, "workingSetBytes": pod_mem, "usageBytes": pod_mem}
             node_cpu, node_mem, node_total = node_cpu + pod_cpu, node_mem + pod_mem, node_total + pod_total
         entry["containers"] = list(containers.values())
         out_pods.append(entry)
@@ -113,13 +120,18 @@ def resource_metrics(node_name: str, started: datetime.datetime, pods: list[dict
     """The Prometheus text metrics-server scrapes from every kubelet."""
     data = summary(node_name, started, pods, usage, counter)
     lines: list[str] = []
+    seconds: dict[str, float] = {}  # a timestamp → its Unix seconds: a scrape's thousands of samples share a few
+
+    def epoch(when: str) -> float:
+        if when not in seconds:
+            seconds[when] = _parse_ts(when).timestamp()
+        return seconds[when]
 
     def family(name: str, kind: str, help_text: str, samples: list[tuple[str, float, str]]) -> None:
         lines.append(f"# HELP {name} [STABLE] {help_text}")
         lines.append(f"# TYPE {name} {kind}")
         for labels, value, when in samples:
-            millis = int(_parse_ts(when).timestamp() * 1000)
-            lines.append(f"{name}{labels} {value!r} {millis}")
+            lines.append(f"{name}{labels} {value!r} {int(epoch(when) * 1000)}")
 
     node = data["node"]
     family("node_cpu_usage_seconds_total", "counter", "Cumulative cpu time consumed by the node in core-seconds",
@@ -136,7 +148,7 @@ def resource_metrics(node_name: str, started: datetime.datetime, pods: list[dict
                 continue  # metrics-server takes a container's figures together; its start alone would be noise
             containers_cpu.append((labels, c["cpu"]["usageCoreNanoSeconds"] / 1e9, c["cpu"]["time"]))
             containers_mem.append((labels, float(c["memory"]["workingSetBytes"]), c["memory"]["time"]))
-            starts.append((labels, _parse_ts(c["startTime"]).timestamp(), c["cpu"]["time"]))
+            starts.append((labels, epoch(c["startTime"]), c["cpu"]["time"]))
         if "cpu" in pod:
             pods_cpu.append((pod_labels, pod["cpu"]["usageCoreNanoSeconds"] / 1e9, pod["cpu"]["time"]))
             pods_mem.append((pod_labels, float(pod["memory"]["workingSetBytes"]), pod["memory"]["time"]))

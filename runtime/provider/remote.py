@@ -251,8 +251,9 @@ class RemoteClusterProvider:
             remote = self._pods.store.get(f"{self.namespace}/{item['metadata']['name']}")
             if remote is None:
                 continue
-            pod = self._remote_pod(remote)
-            out[(pod.namespace, pod.name)] = PodUsage(item.get("timestamp", ""), tuple(
+            # The local pod's name from the mirror's annotations alone: every mirror, every scrape.
+            ann = remote["metadata"].get("annotations") or {}
+            out[(ann.get(ORIGIN_NAMESPACE, ""), ann.get(ORIGIN_NAME, ""))] = PodUsage(item.get("timestamp", ""), tuple(
                 ContainerUsage(c["name"], int(parse_quantity(c["usage"].get("cpu", 0)) * 10**9),
                                int(parse_quantity(c["usage"].get("memory", 0))))
                 for c in item.get("containers") or []))
