@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import signal
 import sys
@@ -144,6 +145,11 @@ def main(argv: list[str] | None = None) -> int:
     # botocore's debug log carries signed requests, session tokens among them: never at debug.
     logging.getLogger("botocore").setLevel(logging.WARNING)
     from .virtual_node import VirtualNode
+
+    # The caches hold a few hundred thousand objects per thousand pods, which every youngest-generation collection
+    # (CPython's default: after 700 allocations) and its promotions make the full collections walk: decoding one
+    # 10,000-pod PodMetrics list beside 10,000 cached pods took 76 ms at the default, 36 ms at 10,000.
+    gc.set_threshold(10_000, 10, 10)
 
     async def run() -> None:
         stop = asyncio.Event()
