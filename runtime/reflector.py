@@ -52,7 +52,7 @@ class Reflector:
                  transform: Callable[[dict], dict] | None = None, keep: Callable[[dict], dict] | None = None):
         self.kube, self.kind, self.namespace = kube, kind, namespace
         self.transform = transform or cache_form
-        self._keep = keep
+        self._keep = keep or (lambda obj: obj)
         self.on_event, self.on_health = on_event, on_health
         self.selectors = {"label_selector": label_selector, "field_selector": field_selector}
         self.store: dict[str, dict] = {}
@@ -130,7 +130,7 @@ class Reflector:
             item = self.transform(item)
             fresh[key_of(item)] = item
         old = self.store
-        self.store = fresh if self._keep is None else {key: self._keep(obj) for key, obj in fresh.items()}
+        self.store = {key: self._keep(obj) for key, obj in fresh.items()}
         self.resource_version = listing["metadata"]["resourceVersion"]
         for key, obj in fresh.items():
             before = old.get(key)
@@ -158,15 +158,14 @@ class Reflector:
         if kind == "DELETED":
             self.store.pop(key, None)
         else:
-            self.store[key] = obj if self._keep is None else self._keep(obj)
+            self.store[key] = self._keep(obj)
         self.on_event(kind, obj)
 
     def put(self, obj: dict) -> None:
         """Stores what a write of ours returned ahead of its watch event, when the object is still in the store."""
         key = key_of(obj)
         if key in self.store:
-            obj = self.transform(obj)
-            self.store[key] = obj if self._keep is None else self._keep(obj)
+            self.store[key] = self._keep(self.transform(obj))
 
 
 def drop_managed_fields(obj: dict) -> dict:
@@ -185,20 +184,12 @@ def share_strings(node: dict | list) -> dict | list:
     """Interns, in place, every string value in ``node``: thousands of cached pods then hold one "True", one
     "Ready", one image name and one timestamp per second between them, not one each (a third of a cached pod's
     memory; orjson already shares the keys)."""
-    if type(node) is dict:
-        for key, value in node.items():
-            kind = type(value)
-            if kind is str:
-                node[key] = sys.intern(value)
-            elif kind is dict or kind is list:
-                share_strings(value)
-    else:
-        for i, value in enumerate(node):
-            kind = type(value)
-            if kind is str:
-                node[i] = sys.intern(value)
-            elif kind is dict or kind is list:
-                share_strings(value)
+    for key, value in node.items() if type(node) is dict else enumerate(node):
+        kind = type(value)
+        if kind is str:
+            node[key] = sys.intern(value)
+        elif kind is dict or kind is list:
+            share_strings(value)
     return node
 
 
