@@ -25,12 +25,13 @@ def _parse_ts(value: str) -> datetime.datetime:
 
 
 class CpuCounter:
-    """Cumulative CPU core-nanoseconds per (namespace, pod, container), integrated from usage samples."""
+    """Cumulative CPU core-nanoseconds per (namespace, pod, container), integrated from usage samples (their
+    times in Unix seconds)."""
 
     def __init__(self) -> None:
-        self._totals: dict[tuple[str, str, str], tuple[datetime.datetime, int, float]] = {}
+        self._totals: dict[tuple[str, str, str], tuple[float, int, float]] = {}
 
-    def observe(self, key: tuple[str, str, str], when: datetime.datetime, nanocores: int) -> float:
+    def observe(self, key: tuple[str, str, str], when: float, nanocores: int) -> float:
         last = self._totals.get(key)
         if last is None:
             total = 0.0
@@ -38,7 +39,7 @@ class CpuCounter:
             seen, rate, total = last
             if when <= seen:
                 return total  # the same sample again
-            total += (rate + nanocores) / 2 * (when - seen).total_seconds()  # trapezoid between samples
+            total += (rate + nanocores) / 2 * (when - seen)  # trapezoid between samples
         self._totals[key] = (when, nanocores, total)
         return total
 
@@ -73,7 +74,7 @@ def summary(node_name: str, started: datetime.datetime, pods: list[dict],
     now_ts = _ts(now)
     # A provider measures its pods in a few rounds: thousands of pods share a handful of sample times, each parsed
     # and formatted once per scrape.
-    sampled: dict[str, tuple[datetime.datetime, str]] = {}
+    sampled: dict[str, tuple[float, str]] = {}
     out_pods = []
     node_cpu, node_mem, node_total = 0, 0, 0.0
     live = set()
@@ -86,7 +87,7 @@ def summary(node_name: str, started: datetime.datetime, pods: list[dict],
         if measured is not None:
             if measured.timestamp not in sampled:
                 parsed = _parse_ts(measured.timestamp)
-                sampled[measured.timestamp] = (parsed, _ts(parsed))
+                sampled[measured.timestamp] = (parsed.timestamp(), _ts(parsed))
             when, when_ts = sampled[measured.timestamp]
             pod_cpu, pod_mem, pod_total = 0, 0, 0.0
             for c in measured.containers:
@@ -115,53 +116,71 @@ def summary(node_name: str, started: datetime.datetime, pods: list[dict],
     }
 
 
-def resource_metrics(node_name: str, started: datetime.datetime, pods: list[dict],
-                     usage: dict[tuple[str, str], PodUsage], counter: CpuCounter) -> str:
-    """The Prometheus text metrics-server scrapes from every kubelet."""
-    data = summary(node_name, started, pods, usage, counter)
-    lines: list[str] = []
-    seconds: dict[str, float] = {}  # a timestamp → its Unix seconds: a scrape's thousands of samples share a few
-
-    def epoch(when: str) -> float:
-        if when not in seconds:
-            seconds[when] = _parse_ts(when).timestamp()
-        return seconds[when]
-
-    def family(name: str, kind: str, help_text: str, samples: list[tuple[str, float, str]]) -> None:
+def _families(node: tuple[str, str], pods: list[list[str]]) -> str:
+    """The Prometheus text of the node's two samples and each family's per-pod and per-container lines."""
+    names = (("container_cpu_usage_seconds_total", "counter",
+              "Cumulative cpu time consumed by the container in core-seconds"),
+             ("container_memory_working_set_bytes", "gauge", "Current working set of the container in bytes"),
+             ("container_start_time_seconds", "gauge", "Start time of the container since unix epoch in seconds"),
+             ("pod_cpu_usage_seconds_total", "counter", "Cumulative cpu time consumed by the pod in core-seconds"),
+             ("pod_memory_working_set_bytes", "gauge", "Current working set of the pod in bytes"))
+    lines = ["# HELP node_cpu_usage_seconds_total [STABLE] Cumulative cpu time consumed by the node in core-seconds",
+             "# TYPE node_cpu_usage_seconds_total counter", node[0],
+             "# HELP node_memory_working_set_bytes [STABLE] Current working set of the node in bytes",
+             "# TYPE node_memory_working_set_bytes gauge", node[1]]
+    for (name, kind, help_text), samples in zip(names, pods, strict=True):
         lines.append(f"# HELP {name} [STABLE] {help_text}")
         lines.append(f"# TYPE {name} {kind}")
-        for labels, value, when in samples:
-            lines.append(f"{name}{labels} {value!r} {int(epoch(when) * 1000)}")
-
-    node = data["node"]
-    family("node_cpu_usage_seconds_total", "counter", "Cumulative cpu time consumed by the node in core-seconds",
-           [("", node["cpu"]["usageCoreNanoSeconds"] / 1e9, node["cpu"]["time"])])
-    family("node_memory_working_set_bytes", "gauge", "Current working set of the node in bytes",
-           [("", float(node["memory"]["workingSetBytes"]), node["memory"]["time"])])
-    containers_cpu, containers_mem, pods_cpu, pods_mem, starts = [], [], [], [], []
-    for pod in data["pods"]:
-        ref = pod["podRef"]
-        pod_labels = f'{{namespace="{ref["namespace"]}",pod="{ref["name"]}"}}'
-        for c in pod["containers"]:
-            labels = f'{{container="{c["name"]}",namespace="{ref["namespace"]}",pod="{ref["name"]}"}}'
-            if "cpu" not in c:
-                continue  # metrics-server takes a container's figures together; its start alone would be noise
-            containers_cpu.append((labels, c["cpu"]["usageCoreNanoSeconds"] / 1e9, c["cpu"]["time"]))
-            containers_mem.append((labels, float(c["memory"]["workingSetBytes"]), c["memory"]["time"]))
-            starts.append((labels, epoch(c["startTime"]), c["cpu"]["time"]))
-        if "cpu" in pod:
-            pods_cpu.append((pod_labels, pod["cpu"]["usageCoreNanoSeconds"] / 1e9, pod["cpu"]["time"]))
-            pods_mem.append((pod_labels, float(pod["memory"]["workingSetBytes"]), pod["memory"]["time"]))
-    family("container_cpu_usage_seconds_total", "counter",
-           "Cumulative cpu time consumed by the container in core-seconds", containers_cpu)
-    family("container_memory_working_set_bytes", "gauge", "Current working set of the container in bytes",
-           containers_mem)
-    family("container_start_time_seconds", "gauge", "Start time of the container since unix epoch in seconds",
-           starts)
-    family("pod_cpu_usage_seconds_total", "counter", "Cumulative cpu time consumed by the pod in core-seconds",
-           pods_cpu)
-    family("pod_memory_working_set_bytes", "gauge", "Current working set of the pod in bytes", pods_mem)
+        lines.extend(samples)
     lines.append("# HELP scrape_error [ALPHA] 1 if there was an error while getting container metrics, 0 otherwise")
     lines.append("# TYPE scrape_error gauge")
     lines.append("scrape_error 0")
     return "\n".join(lines) + "\n"
+
+
+def resource_metrics(node_name: str, started: datetime.datetime, pods: list[dict],
+                     usage: dict[tuple[str, str], PodUsage], counter: CpuCounter) -> str:
+    """The Prometheus text metrics-server scrapes from every kubelet: the figures of `summary`, written straight
+    from the pods and their usage (metrics-server reads it every 10 to 60 s, for every pod of the node)."""
+    now = int(datetime.datetime.now(datetime.UTC).timestamp())
+    now_ts = _ts(datetime.datetime.fromtimestamp(now, datetime.UTC))
+    sampled: dict[str, tuple[float, str]] = {}  # a sample's time → its Unix seconds and " <ms>" suffix
+    seconds: dict[str, float] = {}  # a start time → its Unix seconds: thousands of pods share a few
+    containers_cpu, containers_mem, starts, pods_cpu, pods_mem = [], [], [], [], []
+    node_cpu, node_mem = 0.0, 0
+    live = set()
+    for pod in pods:
+        meta = pod["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        measured = usage.get((namespace, name))
+        if measured is None:
+            continue
+        if measured.timestamp not in sampled:
+            at = _parse_ts(measured.timestamp)
+            sampled[measured.timestamp] = (at.timestamp(), f" {int(_parse_ts(_ts(at)).timestamp() * 1000)}")
+        when, suffix = sampled[measured.timestamp]
+        status = pod.get("status") or {}
+        pod_start = status.get("startTime") or now_ts
+        started_at = {cs.get("name"): (cs.get("state") or {}).get("running", (cs.get("state") or {}).get(
+            "terminated")) for cs in status.get("containerStatuses") or ()}
+        pod_cpu, pod_mem = 0.0, 0
+        for c in measured.containers:
+            key = (namespace, name, c.name)
+            live.add(key)
+            total = counter.observe(key, when, c.cpu_nanocores)
+            start = (started_at.get(c.name) or {}).get("startedAt") or pod_start
+            if start not in seconds:
+                seconds[start] = _parse_ts(start).timestamp()
+            labels = f'{{container="{c.name}",namespace="{namespace}",pod="{name}"}} '
+            containers_cpu.append(f"container_cpu_usage_seconds_total{labels}{int(total) / 1e9!r}{suffix}")
+            containers_mem.append(f"container_memory_working_set_bytes{labels}{float(c.memory_bytes)!r}{suffix}")
+            starts.append(f"container_start_time_seconds{labels}{seconds[start]!r}{suffix}")
+            pod_cpu, pod_mem = pod_cpu + total, pod_mem + c.memory_bytes
+        labels = f'{{namespace="{namespace}",pod="{name}"}} '
+        pods_cpu.append(f"pod_cpu_usage_seconds_total{labels}{int(pod_cpu) / 1e9!r}{suffix}")
+        pods_mem.append(f"pod_memory_working_set_bytes{labels}{float(pod_mem)!r}{suffix}")
+        node_cpu, node_mem = node_cpu + pod_cpu, node_mem + pod_mem
+    counter.forget_except(live)
+    node = (f"node_cpu_usage_seconds_total {int(node_cpu) / 1e9!r} {now * 1000}",
+            f"node_memory_working_set_bytes {float(node_mem)!r} {now * 1000}")
+    return _families(node, [containers_cpu, containers_mem, starts, pods_cpu, pods_mem])
