@@ -46,3 +46,20 @@ def parse_quantity(quantity: str | int | float | Decimal) -> Decimal:
     if suffix == "ki":  # SI's kilo is k, binary's Ki
         raise ValueError(f"{quantity} has unknown suffix")
     return value * (base ** Decimal(_EXPONENTS[suffix[0]]))
+
+
+# A suffix → the (numerator, denominator) it multiplies by.
+_SCALES = {"": (1, 1), "n": (1, 10**9), "u": (1, 10**6), "m": (1, 1000),
+           **{s: (1000**e, 1) for s, e in _EXPONENTS.items() if e > 0},
+           **{f"{s}i": (1024**e, 1) for s, e in _EXPONENTS.items() if e > 0 and s != "k"}}
+
+
+def quantity_int(quantity: str | int | float | Decimal, unit: int = 1) -> int:
+    """int(parse_quantity(quantity) * unit), the quantity in whole 1/unit (nanocores of a CPU quantity with unit
+    10**9); the integers metrics APIs write ("10000123n", "65536Ki") are read without a Decimal."""
+    if type(quantity) is str:
+        number = quantity.rstrip("numkKMGTPEi")
+        scale = _SCALES.get(quantity[len(number):])
+        if scale is not None and number.isascii() and number.isdigit() and len(number) <= _MAX_DIGITS:
+            return int(number) * unit * scale[0] // scale[1]
+    return int(parse_quantity(quantity) * unit)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import AsyncIterator
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from ..admission import Resources
 from ..catalog import GPUClass
@@ -55,15 +55,14 @@ class PortSession(Protocol):
     async def close(self) -> None: ...
 
 
-@dataclasses.dataclass(frozen=True)
-class ContainerUsage:
+class ContainerUsage(NamedTuple):
+    # Named tuples, not dataclasses: a node's usage is read anew for every pod at each metrics scrape.
     name: str
     cpu_nanocores: int
     memory_bytes: int
 
 
-@dataclasses.dataclass(frozen=True)
-class PodUsage:
+class PodUsage(NamedTuple):
     timestamp: str
     containers: tuple[ContainerUsage, ...]
 

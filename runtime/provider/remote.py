@@ -17,7 +17,7 @@ from ..admission import Resources
 from ..catalog import GPU_RESOURCE, PROVIDER_PRODUCT_LABEL, GPUClass
 from ..kube import Kube, resource_path
 from ..placement import ProviderRoom, Waiting, as_waiting, node_room, pod_requests, quota_room, with_requested
-from ..quantity import parse_quantity
+from ..quantity import quantity_int
 from ..reflector import Reflector, cache_form
 from ..supervisor import Supervisor
 from ..translate import (
@@ -254,8 +254,8 @@ class RemoteClusterProvider:
             # The local pod's name from the mirror's annotations alone: every mirror, every scrape.
             ann = remote["metadata"].get("annotations") or {}
             out[(ann.get(ORIGIN_NAMESPACE, ""), ann.get(ORIGIN_NAME, ""))] = PodUsage(item.get("timestamp", ""), tuple(
-                ContainerUsage(c["name"], int(parse_quantity(c["usage"].get("cpu", 0)) * 10**9),
-                               int(parse_quantity(c["usage"].get("memory", 0))))
+                ContainerUsage(c["name"], quantity_int(c["usage"].get("cpu", 0), 10**9),
+                               quantity_int(c["usage"].get("memory", 0)))
                 for c in item.get("containers") or []))
         return out
 
