@@ -209,41 +209,55 @@ def _shape_error(value: object, shape: object, path: str) -> str | None:
     """Where ``value`` is not of ``shape`` (a type or tuple of types, {key: shape}, {str: shape} for any key,
     [shape] for a list of them), and what it should be; None when it is. Absent and null fields are fine, but for
     those marked required."""
-    if isinstance(shape, _Required):
+    found = _mismatch(value, shape)
+    if found is None:
+        return None
+    where, what = found
+    return f"{path}{''.join(reversed(where))} {what}"
+
+
+def _mismatch(value: object, shape: object) -> tuple[list[str], str] | None:
+    """None, or the path below ``value`` (its parts innermost first) and what is wrong there. The path is only
+    put together for a mismatch: admission walks every pod at each of its syncs."""
+    if type(shape) is _Required:
         shape = shape.shape
         if value is None:
-            return f"{path} is required"
+            return [], "is required"
     if value is None:
         return None
-    if isinstance(shape, dict):
+    if type(shape) is dict:
         if not isinstance(value, dict):
-            return f"{path} must be a mapping"
+            return [], "must be a mapping"
         for key, inner in shape.items():
-            if isinstance(inner, _Required) and value.get(key) is None:
-                return f"{path}.{key} is required"
+            if type(inner) is _Required and value.get(key) is None:
+                return [f".{key}"], "is required"
+        any_key = shape.get(str)
+        if any_key is None:
+            for key, inner in shape.items():
+                item = value.get(key)
+                if item is not None and (found := _mismatch(item, inner)) is not None:
+                    found[0].append(f".{key}")
+                    return found
+            return None
         for key, item in value.items():
-            if str in shape:
-                if not isinstance(key, str):
-                    return f"{path} has a key that is not a string"
-                inner = shape[str]
-            elif key in shape:
-                inner = shape[key]
-            else:
-                continue
-            if (error := _shape_error(item, inner, f"{path}.{key}")) is not None:
-                return error
+            if not isinstance(key, str):
+                return [], "has a key that is not a string"
+            if (found := _mismatch(item, any_key)) is not None:
+                found[0].append(f".{key}")
+                return found
         return None
-    if isinstance(shape, list):
+    if type(shape) is list:
         if not isinstance(value, list):
-            return f"{path} must be a list"
-        item_shape = shape[0] if isinstance(shape[0], _Required) else _Required(shape[0])  # no null items
+            return [], "must be a list"
+        item_shape = shape[0] if type(shape[0]) is _Required else _Required(shape[0])  # no null items
         for i, item in enumerate(value):
-            if (error := _shape_error(item, item_shape, f"{path}[{i}]")) is not None:
-                return error
+            if (found := _mismatch(item, item_shape)) is not None:
+                found[0].append(f"[{i}]")
+                return found
         return None
-    kinds = shape if isinstance(shape, tuple) else (shape,)
+    kinds = shape if type(shape) is tuple else (shape,)
     if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
-        return f"{path} must be {' or '.join(_TYPE_NAMES[k] for k in kinds)}"
+        return [], f"must be {' or '.join(_TYPE_NAMES[k] for k in kinds)}"
     return None
 
 
