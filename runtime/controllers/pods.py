@@ -101,7 +101,8 @@ class PodController:
         self._provider_events: dict[str, RemoteEvent] = {}
         self.event_copies = WorkQueue(self._copy_event, workers=8, name="provider-events", metrics=queues)
         self._parts = ("local-RuntimeClass", "local-Pod", "pod-workers", "provider-event-copies")
-        self._resources: dict[str, PodUse] = {}  # pod UID → what it takes and is charged (specs are immutable)
+        # Pod UID → what it takes and is charged (specs are immutable), before and once it started or is deleting.
+        self._resources: dict[str, tuple[PodUse, PodUse]] = {}
         self._creating: dict[str, float] = {}  # pod UID → when its mirror's create was sent, until seen Running
 
     # -- life --------------------------------------------------------------------------
@@ -252,11 +253,12 @@ class PodController:
             uid = pod["metadata"]["uid"]
             live.add(uid)
             if uid not in self._resources:
-                self._resources[uid] = self._use(key, pod)
+                use = self._use(key, pod)
+                self._resources[uid] = (use, dataclasses.replace(use, started_or_deleting=True))
             status = pod.get("status") or {}
             done = bool(pod["metadata"].get("deletionTimestamp") or status.get("startTime")
                         or status.get("phase") == "Running")
-            uses.append(dataclasses.replace(self._resources[uid], started_or_deleting=done))
+            uses.append(self._resources[uid][done])
         if len(self._resources) > len(live):
             self._resources = {uid: r for uid, r in self._resources.items() if uid in live}
         return NodeUsage(tuple(uses), tuple(o for o in self.catalog.values() if isinstance(o, GPUClass)))
