@@ -24,6 +24,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -160,6 +161,7 @@ class Overhead:
     added_to_limit_p50_ms: float  # virtual less limit
     added_to_limit_p99_ms: float
     cpu_ms_per_pod: float  # the runtime's CPU from the first create until all N are Running, per pod
+    requests_per_pod: dict[str, float]  # "cluster verb" → the runtime's API requests in that time, per pod
     stages: dict[str, dict[str, float]]  # stage → {"p50_ms", "p99_ms"}, see STAGES
     latencies_baseline_ms: list[float]
     latencies_limit_ms: list[float]
@@ -336,7 +338,8 @@ class Profile:
 
 
 def mirror_overhead(state: State, n: int, say: Say, cpu_seconds: Callable[[], float],
-                    profile: Callable[[], Profile] = lambda: Profile(0, None)) -> Overhead:
+                    profile: Callable[[], Profile] = lambda: Profile(0, None),
+                    api_requests: Callable[[], dict[str, float]] = dict) -> Overhead:
     say(f"N={n}: baseline straight on the provider")
     base = _baseline(state, [f"base{n}-{i:05d}" for i in range(n)])
     _both_empty(state)
@@ -345,9 +348,10 @@ def mirror_overhead(state: State, n: int, say: Say, cpu_seconds: Callable[[], fl
     _both_empty(state)
     say(f"N={n}: through k8s.gpu")
     sampling = profile()
-    cpu0 = cpu_seconds()
+    cpu0, requests0 = cpu_seconds(), api_requests()
     virt = _virtual(state, [f"virt{n}-{i:05d}" for i in range(n)])
-    cpu = cpu_seconds() - cpu0
+    cpu, requests = cpu_seconds() - cpu0, api_requests()
+    per_pod = {key: round((count - requests0.get(key, 0.0)) / n, 2) for key, count in sorted(requests.items())}
     sampling.stop()
     base_s, limit_s, virt_s = base.total_s(base.local), _limit_total_s(limit_local, limit_remote), \
         virt.total_s(virt.local)
@@ -364,6 +368,7 @@ def mirror_overhead(state: State, n: int, say: Say, cpu_seconds: Callable[[], fl
         added_to_limit_p50_ms=round(_pct(virt_lat, 50) - _pct(limit_lat, 50), 1),
         added_to_limit_p99_ms=round(_pct(virt_lat, 99) - _pct(limit_lat, 99), 1),
         cpu_ms_per_pod=round(cpu * 1000 / n, 2), stages=stage_percentiles(virt),
+        requests_per_pod={key: count for key, count in per_pod.items() if count},
         latencies_baseline_ms=[round(x, 1) for x in base_lat], latencies_limit_ms=[round(x, 1) for x in limit_lat],
         latencies_virtual_ms=[round(x, 1) for x in virt_lat],
         running_at_baseline_s=base.running_at_s(base.local), running_at_limit_s=_limit_running_at_s(
@@ -454,6 +459,7 @@ class Runtime:
         self.state, self.log = state, log
         self.proc: subprocess.Popen | None = None
         self.kubelet_port = free_port()
+        self.health_port = free_port()  # its /metrics: the API requests it made
 
     def start(self) -> float:
         s = self.state
@@ -463,9 +469,24 @@ class Runtime:
                 [sys.executable, "-m", "k8sgpu.runtime.main", "start", "--kubeconfig", s.node_kubeconfig,
                  "--provider-kubeconfig", s.tenant_kubeconfig, "--tenant-namespace", s.tenant_namespace,
                  "--node-address", s.node_address, "--kubelet-port", str(self.kubelet_port),
-                 "--health-port", "0"],
+                 "--health-port", str(self.health_port)],
                 stdout=out, stderr=subprocess.STDOUT)
         return started
+
+    def api_requests(self) -> dict[str, float]:
+        """The API requests the runtime made so far, by "cluster verb" (rest_client_requests of its /metrics)."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/metrics", timeout=30) as resp:
+            text = resp.read().decode()
+        out: dict[str, float] = {}
+        for family in text_string_to_metric_families(text):
+            if family.name == "rest_client_requests":
+                for sample in family.samples:
+                    if sample.name == "rest_client_requests_total":
+                        key = f"{sample.labels['cluster']} {sample.labels['verb']}"
+                        out[key] = out.get(key, 0.0) + sample.value
+        return out
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         if self.proc and self.proc.poll() is None:
@@ -533,7 +554,7 @@ def run(scale: str, out_dir: Path, say: Say, idle_seconds: int = 60, outage_seco
             cpu0 = _proc_cpu_seconds(pid)
             flame = out_dir / f"profile-virtual-{n}-{results['when'].replace(':', '')}.svg" if profile else None
             overhead = mirror_overhead(state, n, say, lambda pid=pid: _proc_cpu_seconds(pid),
-                                       lambda pid=pid, flame=flame: Profile(pid, flame))
+                                       lambda pid=pid, flame=flame: Profile(pid, flame), runtime.api_requests)
             results["overhead"].append(overhead)
             say(f"N={n}: baseline {overhead.baseline_s}s, limit {overhead.limit_s}s, virtual {overhead.virtual_s}s, "
                 f"ratio to limit {overhead.ratio_to_limit}, {overhead.cpu_ms_per_pod} ms CPU per pod")
@@ -636,6 +657,11 @@ def table(results: dict) -> str:
         cells = " | ".join(f"{stages[s]['p50_ms']} / {stages[s]['p99_ms']}" for s in STAGES)
         lines.append(f"| {label} | {cells} |")
     lines.append("")
+    for o in results["overhead"]:
+        if o.get("requests_per_pod"):
+            lines.append(f"API requests per pod through k8s.gpu, N = {o['n']}: " + ", ".join(
+                f"{key} {count}" for key, count in o["requests_per_pod"].items()))
+            lines.append("")
     if ll:
         lines.append(f"light load, {ll['rate_per_s']:g} pods/s for {ll['seconds']} s: {ll['virtual_p50_ms']} / "
                      f"{ll['virtual_p99_ms']} ms to Running through k8s.gpu (p50 / p99), limit {ll['limit_p50_ms']} / "

@@ -18,7 +18,7 @@ def test_percentiles_pick_from_the_sorted_values():
 def _overhead(n=100):
     return {"n": n, "baseline_s": 2.0, "limit_s": 2.2, "virtual_s": 2.5, "ratio": 1.25, "ratio_to_limit": 1.136,
             "added_p50_ms": 40.0, "added_p99_ms": 90.0, "added_to_limit_p50_ms": 12.0, "added_to_limit_p99_ms": 30.0,
-            "cpu_ms_per_pod": 2.5,
+            "cpu_ms_per_pod": 2.5, "requests_per_pod": {"local PATCH": 2.0, "provider POST": 1.0},
             "stages": {s: {"p50_ms": float(i), "p99_ms": float(10 * i)} for i, s in enumerate(STAGES, 1)},
             "latencies_baseline_ms": [10.0, 20.0], "latencies_limit_ms": [15.0, 25.0],
             "latencies_virtual_ms": [20.0, 30.0], "running_at_baseline_s": [0.1, 0.2],
@@ -44,6 +44,7 @@ def test_table_lists_every_size_the_stages_and_the_recovery_figures():
     assert "| N = 100 | 1.0 / 10.0 | 2.0 / 20.0 | 3.0 / 30.0 | 4.0 / 40.0 |" in text
     assert "| 5/s for 60 s | 1.0 / 2.0 |" in text
     assert "added 30.0 / 60.0 ms" in text
+    assert "API requests per pod through k8s.gpu, N = 100: local PATCH 2.0, provider POST 1.0" in text
     assert "after a 60 s provider outage with 100 pods: mirrors right in 2.0 s, consistent in 3.2 s" in text
     assert "resynced 1.1 s after kill -9" in text
 
